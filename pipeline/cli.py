@@ -1,0 +1,165 @@
+"""The `boomerang` command line: `main(argv)` so tests call it in-process.
+
+Exit status: 0 when the job finished (some images may have failed: they are rows with an error);
+2 with one line on stderr when the job could not run (bad flag, missing weights, no input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .config import SettingsError, build_settings, load_config_file
+
+EXIT_CANNOT_RUN = 2
+
+# Flags whose value is a list given as "a,b,c".
+_COMMON_HELP = "Settings may also come from --config FILE (TOML or YAML); flags override it."
+
+
+def _add_job_flags(parser: argparse.ArgumentParser, *, sampler: bool, evaluation: bool) -> None:
+    parser.add_argument("--out", required=True, help="output folder (created; resumed if it holds a run)")
+    parser.add_argument("--config", help="TOML or YAML file with the same settings as the flags")
+    parser.add_argument("--overwrite", action="store_true", default=None, help="start afresh in --out")
+    parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
+    parser.add_argument("--levels", "--level", dest="levels", help="anonymity level(s) t_boom/T, e.g. 0.5,0.7")
+    parser.add_argument("--seed", type=int, help="run seed (each output's seed derives from it; default 0)")
+    parser.add_argument("--max-pixels", type=int, dest="max_pixels", help="refuse larger images (default 50e6)")
+    parser.add_argument("--id-column", dest="id_column", help="Parquet input: id column (default id)")
+    parser.add_argument("--image-column", dest="image_column", help="Parquet input: image bytes column (default image)")
+    parser.add_argument("--deepface-home", dest="deepface_home", help="parent of .deepface/weights (DEEPFACE_HOME)")
+    if sampler:
+        group = parser.add_argument_group("sampler")
+        group.add_argument("--model", help="diffusers model: hub id or local folder")
+        group.add_argument("--prompt")
+        group.add_argument("--negative-prompt", dest="negative_prompt")
+        group.add_argument("--guidance-scale", type=float, dest="guidance_scale")
+        group.add_argument("--steps", type=int, help="inference steps over the full schedule (default 50)")
+        group.add_argument("--scheduler", help="dpm++ (default), ddim or ddpm (ancestral)")
+        group.add_argument("--resolution", type=int, help="model resolution (default: the model's own)")
+        group.add_argument("--latent", help="mode (default, as the paper) or sample (as diffusers img2img)")
+        group.add_argument(
+            "--allow-pickle",
+            action="store_true",
+            default=None,
+            dest="allow_pickle",
+            help="accept pickle (.bin/.ckpt) weights; only for files you trust",
+        )
+        group.add_argument("--device")
+        group.add_argument("--dtype")
+        group.add_argument("--revision")
+        group.add_argument("--batch-size", type=int, dest="batch_size", help="images per model call (default 4)")
+        group.add_argument("--workers", type=int, help="anonymize actors (default 1)")
+        group.add_argument(
+            "--gpus-per-worker",
+            type=float,
+            dest="gpus_per_worker",
+            help="GPUs per anonymize actor (default 1 where the cluster has GPUs, else 0)",
+        )
+    if evaluation:
+        group = parser.add_argument_group("evaluation")
+        group.add_argument("--recognizers", help="deepface models, e.g. VGG-Face,Facenet (default)")
+        group.add_argument("--threshold", type=float, help="cleared means distance > threshold (default 0.4)")
+        group.add_argument("--thresholds", help="per-recognizer thresholds, e.g. VGG-Face=0.68,Facenet=0.4")
+        group.add_argument("--detector", help="deepface detector: opencv (default), skip, ...")
+        group.add_argument("--engine", help="deepface backend engine: pytorch (default) or onnx")
+        group.add_argument("--eval-workers", type=int, dest="eval_workers")
+        group.add_argument("--eval-batch-size", type=int, dest="eval_batch_size")
+        group.add_argument("--report-originals", action="store_true", default=None, dest="report_originals")
+    if sampler and evaluation:
+        group = parser.add_argument_group("release gate")
+        group.add_argument(
+            "--gate",
+            action="store_true",
+            default=None,
+            help="raise each image's level along --ladder until every recognizer clears it",
+        )
+        group.add_argument("--ladder", help="gate levels (default 0.5,0.6,0.7,0.8,0.9,1.0)")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="boomerang",
+        description="Anonymize face datasets with Boomerang diffusion local sampling and measure the result.",
+        epilog=_COMMON_HELP,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text, sampler, evaluation in (
+        ("run", "anonymize, evaluate and report in one Ray job", True, True),
+        ("anonymize", "the anonymize stage alone", True, False),
+    ):
+        p = sub.add_parser(name, help=text, description=text, epilog=_COMMON_HELP)
+        p.add_argument("input", help="folder of images (recursive) or Parquet dataset; local path or URI")
+        _add_job_flags(p, sampler=sampler, evaluation=evaluation)
+    p = sub.add_parser("evaluate", help="the evaluation stage alone, on any anonymizer's output")
+    p.add_argument("--originals", required=True, help="the original images (folder or Parquet)")
+    p.add_argument(
+        "--anonymized",
+        required=True,
+        help="a boomerang output folder, or a folder with the same relative paths",
+    )
+    _add_job_flags(p, sampler=False, evaluation=True)
+    p = sub.add_parser("report", help="rebuild the HTML report and plots from the Parquet files")
+    p.add_argument("dir")
+    p = sub.add_parser("demo", help="the whole job offline on bundled sample faces with tiny random-weight models")
+    p.add_argument("--out", required=True)
+    p.add_argument("--address")
+    p.add_argument("--overwrite", action="store_true")
+    p = sub.add_parser("doctor", help="what is present: GPUs, Ray, model weights and where they are looked for")
+    p.add_argument("--model", help="diffusers model to look for (default: the default model)")
+    p.add_argument("--recognizers", help="deepface models to look for")
+    p.add_argument("--engine", default="pytorch")
+    p.add_argument("--address")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace):
+    values: dict = {}
+    if getattr(args, "config", None):
+        values.update(load_config_file(args.config))
+    skip = {"command", "config", "originals", "anonymized"}
+    for key, value in vars(args).items():
+        if key in skip or value is None:
+            continue
+        if key == "thresholds":
+            value = _parse_thresholds(value)
+        values[key] = value
+    return build_settings(values)
+
+
+def _parse_thresholds(text: str) -> dict[str, float]:
+    out = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise SettingsError(f"--thresholds must look like VGG-Face=0.68,Facenet=0.4, got {text!r}")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = make_parser().parse_args(argv)
+    from . import commands
+
+    try:
+        return commands.dispatch(args)
+    except KeyboardInterrupt:
+        print("boomerang: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except commands.CANNOT_RUN as err:
+        print(f"boomerang: {_one_line(err)}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

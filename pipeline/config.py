@@ -1,0 +1,225 @@
+"""Job settings: one frozen dataclass, built once at the edge from a config file and flags.
+
+The sampler and evaluation settings are the libraries' own dataclasses; this module only adds what a
+job needs around them (input, output, levels, Ray) and validates it with errors that name the field.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from anonymize import SamplerSettings, validate_level
+from evaluation import EvaluationSettings
+
+DEFAULT_LADDER = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+DEFAULT_MAX_PIXELS = 50_000_000
+
+
+class SettingsError(ValueError):
+    """A bad setting; its message names the flag (or config key) and the bad value."""
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """Everything one `boomerang` job needs. Paths are strings so that URIs (s3://...) pass through."""
+
+    input: str | None = None
+    out: str = ""
+    levels: tuple[float, ...] = (0.7,)
+    seed: int = 0
+    batch_size: int = 4
+    workers: int = 1
+    gpus_per_worker: float | None = None  # None: 1 where the cluster has GPUs, else 0
+    eval_workers: int = 1
+    eval_batch_size: int = 8
+    address: str | None = None
+    overwrite: bool = False
+    gate: bool = False
+    ladder: tuple[float, ...] = DEFAULT_LADDER
+    report_originals: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    id_column: str = "id"
+    image_column: str = "image"
+    deepface_home: str | None = None
+    demo: bool = False
+    sampler: SamplerSettings = field(default_factory=SamplerSettings)
+    evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
+
+    def __post_init__(self) -> None:
+        if not self.out:
+            raise SettingsError("--out is required: the folder the job writes to")
+        levels = self.ladder if self.gate else self.levels
+        if not levels:
+            raise SettingsError("--levels is empty: give at least one level in (0, 1]")
+        for level in levels:
+            try:
+                validate_level(level)
+            except ValueError as err:
+                raise SettingsError(f"--levels: {err}") from None
+        if len(set(levels)) != len(levels):
+            raise SettingsError(f"--levels has duplicates: {list(levels)}")
+        if self.gate and list(self.ladder) != sorted(self.ladder):
+            raise SettingsError(f"--ladder must increase, got {list(self.ladder)}")
+        for name in ("batch_size", "workers", "eval_workers", "eval_batch_size", "max_pixels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SettingsError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
+        gpus = self.gpus_per_worker
+        if gpus is not None and (not isinstance(gpus, (int, float)) or math.isnan(gpus) or gpus < 0):
+            raise SettingsError(f"--gpus-per-worker must be a number >= 0, got {gpus!r}")
+
+    @property
+    def job_levels(self) -> tuple[float, ...]:
+        """The levels this job may write: the sweep, or the gate's ladder."""
+        return self.ladder if self.gate else self.levels
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings as plain data for run.json and the report (no input path: it may name people)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("sampler", "evaluation")}
+        data.pop("input")
+        data["sampler"] = {f.name: getattr(self.sampler, f.name) for f in fields(self.sampler)}
+        data["evaluation"] = {f.name: getattr(self.evaluation, f.name) for f in fields(self.evaluation)}
+        return data
+
+
+# Flag name -> (section, field). Sections: "" job, "sampler", "evaluation".
+_SAMPLER_KEYS = {
+    "model": "model",
+    "prompt": "prompt",
+    "negative_prompt": "negative_prompt",
+    "guidance_scale": "guidance_scale",
+    "steps": "steps",
+    "scheduler": "scheduler",
+    "resolution": "resolution",
+    "latent": "latent",
+    "allow_pickle": "allow_pickle",
+    "device": "device",
+    "dtype": "dtype",
+    "revision": "revision",
+}
+_EVALUATION_KEYS = {
+    "recognizers": "recognizers",
+    "detector": "detector",
+    "engine": "engine",
+    "threshold": "threshold",
+    "thresholds": "thresholds",
+    "align": "align",
+}
+
+
+def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a TOML or YAML config file into a flat dict of settings (keys as the long flags, '-' or '_')."""
+    path = Path(path)
+    if not path.is_file():
+        raise SettingsError(f"--config: no such file {str(path)!r}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".toml":
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise SettingsError(f"--config {path}: not valid TOML ({err})") from None
+    elif path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise SettingsError(f"--config {path}: not valid YAML ({err})".replace("\n", " ")) from None
+    else:
+        raise SettingsError(f"--config must be a .toml, .yaml or .yml file, got {str(path)!r}")
+    if not isinstance(data, Mapping):
+        raise SettingsError(f"--config {path}: expected a table of settings at the top level")
+    return _flatten(data)
+
+
+def _flatten(data: Mapping[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        key = str(key).replace("-", "_")
+        # Sections [sampler] and [evaluation] are accepted as well as flat keys.
+        if key in ("sampler", "evaluation") and isinstance(value, Mapping):
+            flat.update(_flatten(value))
+        else:
+            flat[key] = value
+    return flat
+
+
+def build_settings(values: Mapping[str, Any]) -> JobSettings:
+    """Build validated JobSettings from a flat mapping (config file values updated with given flags)."""
+    job: dict[str, Any] = {}
+    sampler: dict[str, Any] = {}
+    evaluation: dict[str, Any] = {}
+    job_fields = {f.name for f in fields(JobSettings)} - {"sampler", "evaluation"}
+    for key, value in values.items():
+        if value is None:
+            continue
+        if key in _SAMPLER_KEYS:
+            sampler[_SAMPLER_KEYS[key]] = value
+        elif key in _EVALUATION_KEYS:
+            evaluation[_EVALUATION_KEYS[key]] = value
+        elif key in job_fields:
+            job[key] = value
+        elif key == "level":
+            job["levels"] = value
+        else:
+            raise SettingsError(f"unknown setting {key!r}")
+    for key in ("levels", "ladder"):
+        if key in job:
+            job[key] = _float_tuple(key, job[key])
+    if "recognizers" in evaluation:
+        evaluation["recognizers"] = _str_tuple("recognizers", evaluation["recognizers"])
+    if "thresholds" in evaluation and isinstance(evaluation["thresholds"], Mapping):
+        evaluation["thresholds"] = tuple((str(k), float(v)) for k, v in evaluation["thresholds"].items())
+    try:
+        job["sampler"] = SamplerSettings(**sampler)
+    except (TypeError, ValueError) as err:
+        raise SettingsError(_flagify(str(err))) from None
+    try:
+        job["evaluation"] = EvaluationSettings(**evaluation)
+    except (TypeError, ValueError) as err:
+        raise SettingsError(_flagify(str(err))) from None
+    try:
+        return JobSettings(**job)
+    except TypeError as err:
+        raise SettingsError(str(err)) from None
+
+
+def with_levels(settings: JobSettings, levels: tuple[float, ...]) -> JobSettings:
+    """The same job restricted to some levels (a gate round)."""
+    return replace(settings, levels=levels, gate=False)
+
+
+def _float_tuple(name: str, value: Any) -> tuple[float, ...]:
+    items = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [value]
+    out = []
+    for item in items:
+        try:
+            out.append(float(item))
+        except (TypeError, ValueError):
+            raise SettingsError(f"--{name} must be numbers separated by commas, got {value!r}") from None
+    return tuple(out)
+
+
+def _str_tuple(name: str, value: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out = tuple(str(item).strip() for item in items if str(item).strip())
+    if not out:
+        raise SettingsError(f"--{name} is empty")
+    return out
+
+
+def _flagify(message: str) -> str:
+    """Settings errors from the libraries name fields; users know them as flags."""
+    head, sep, rest = message.partition(" ")
+    if head in _SAMPLER_KEYS.values() or head in _EVALUATION_KEYS.values():
+        return f"--{head.replace('_', '-')}{sep}{rest}"
+    return message

@@ -1,0 +1,123 @@
+"""After the stream: summary.parquet, the HTML report, run.json's end record, the closing paragraph."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from evaluation import read_distances, summarize, write_parquet_atomic, write_report
+
+from .job import DEMO_NOTICE, Job
+from .provenance import now, read_json, write_json_atomic
+from .records import MANIFEST_SCHEMA, read_parts
+
+SAMPLE_IMAGES = 12
+
+
+@dataclass
+class JobResult:
+    job: Job
+    manifest: pd.DataFrame
+    summary: pd.DataFrame | None
+    report: str | None
+    extra: dict
+
+
+def finalize(job: Job, sections: list[tuple[str, str]] = (), extra: dict | None = None) -> JobResult:
+    """Rebuild the summary and report from the Parquet files (so they always agree with them)."""
+    layout = job.layout
+    manifest = read_parts(layout.manifest, MANIFEST_SCHEMA)
+    summary = None
+    report = None
+    if job.evaluated or layout.distances.is_dir() and any(layout.distances.glob("part-*.parquet")):
+        distances = read_distances(layout.distances)
+        summary = summarize(distances, job.settings.evaluation)
+        write_parquet_atomic(_summary_table(summary), layout.summary)
+        report = str(build_report(job, manifest, summary, distances, sections))
+    record = read_json(layout.run_json)
+    record.update(
+        {
+            "finished": now(),
+            "status": "finished",
+            "counts": counts(manifest),
+            "pairs_done_this_run": job.pairs_done_now,
+            **(extra or {}),
+        }
+    )
+    write_json_atomic(layout.run_json, record)
+    return JobResult(job, manifest, summary, report, extra or {})
+
+
+def _summary_table(summary: pd.DataFrame):
+    import pyarrow as pa
+
+    from evaluation import SUMMARY_SCHEMA
+
+    return pa.Table.from_pandas(summary[SUMMARY_SCHEMA.names], schema=SUMMARY_SCHEMA, preserve_index=False)
+
+
+def counts(manifest: pd.DataFrame) -> dict:
+    return {
+        "images": int(manifest["anon_id"].nunique()),
+        "levels": sorted(float(v) for v in manifest["level"].unique()),
+        "rows": int(len(manifest)),
+        "ok": int((manifest["status"] == "ok").sum()),
+        "errors": int((manifest["status"] != "ok").sum()),
+    }
+
+
+def build_report(job: Job, manifest, summary, distances, sections=()):
+    layout = job.layout
+    ok = manifest[manifest["status"] == "ok"].sort_values(["level", "anon_id"])
+    samples = []
+    for row in ok.head(SAMPLE_IMAGES).itertuples():
+        path = layout.root / row.output_path
+        if path.exists():
+            samples.append((f"{row.anon_id[:8]} level {row.level:.2f} (t_boom {row.t_boom})", path.read_bytes()))
+    failures = pd.concat(
+        [
+            manifest.loc[manifest["status"] != "ok", ["anon_id", "level", "error"]].assign(stage="anonymize"),
+            distances.loc[distances["status"] == "error", ["anon_id", "level", "error", "recognizer"]]
+            .assign(stage="evaluate")
+            .loc[lambda d: ~d["anon_id"].isin(manifest.loc[manifest["status"] != "ok", "anon_id"])],
+        ],
+        ignore_index=True,
+    )
+    record = read_json(layout.run_json)
+    return write_report(
+        layout.report,
+        title="Boomerang anonymization report",
+        settings=job.settings.public_dict(),
+        versions={
+            **record.get("versions", {}),
+            **{f"model {k}": v for k, v in record.get("model", {}).items()},
+        },
+        summary=summary,
+        failures=failures,
+        samples=samples,
+        notice=DEMO_NOTICE if job.settings.demo else None,
+        sections=list(sections),
+    )
+
+
+def closing_paragraph(result: JobResult) -> str:
+    job = result.job
+    c = counts(result.manifest)
+    levels = ", ".join(f"{v:g}" for v in c["levels"])
+    text = [
+        f"{c['images']} images at level(s) {levels}: {c['ok']} outputs ok, {c['errors']} failed "
+        f"({job.pairs_done_now} processed in this run)."
+    ]
+    if result.summary is not None and len(result.summary):
+        parts = [
+            f"{r.recognizer} @ {r.level:g}: {r.fraction_cleared:.0%} cleared ({r.n_cleared}/{r.n_evaluated})"
+            for r in result.summary.itertuples()
+        ]
+        text.append("Fraction cleared (distance > threshold): " + "; ".join(parts) + ".")
+    if result.report:
+        text.append(f"Report: {result.report}")
+    text.append(f"Outputs: {job.layout.root}")
+    if job.settings.demo:
+        text.append("DEMO: random-weight models; these numbers are not meaningful.")
+    return " ".join(text)

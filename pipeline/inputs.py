@@ -1,0 +1,137 @@
+"""Find the input images: a folder searched recursively, or a Parquet dataset with id and bytes columns.
+
+Local paths and any URI that fsspec/pyarrow read (s3://...) take one code path. An image's id is its
+path relative to the folder (POSIX separators), or the id column's value: stable across runs, so
+resume and seeds do not depend on listing order.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import fsspec
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
+)
+
+
+class InputError(ValueError):
+    """The input cannot be used at all (missing, empty, wrong columns)."""
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """One input image. `source` is a readable URI for folder inputs, "" for Parquet rows.
+
+    `problem` is set for an input that is known bad before reading (a name that is not UTF-8, a
+    duplicate id): it still gets its rows in the manifest, with this as the error.
+    """
+
+    image_id: str
+    source: str
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class InputSet:
+    """The inputs of a job: a folder listing, or a Parquet dataset and its ids."""
+
+    kind: str  # "folder" | "parquet"
+    uri: str
+    items: tuple[InputItem, ...]
+    id_column: str = "id"
+    image_column: str = "image"
+
+
+def discover(uri: str, *, id_column: str = "id", image_column: str = "image") -> InputSet:
+    """List the images under `uri` (a folder) or the ids of a Parquet dataset at `uri`."""
+    try:
+        fs, root = fsspec.core.url_to_fs(uri)
+    except (ValueError, ImportError) as err:
+        raise InputError(f"cannot open input {uri!r}: {err}") from None
+    if not fs.exists(root):
+        raise InputError(f"input {uri!r} does not exist")
+    if _is_parquet(fs, root):
+        return _discover_parquet(uri, fs, root, id_column, image_column)
+    if not fs.isdir(root):
+        raise InputError(f"input {uri!r} is neither a folder of images nor a Parquet dataset")
+    items = _discover_folder(uri, fs, root)
+    if not items:
+        raise InputError(f"no images found under {uri!r} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return InputSet("folder", uri, tuple(items))
+
+
+def _is_parquet(fs, root: str) -> bool:
+    if root.endswith(".parquet") or root.endswith(".pq"):
+        return True
+    if fs.isdir(root):
+        names = [p.rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)]
+        files = [n for n in names if not n.startswith((".", "_"))]
+        return bool(files) and all(n.endswith((".parquet", ".pq")) for n in files)
+    return False
+
+
+def _discover_folder(uri: str, fs, root: str) -> list[InputItem]:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    prefix = "" if protocol in ("file", "local") else f"{protocol}://"
+    root = root.rstrip("/")
+    items = []
+    # fs.find walks without following symlinks, so a symlink loop cannot trap it.
+    for path in sorted(fs.find(root)):
+        name = path.rsplit("/", 1)[-1]
+        dot = name.rfind(".")
+        if dot < 0 or name[dot:].lower() not in IMAGE_EXTENSIONS:
+            continue
+        rel = path[len(root) + 1 :]
+        try:
+            rel.encode("utf-8")
+        except UnicodeEncodeError:
+            safe = rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            items.append(InputItem(safe, "", problem="file name is not valid UTF-8; rename the file"))
+            continue
+        items.append(InputItem(rel, prefix + path))
+    return items
+
+
+def _discover_parquet(uri: str, fs, root: str, id_column: str, image_column: str) -> InputSet:
+    import pyarrow.dataset as pads
+
+    try:
+        dataset = pads.dataset(root, filesystem=fs, format="parquet")
+    except Exception as err:  # pyarrow raises several types for unreadable datasets
+        raise InputError(f"cannot read Parquet input {uri!r}: {err}") from None
+    names = dataset.schema.names
+    for column, flag in ((id_column, "--id-column"), (image_column, "--image-column")):
+        if column not in names:
+            raise InputError(
+                f"Parquet input {uri!r} has no column {column!r} (columns: {', '.join(names)}); pass {flag}"
+            )
+    ids = [str(v) for v in dataset.to_table(columns=[id_column]).column(id_column).to_pylist()]
+    if not ids:
+        raise InputError(f"Parquet input {uri!r} has no rows")
+    counts = Counter(ids)
+    items = []
+    seen: Counter[str] = Counter()
+    for image_id in ids:
+        if counts[image_id] == 1:
+            items.append(InputItem(image_id, ""))
+            continue
+        # Which twin is "the" image is ambiguous (and would share an output name and seed), so every
+        # occurrence becomes its own error row rather than one silently winning.
+        seen[image_id] += 1
+        items.append(
+            InputItem(
+                f"{image_id}#{seen[image_id]}",
+                "",
+                problem=f"id {image_id!r} occurs {counts[image_id]} times in column {id_column!r}; ids must be unique",
+            )
+        )
+    return InputSet("parquet", uri, tuple(items), id_column, image_column)
+
+
+def read_bytes(source: str) -> bytes:
+    """Read one input file through fsspec (local path or URI)."""
+    with fsspec.open(source, "rb") as handle:
+        return handle.read()

@@ -1,0 +1,54 @@
+"""Shared test fixtures: one Ray runtime and one set of random-weight models per test session.
+
+The models are real diffusers and deepface models with seeded random weights, written to disk and
+loaded back through the same code paths users take. They live in a cache folder ($BOOMERANG_CACHE, else
+a session temp folder) because the VGG-Face weight file alone is 580 MB.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("DEEPFACE_BACKEND_ENGINE", "pytorch")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory) -> Path:
+    # The same folder `boomerang demo` uses, so the demo test and the README's demo reuse these files.
+    root = os.environ.get("BOOMERANG_CACHE")
+    path = Path(root) / "demo" if root else tmp_path_factory.mktemp("cache") / "demo"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def deepface_home(model_cache) -> Path:
+    """DEEPFACE_HOME with seeded random-weight VGG-Face and Facenet files of the real architectures."""
+    from evaluation import write_random_weights
+
+    home = model_cache / "deepface"
+    write_random_weights(home, ("VGG-Face", "Facenet"), engine="pytorch", seed=0)
+    os.environ["DEEPFACE_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(model_cache) -> Path:
+    from anonymize import build_tiny_latent_pipeline
+
+    return build_tiny_latent_pipeline(model_cache / "tiny-sd", seed=0)
+
+
+@pytest.fixture(scope="session")
+def ray_runtime():
+    """One local Ray for the session (start-up costs seconds); the CLI reuses it."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()

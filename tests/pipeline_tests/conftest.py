@@ -1,0 +1,28 @@
+"""Fixtures for end-to-end runs of the `boomerang` command line on small real inputs."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture
+def cli(ray_runtime, deepface_home, tiny_sd, capsys):
+    """Run `boomerang` in-process with the tiny model and random recognizers; returns (status, stdout, stderr)."""
+    from pipeline.cli import main
+
+    def run(*argv: str, model: bool = True, recognizers: str = "Facenet"):
+        args = list(argv)
+        command = args[0]
+        if model and command in ("run", "anonymize"):
+            args += ["--model", str(tiny_sd), "--steps", "10"]
+        if command in ("run", "evaluate"):
+            args += ["--deepface-home", str(deepface_home)]
+            if "--recognizers" not in args:
+                args += ["--recognizers", recognizers]
+            if "--detector" not in args:
+                args += ["--detector", "skip"]
+        status = main(args)
+        captured = capsys.readouterr()
+        return status, captured.out, captured.err
+
+    return run

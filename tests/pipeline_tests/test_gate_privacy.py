@@ -1,0 +1,168 @@
+"""The release gate and privacy hygiene, checked against distances.parquet and every byte written."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import ExifTags, Image, ImageCms
+from samples import write_faces
+
+pytestmark = pytest.mark.slow
+
+PEOPLE = ("Jane_Doe", "John_Roe")
+LADDER = (0.2, 0.5, 0.9)
+THRESHOLD = "0.02"
+
+
+def write_faces_with_metadata(folder: Path, n: int) -> list[str]:
+    """Face photos named after people, carrying EXIF GPS, a description, a comment and an ICC profile."""
+    ids = write_faces(folder, n, size=(72, 72), people=PEOPLE)
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    for rel in ids:
+        image = Image.open(folder / rel)
+        image.load()
+        exif = Image.Exif()
+        exif[ExifTags.Base.ImageDescription] = f"{rel} taken at home"
+        gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
+        gps[ExifTags.GPS.GPSLatitudeRef] = "N"
+        gps[ExifTags.GPS.GPSLatitude] = (52.0, 22.0, 1.0)
+        image.save(folder / rel, exif=exif, comment=rel.encode(), icc_profile=icc)
+        assert Image.open(folder / rel).getexif().get_ifd(ExifTags.IFD.GPSInfo)
+    return ids
+
+
+def expected_release(distances: pd.DataFrame, recognizers: list[str]) -> dict[str, float]:
+    """Independently: each image's lowest ladder level at which every recognizer's distance > threshold."""
+    lowest: dict[str, float] = {}
+    for (anon_id, level), group in distances.groupby(["anon_id", "level"]):
+        ok = group[group["status"] == "ok"]
+        if set(ok["recognizer"]) == set(recognizers) and (ok["distance"] > ok["threshold"]).all():
+            lowest[anon_id] = min(level, lowest.get(anon_id, 2.0))
+    return lowest
+
+
+def gate_argv(data: Path, out: Path) -> list[str]:
+    return [
+        "run",
+        str(data),
+        "--out",
+        str(out),
+        "--gate",
+        "--ladder",
+        ",".join(map(str, LADDER)),
+        "--threshold",
+        THRESHOLD,
+        "--recognizers",
+        "Facenet,VGG-Face",
+    ]
+
+
+def test_gate_releases_each_image_at_its_lowest_clearing_level(cli, tmp_path):
+    data = tmp_path / "in"
+    ids = write_faces_with_metadata(data, 6)
+    out = tmp_path / "out"
+
+    status, stdout, _ = cli(*gate_argv(data, out))
+
+    assert status == 0
+    distances = pd.read_parquet(out / "evaluation" / "distances.parquet")
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    expected = expected_release(distances, ["Facenet", "VGG-Face"])
+    release = pd.read_parquet(out / "release" / "manifest.parquet")
+    assert dict(zip(release["anon_id"], release["level"], strict=True)) == expected
+    # An image went up a level only if the level below did not clear it.
+    for anon_id, rows in manifest.groupby("anon_id"):
+        tried = sorted(rows["level"])
+        assert tried == list(LADDER[: len(tried)])
+        if anon_id in expected:
+            assert tried[-1] == expected[anon_id]
+        else:
+            assert tried == list(LADDER)
+    assert sorted(p.name for p in (out / "release" / "images").iterdir()) == sorted(f"{a}.png" for a in expected)
+    withheld = pd.read_parquet(out / "private" / "withheld.parquet")
+    assert set(withheld["anon_id"]) == set(manifest["anon_id"]) - set(expected)
+    assert len(expected) + len(withheld) == len(ids)
+    report = (out / "report" / "index.html").read_text()
+    assert "Release gate" in report and "model evaluations" in report
+
+
+def test_no_metadata_and_no_names_in_release_or_report(cli, tmp_path):
+    data = tmp_path / "in"
+    ids = write_faces_with_metadata(data, 4)
+    out = tmp_path / "out"
+    assert cli(*gate_argv(data, out))[0] == 0
+
+    needles = [p.encode() for p in PEOPLE] + [p.split("_")[0].encode() for p in PEOPLE]
+    needles += [str(data).encode(), b"_0001", b"taken at home"]
+    checked = 0
+    for folder in (out / "release", out / "report"):
+        for path in folder.rglob("*"):
+            if path.is_file():
+                blob = path.read_bytes()
+                assert not [n for n in needles if n in blob], path
+                checked += 1
+    assert checked >= 3
+    for path in list((out / "images").rglob("*.png")) + list((out / "release").rglob("*.png")):
+        image = Image.open(path)
+        assert not image.getexif() and "icc_profile" not in image.info and not image.text, path
+        assert not any(name in path.name for name in PEOPLE)
+    # The link back to identities exists, in private/ only.
+    identities = pd.read_parquet(out / "private" / "identities.parquet")
+    assert set(identities["image_id"]) == set(ids)
+
+
+def test_gate_killed_between_rounds_resumes_without_redoing_rounds(cli, tmp_path, tiny_sd, deepface_home):
+    data = tmp_path / "in"
+    write_faces(data, 6, size=(64, 64))
+    out = tmp_path / "out"
+    argv = [*gate_argv(data, out), "--batch-size", "1", "--eval-batch-size", "1", "--threshold", "1.5"]
+    job = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        *argv,
+        "--model",
+        str(tiny_sd),
+        "--steps",
+        "10",
+        "--detector",
+        "skip",
+        "--deepface-home",
+        str(deepface_home),
+    ]
+    proc = subprocess.Popen(job, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manifest = out / "manifest.parquet"
+    try:
+        import time
+
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            parts = list(manifest.glob("part-*.parquet")) if manifest.is_dir() else []
+            if parts and (pd.read_parquet(manifest)["level"] > LADDER[0]).any():
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the gate never reached its second round")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    first_round = {
+        p: p.stat().st_mtime_ns
+        for p in manifest.glob("part-*.parquet")
+        if (pd.read_parquet(p)["level"] == LADDER[0]).all()
+    }
+    assert len(pd.read_parquet(manifest).query("level == @LADDER[0]")) == 6
+
+    status, _, _ = cli(*argv)
+
+    assert status == 0
+    rows = pd.read_parquet(manifest)
+    # Threshold 1.5 is never exceeded: every image climbs the whole ladder, each level exactly once.
+    assert len(rows) == 6 * len(LADDER) and rows.groupby(["anon_id", "level"]).size().eq(1).all()
+    assert {p: p.stat().st_mtime_ns for p in first_round} == first_round

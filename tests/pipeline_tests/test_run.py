@@ -1,0 +1,180 @@
+"""End to end through the CLI on local Ray: every input once per level, distances, summary, report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from samples import write_bad_files, write_faces
+
+pytestmark = pytest.mark.slow
+
+
+def _identities(out):
+    return pd.read_parquet(out / "private" / "identities.parquet").drop_duplicates("anon_id")
+
+
+def test_run_good_and_bad_images_at_two_levels(cli, tmp_path):
+    data = tmp_path / "in"
+    good = write_faces(data, 4, size=(96, 80))
+    bad = write_bad_files(data / "bad")
+    out = tmp_path / "out"
+
+    status, stdout, _ = cli("run", str(data), "--out", str(out), "--levels", "0.3,0.6", "--batch-size", "2")
+
+    assert status == 0
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    ids = manifest.merge(_identities(out)[["anon_id", "image_id"]], on="anon_id")
+    assert len(ids) == len(manifest) == 2 * (len(good) + len(bad))
+    assert ids.groupby(["image_id", "level"]).size().eq(1).all()
+    assert set(ids["image_id"]) == set(good) | set(bad)
+    by_status = ids.set_index(["image_id", "level"])["status"]
+    assert all(by_status[(i, lvl)] == "ok" for i in good for lvl in (0.3, 0.6))
+    assert all(by_status[(i, lvl)] == "error" for i in bad for lvl in (0.3, 0.6))
+    errors = ids[ids["status"] == "error"]
+    assert errors["error"].str.len().gt(0).all()
+
+    # Outputs: the input's size, the recorded hash, pseudonymous names, t_boom below level * T.
+    for row in manifest[manifest["status"] == "ok"].itertuples():
+        path = out / row.output_path
+        assert row.anon_id in path.name and "Jane" not in str(path)
+        assert Image.open(path).size == (96, 80)
+        assert row.t_boom <= row.level * 1000 and row.n_steps >= 1
+
+    distances = pd.read_parquet(out / "evaluation" / "distances.parquet")
+    assert len(distances) == len(manifest)  # one recognizer
+    ok = distances[distances["status"] == "ok"]
+    assert len(ok) == 2 * len(good) and ok["distance"].between(0, 2).all()
+    assert (ok["cleared"] == (ok["distance"] > ok["threshold"])).all()
+
+    # The summary equals an independent recomputation from the distances.
+    summary = pd.read_parquet(out / "evaluation" / "summary.parquet").set_index(["level", "recognizer"])
+    for (level, recognizer), group in distances.groupby(["level", "recognizer"]):
+        row = summary.loc[(level, recognizer)]
+        values = group.loc[group["status"] == "ok", "distance"].to_numpy()
+        assert row["n_images"] == len(group)
+        assert row["n_evaluated"] == len(values)
+        assert row["n_cleared"] == int((values > 0.4).sum())
+        assert row["distance_mean"] == pytest.approx(values.mean())
+        assert row["distance_median"] == pytest.approx(np.median(values))
+        assert row["distance_std"] == pytest.approx(values.std(ddof=1))
+
+    report = (out / "report" / "index.html").read_text()
+    assert "Facenet" in report and "<table" in report
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "finished" and record["counts"]["rows"] == len(manifest)
+    assert record["versions"]["diffusers"] and record["model"]["content_sha256"]
+    assert "cleared" in stdout and "Report:" in stdout
+
+
+def test_same_bytes_whatever_the_batch_size_and_worker_count(cli, tmp_path):
+    data = tmp_path / "in"
+    write_faces(data, 5, size=(64, 64))
+    hashes = []
+    for name, flags in (("b1", ["--batch-size", "1"]), ("b4", ["--batch-size", "4"]), ("w2", ["--workers", "2"])):
+        out = tmp_path / name
+        status, _, _ = cli("anonymize", str(data), "--out", str(out), "--levels", "0.5", *flags)
+        assert status == 0
+        manifest = pd.read_parquet(out / "manifest.parquet").merge(_identities(out), on="anon_id")
+        hashes.append(dict(zip(manifest["image_id"], manifest["sha256_output"], strict=True)))
+    assert hashes[0] == hashes[1] == hashes[2]
+    assert len(set(hashes[0].values())) == 5
+
+
+def test_finished_job_run_again_does_no_model_work(cli, tmp_path):
+    data = tmp_path / "in"
+    write_faces(data, 3, size=(64, 64))
+    out = tmp_path / "out"
+    assert cli("run", str(data), "--out", str(out), "--levels", "0.4")[0] == 0
+    parts = sorted(p.name for p in (out / "manifest.parquet").iterdir())
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "images").rglob("*.png")}
+
+    status, stdout, _ = cli("run", str(data), "--out", str(out), "--levels", "0.4")
+
+    assert status == 0 and "(0 processed in this run)" in stdout
+    assert sorted(p.name for p in (out / "manifest.parquet").iterdir()) == parts
+    assert {p: p.stat().st_mtime_ns for p in (out / "images").rglob("*.png")} == mtimes
+    assert json.loads((out / "run.json").read_text())["pairs_done_this_run"] == 0
+
+    # A new level on the same folder does only that level; --overwrite starts afresh.
+    assert cli("run", str(data), "--out", str(out), "--levels", "0.4,0.8")[0] == 0
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    assert len(manifest) == 6 and manifest.groupby(["anon_id", "level"]).size().eq(1).all()
+    assert cli("run", str(data), "--out", str(out), "--levels", "0.8", "--overwrite")[0] == 0
+    assert len(pd.read_parquet(out / "manifest.parquet")) == 3
+
+
+def test_parquet_input_with_duplicate_ids(cli, tmp_path):
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from samples import astronaut_variants
+
+    images = []
+    for image in astronaut_variants(3, (64, 64)):
+        buf = io.BytesIO()
+        image.save(buf, "PNG")
+        images.append(buf.getvalue())
+    table = pa.table({"id": ["a", "b", "b", "c"], "image": images + [b"garbage"]})
+    pq.write_table(table, tmp_path / "faces.parquet")
+    out = tmp_path / "out"
+
+    status, _, _ = cli("run", str(tmp_path / "faces.parquet"), "--out", str(out), "--levels", "0.5")
+
+    assert status == 0
+    manifest = pd.read_parquet(out / "manifest.parquet").merge(_identities(out), on="anon_id")
+    assert sorted(manifest["image_id"]) == ["a", "b#1", "b#2", "c"]
+    status_by_id = dict(zip(manifest["image_id"], manifest["status"], strict=True))
+    assert status_by_id == {"a": "ok", "b#1": "error", "b#2": "error", "c": "error"}
+
+
+def test_evaluate_another_tools_output(cli, tmp_path):
+    from PIL import ImageFilter
+
+    originals = tmp_path / "orig"
+    ids = write_faces(originals, 3, size=(64, 64))
+    theirs = tmp_path / "theirs"
+    for rel in ids:
+        target = theirs / rel.replace(".jpg", ".png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(originals / rel).filter(ImageFilter.GaussianBlur(3)).save(target)
+    out = tmp_path / "out"
+
+    status, _, _ = cli(
+        "evaluate", "--originals", str(originals), "--anonymized", str(theirs), "--out", str(out), "--levels", "1.0"
+    )
+
+    assert status == 0
+    distances = pd.read_parquet(out / "evaluation" / "distances.parquet")
+    assert len(distances) == 3 and (distances["status"] == "ok").all()
+    assert (distances["distance"] > 0).all()
+    assert (out / "report" / "index.html").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["run", "{missing}", "--out", "{out}"], "does not exist"),
+        (["run", "{data}", "--out", "{out}", "--levels", "1.5"], "--levels"),
+        (["run", "{data}", "--out", "{out}", "--levels", "0"], "--levels"),
+        (["run", "{data}", "--out", "{out}", "--steps", "0"], "--steps"),
+        (["run", "{data}", "--out", "{out}", "--model", "{missing}"], "model"),
+        (["run", "{data}", "--out", "{out}", "--recognizers", "Facenet512"], "facenet512_weights"),
+        (["run", "{data}", "--out", "{out}", "--gpus-per-worker", "1"], "--gpus-per-worker"),
+    ],
+)
+def test_a_job_that_cannot_run_exits_2_with_one_line(cli, tmp_path, argv, expected):
+    data = tmp_path / "in"
+    write_faces(data, 1)
+    fill = {"missing": str(tmp_path / "nowhere"), "out": str(tmp_path / "out"), "data": str(data)}
+    argv = [a.format(**fill) for a in argv]
+
+    status, _, stderr = cli(*argv, model="--model" not in argv)
+
+    assert status == 2
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert expected in stderr and "Traceback" not in stderr
