@@ -1,0 +1,46 @@
+"""Boomerang local sampling for anonymizing face images (Luzi et al., TMLR 2024).
+
+The library half of boomerang: model loading, the sampler, seeding and image handling. It never imports
+``pipeline`` or ``evaluation``.
+
+Typical use::
+
+    settings = SamplerSettings(model="/models/sd15", steps=50)
+    model = load_model(settings)
+    sampler = BoomerangSampler(model, settings)
+    img = decode_image(data)
+    square, placement = to_model_input(img, model.resolution)
+    seed = output_seed(run_seed, image_id, 0.7)
+    out = sampler([square], 0.7, [make_generator(seed)])
+    png = encode_png(from_model_output(out.images[0], placement))
+"""
+
+from anonymize.imaging import ImageError, Placement, decode_image, encode_png, from_model_output, to_model_input
+from anonymize.loading import LoadedModel, PickleRefused, WeightsNotFound, load_model, resolve_model, weights_sha256
+from anonymize.sampler import BoomerangOutput, BoomerangSampler
+from anonymize.seeding import make_generator, output_seed
+from anonymize.settings import SamplerSettings, validate_level
+from anonymize.tiny_models import build_tiny_latent_pipeline, build_tiny_pixel_ddpm
+
+__all__ = [
+    "BoomerangOutput",
+    "BoomerangSampler",
+    "ImageError",
+    "LoadedModel",
+    "PickleRefused",
+    "Placement",
+    "SamplerSettings",
+    "WeightsNotFound",
+    "build_tiny_latent_pipeline",
+    "build_tiny_pixel_ddpm",
+    "decode_image",
+    "encode_png",
+    "from_model_output",
+    "load_model",
+    "make_generator",
+    "output_seed",
+    "resolve_model",
+    "to_model_input",
+    "validate_level",
+    "weights_sha256",
+]

@@ -49,7 +49,13 @@ def _add_job_flags(parser: argparse.ArgumentParser, *, sampler: bool, evaluation
         group.add_argument("--device")
         group.add_argument("--dtype")
         group.add_argument("--revision")
-        group.add_argument("--batch-size", type=int, dest="batch_size", help="images per model call (default 4)")
+        group.add_argument("--batch-size", type=int, dest="batch_size", help="images per Ray task (default 4)")
+        group.add_argument(
+            "--model-batch",
+            type=int,
+            dest="model_batch",
+            help="images per model call, padded to this fixed size so bytes never depend on batching (default 4)",
+        )
         group.add_argument("--workers", type=int, help="anonymize actors (default 1)")
         group.add_argument(
             "--gpus-per-worker",

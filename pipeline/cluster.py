@@ -34,6 +34,7 @@ def connect(address: str | None) -> ClusterInfo:
     context = DataContext.get_current()
     context.enable_progress_bars = False  # our own progress line replaces Ray's bars
     context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     resources = ray.cluster_resources()
     nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
     return ClusterInfo(

@@ -101,7 +101,10 @@ _SAMPLER_KEYS = {
     "device": "device",
     "dtype": "dtype",
     "revision": "revision",
+    "model_batch": "model_batch",
 }
+# Images per model call in a job: fixed (and padded) so bytes never depend on --batch-size or workers.
+DEFAULT_MODEL_BATCH = 4
 _EVALUATION_KEYS = {
     "recognizers": "recognizers",
     "detector": "detector",
@@ -179,6 +182,7 @@ def build_settings(values: Mapping[str, Any]) -> JobSettings:
         evaluation["recognizers"] = _str_tuple("recognizers", evaluation["recognizers"])
     if "thresholds" in evaluation and isinstance(evaluation["thresholds"], Mapping):
         evaluation["thresholds"] = tuple((str(k), float(v)) for k, v in evaluation["thresholds"].items())
+    sampler.setdefault("model_batch", DEFAULT_MODEL_BATCH)
     try:
         job["sampler"] = SamplerSettings(**sampler)
     except (TypeError, ValueError) as err:

@@ -91,7 +91,7 @@ def build_report(job: Job, manifest, summary, distances, sections=()):
         settings=job.settings.public_dict(),
         versions={
             **record.get("versions", {}),
-            **{f"model {k}": v for k, v in record.get("model", {}).items()},
+            **{f"model {k}": v for k, v in (record.get("model") or {}).items()},
         },
         summary=summary,
         failures=failures,

@@ -14,8 +14,6 @@ import os
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from anonymize import WeightsNotFound
-
 from .cluster import ClusterInfo, connect
 from .config import JobSettings
 from .inputs import InputItem, InputSet, discover
@@ -55,8 +53,10 @@ def prepare(settings: JobSettings, mode: str, stream: TextIO | None = None) -> J
     inputs = discover(settings.input, id_column=settings.id_column, image_column=settings.image_column)
     if settings.deepface_home:
         os.environ["DEEPFACE_HOME"] = settings.deepface_home
+    model = None
     if mode != "evaluate":
-        check_model(settings)
+        # Fail here, in one line, rather than in every actor (which Ray would restart forever).
+        model = model_identity(settings.sampler)
     if mode != "anonymize":
         from evaluation import check_weights
 
@@ -72,39 +72,11 @@ def prepare(settings: JobSettings, mode: str, stream: TextIO | None = None) -> J
         )
     job = Job(settings, mode, layout, inputs, layout.salt(), cluster, stream=stream)
     job.anon_ids = {item.image_id: anon_id(job.salt, item.image_id) for item in inputs.items}
-    _start_record(job)
+    _start_record(job, model)
     return job
 
 
-def check_model(settings: JobSettings) -> None:
-    """Fail before starting actors when the diffusion weights are not there (actors would retry forever)."""
-    from pathlib import Path
-
-    model = settings.sampler.model
-    path = Path(model).expanduser()
-    if path.exists() or model.startswith((".", "/", "~")):
-        if not (path / "model_index.json").is_file():
-            raise WeightsNotFound(
-                f"model {model!r}: no diffusers model at {path} (model_index.json missing); "
-                "pass --model with a folder saved by save_pretrained or a Hugging Face id"
-            )
-        return
-    try:
-        from huggingface_hub import snapshot_download
-
-        snapshot_download(model, revision=settings.sampler.revision, local_files_only=True)
-    except Exception:
-        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-            from huggingface_hub.constants import HF_HUB_CACHE
-
-            raise WeightsNotFound(
-                f"model {model!r} is not in the Hugging Face cache {HF_HUB_CACHE} and HF_HUB_OFFLINE is set; "
-                "download it on a machine with network and set HF_HOME, or pass --model /path/to/folder"
-            ) from None
-        # With a network the actors download it themselves; without one, load_model says so in one line.
-
-
-def _start_record(job: Job) -> None:
+def _start_record(job: Job, model: dict | None) -> None:
     record = read_json(job.layout.run_json)
     settings = job.settings
     record.update(
@@ -226,12 +198,13 @@ def _plan(job: Job, work: list[dict]):
         )
     # Fractional CPUs: on a small machine whole-CPU actors plus Ray's own tasks can starve each other.
     cpu_actor = 1.0 if gpus else 0.5
-    threads = None if gpus else max(1, (os.cpu_count() or 1) // settings.workers)
+    # Torch threads: more threads than cores across the actors makes OpenMP spin and runs 10x slower.
+    threads = None if gpus else max(1, ((os.cpu_count() or 1) - settings.eval_workers) // settings.workers)
     ds = ds.map_batches(
         AnonymizeStage,
         fn_constructor_args=(
             settings.sampler,
-            AnonymizeConfig(str(job.layout.root), settings.seed, settings.batch_size, settings.max_pixels, threads),
+            AnonymizeConfig(str(job.layout.root), settings.seed, settings.max_pixels, threads),
         ),
         batch_size=settings.batch_size,
         batch_format="pandas",

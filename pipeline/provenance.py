@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -10,6 +9,8 @@ import sys
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+
+from anonymize import SamplerSettings, resolve_model, weights_sha256
 
 PACKAGES = (
     "boomerang-anonymize",
@@ -34,31 +35,15 @@ def versions() -> dict[str, str]:
     return found
 
 
-def model_identity(model: str, revision: str | None) -> dict[str, str | None]:
-    """Model id plus what pins its bytes: a content hash of a local folder, or the hub snapshot commit."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return {"model": model, "revision": revision, "content_sha256": folder_hash(path)}
-    try:
-        from huggingface_hub import snapshot_download
-
-        snapshot = Path(snapshot_download(model, revision=revision, local_files_only=True))
-        return {"model": model, "revision": snapshot.name, "content_sha256": None}
-    except Exception:  # not in the cache: the actors' load reports it properly
-        return {"model": model, "revision": revision, "content_sha256": None}
-
-
-def folder_hash(path: Path) -> str:
-    """sha256 over the relative names and bytes of the model files (weights and configs)."""
-    digest = hashlib.sha256()
-    for file in sorted(
-        p for p in path.rglob("*") if p.is_file() and p.suffix in (".json", ".safetensors", ".txt", ".bin")
-    ):
-        digest.update(file.relative_to(path).as_posix().encode())
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+def model_identity(settings: SamplerSettings) -> dict[str, str | None]:
+    """Model id plus what pins its bytes: the hub snapshot commit, or a content hash of a local folder."""
+    folder, commit = resolve_model(settings)
+    return {
+        "model": settings.model,
+        "revision": settings.revision,
+        "commit": commit,
+        "weights_sha256": None if commit else weights_sha256(folder, settings.allow_pickle),
+    }
 
 
 def now() -> str:

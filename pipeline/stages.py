@@ -56,7 +56,6 @@ class AnonymizeConfig:
 
     out: str
     seed: int
-    batch_size: int
     max_pixels: int
     threads: int | None = None
 
@@ -94,9 +93,8 @@ class AnonymizeStage:
             decoded.append((base, data, placement, model_input, levels))
 
         for level in sorted({level for *_, levels in decoded for level in levels}):
-            todo = [entry for entry in decoded if level in entry[4]]
-            for start in range(0, len(todo), self.config.batch_size):
-                rows += self._sample(todo[start : start + self.config.batch_size], level)
+            # The sampler splits this into fixed-size model calls (SamplerSettings.model_batch).
+            rows += self._sample([entry for entry in decoded if level in entry[4]], level)
         return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
 
     def _sample(self, chunk: list, level: float) -> list[dict]:
@@ -177,27 +175,22 @@ class EvaluateStage:
         from evaluation import Pair, error_rows
 
         rows = batch.to_dict("records")
-        pairs, distance_rows = [], []
+        pairs = []
         for row in rows:
+            row["t_boom"] = None if pd.isna(row["t_boom"]) else int(row["t_boom"])
             if row["status"] != "ok":
                 continue
-            original = np.asarray(decode_image(row["original"], max_pixels=self.config.max_pixels))
-            anonymized = np.asarray(decode_image(row["anonymized"]))
-            pairs.append(
-                Pair(
-                    row["anon_id"],
-                    row["level"],
-                    int(row["t_boom"]),
-                    row["source_sha256"],
-                    original,
-                    anonymized,
-                )
-            )
-        distance_rows += self.evaluator.evaluate(pairs)
+            try:
+                original = np.asarray(decode_image(row["original"], max_pixels=self.config.max_pixels))
+                anonymized = np.asarray(decode_image(row["anonymized"], max_pixels=self.config.max_pixels))
+            except ImageError as err:  # only reachable for another tool's files (boomerang evaluate)
+                row.update(status="error", error=str(err))
+                continue
+            pairs.append(Pair(row["anon_id"], row["level"], row["t_boom"], row["source_sha256"], original, anonymized))
+        distance_rows = self.evaluator.evaluate(pairs)
         for row in rows:
             if row["status"] != "ok":
-                t_boom = None if pd.isna(row["t_boom"]) else int(row["t_boom"])
-                distance_rows += error_rows(row["anon_id"], row["level"], t_boom, row["error"], self.settings)
+                distance_rows += error_rows(row["anon_id"], row["level"], row["t_boom"], row["error"], self.settings)
         return finish_batch(self.layout, rows, distance_rows)
 
 

@@ -14,7 +14,9 @@ def cli(ray_runtime, deepface_home, tiny_sd, capsys):
         args = list(argv)
         command = args[0]
         if model and command in ("run", "anonymize"):
-            args += ["--model", str(tiny_sd), "--steps", "10"]
+            args += ["--model", str(tiny_sd)]
+        if command in ("run", "anonymize") and "--steps" not in args:
+            args += ["--steps", "10"]
         if command in ("run", "evaluate"):
             args += ["--deepface-home", str(deepface_home)]
             if "--recognizers" not in args:

@@ -66,7 +66,7 @@ def test_run_good_and_bad_images_at_two_levels(cli, tmp_path):
     assert "Facenet" in report and "<table" in report
     record = json.loads((out / "run.json").read_text())
     assert record["status"] == "finished" and record["counts"]["rows"] == len(manifest)
-    assert record["versions"]["diffusers"] and record["model"]["content_sha256"]
+    assert record["versions"]["diffusers"] and record["model"]["weights_sha256"]
     assert "cleared" in stdout and "Report:" in stdout
 
 

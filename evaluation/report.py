@@ -1,0 +1,372 @@
+"""The compliance report: one self-contained ``index.html`` (inline CSS, images as data URIs).
+
+It shows what the caller passes and nothing else: originals appear only if the caller gives them
+as samples. Plots follow the paper's Figure 5 (distance and fraction cleared against level) and
+are also saved as PNG files next to the page.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+DISTANCE_PLOT = "distance_vs_level.png"
+FRACTION_PLOT = "fraction_cleared_vs_level.png"
+# A report over a large failed run stays readable; the Parquet files hold every row.
+MAX_FAILURE_ROWS = 500
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto;
+       max-width: 1200px; padding: 0 1em; color: #1b1b1b; line-height: 1.45; }
+h1 { font-size: 1.7em; margin-bottom: 0.2em; }
+h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ccc; padding-bottom: 0.2em; }
+.notice { background: #fff3cd; border: 2px solid #d39e00; padding: 0.8em 1em; font-weight: 600;
+          margin: 1em 0; }
+table { border-collapse: collapse; font-size: 0.8em; margin: 0.5em 0; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.4em; text-align: right; vertical-align: top; }
+th { background: #f0f2f5; }
+td { white-space: nowrap; }
+td.text, th.text { text-align: left; }
+td.wrap { white-space: normal; overflow-wrap: anywhere; min-width: 12em; }
+tr:nth-child(even) td { background: #fafbfc; }
+.scroll { overflow-x: auto; }
+.plots { display: flex; flex-wrap: wrap; gap: 1em; }
+.plots img { max-width: 100%; width: 580px; border: 1px solid #ddd; }
+.samples { display: grid; grid-template-columns: repeat(auto-fill, minmax(160px, 1fr)); gap: 0.8em; }
+.samples figure { margin: 0; font-size: 0.8em; text-align: center; word-break: break-all; }
+.samples img { width: 100%; height: auto; border: 1px solid #ddd; }
+.muted { color: #666; font-size: 0.9em; }
+"""
+
+# Columns of the summary table as shown, with their headings. The 95% interval is one column and
+# deepface's default thresholds are in the threshold section, so the table fits the page.
+_SUMMARY_VIEW = (
+    ("level", "level"),
+    ("recognizer", "recognizer"),
+    ("n_images", "images"),
+    ("n_evaluated", "evaluated"),
+    ("n_no_face_original", "no face (original)"),
+    ("n_no_face_anonymized", "no face (anonymized)"),
+    ("n_errors", "errors"),
+    ("n_cleared", "cleared"),
+    ("fraction_cleared", "fraction cleared"),
+    ("ci", "95% interval"),
+    ("distance_mean", "mean distance"),
+    ("distance_std", "std"),
+    ("distance_sem", "s.e."),
+    ("distance_median", "median"),
+    ("threshold", "threshold"),
+)
+
+
+def write_report(
+    report_dir: Path,
+    *,
+    title: str,
+    settings: dict,
+    versions: dict,
+    summary: pd.DataFrame,
+    failures: pd.DataFrame,
+    samples: Sequence[tuple[str, bytes]],
+    notice: str | None = None,
+    sections: Sequence[tuple[str, str]] = (),
+) -> Path:
+    """Write ``report_dir/index.html`` and the two plot PNGs; return the path of index.html.
+
+    Args:
+        title: page heading.
+        settings: run settings, shown as a table (values that are not text are shown as JSON).
+        versions: software versions, shown as a table.
+        summary: the ``summarize`` table.
+        failures: rows to list as failures (any columns; the first ``MAX_FAILURE_ROWS``).
+        samples: (caption, PNG bytes) of images to show, normally anonymized outputs only.
+        notice: a banner shown at the top, e.g. that the numbers come from random-weight models.
+        sections: extra (title, HTML) sections appended by the caller; the HTML is inserted as
+            given, so the caller escapes what it puts in.
+    """
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    distance_png = _distance_plot(summary)
+    fraction_png = _fraction_plot(summary)
+    (report_dir / DISTANCE_PLOT).write_bytes(distance_png)
+    (report_dir / FRACTION_PLOT).write_bytes(fraction_png)
+
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{_e(title)}</h1>",
+    ]
+    if notice:
+        parts.append(f'<div class="notice">{_e(notice)}</div>')
+    parts += [
+        "<h2>Summary</h2>",
+        _summary_sentence(summary),
+        f'<div class="scroll">{_summary_html(summary)}</div>',
+        "<h2>Distance and fraction cleared by level</h2>",
+        '<div class="plots">',
+        _img(distance_png, "Mean cosine distance by level, with standard error bars and threshold lines"),
+        _img(fraction_png, "Fraction of images cleared by level, with 95% Wilson intervals"),
+        "</div>",
+        '<p class="muted">Left: mean cosine distance between each original and its anonymized image, '
+        "error bars one standard error; dashed lines are the thresholds. Right: fraction of evaluated "
+        "images whose distance is above the threshold (a recognizer would not match them), with 95% "
+        "Wilson score intervals.</p>",
+        "<h2>Threshold</h2>",
+        _threshold_html(summary),
+        "<h2>Sample anonymized images</h2>",
+        _samples_html(samples),
+        "<h2>Failures</h2>",
+        _failures_html(failures),
+    ]
+    for section_title, section_html in sections:
+        parts += [f"<h2>{_e(section_title)}</h2>", section_html]
+    parts += [
+        "<h2>Settings</h2>",
+        _mapping_html(settings, "setting"),
+        "<h2>Software versions</h2>",
+        _mapping_html(versions, "package"),
+        "</body></html>",
+    ]
+    index = report_dir / "index.html"
+    tmp = index.with_name(".index.html.tmp")
+    tmp.write_text("\n".join(parts), encoding="utf-8")
+    os.replace(tmp, index)
+    return index
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
+def _format(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value)).lower()
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.4g}"
+    return str(value)
+
+
+def _table(frame: pd.DataFrame, headings: Sequence[str] | None = None) -> str:
+    headings = list(frame.columns) if headings is None else list(headings)
+    classes = [_column_class(frame[c]) for c in frame.columns]
+    head = "".join(
+        f'<th class="{"text" if cls else ""}">{_e(h)}</th>' for h, cls in zip(headings, classes, strict=True)
+    )
+    body = []
+    for row in frame.itertuples(index=False):
+        cells = "".join(f'<td class="{cls}">{_e(_format(value))}</td>' for value, cls in zip(row, classes, strict=True))
+        body.append(f"<tr>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _column_class(column: pd.Series) -> str:
+    # Numbers align right and never wrap; long text (error messages) wraps, short text does not.
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        return ""
+    longest = column.astype(str).str.len().max() if len(column) else 0
+    return "text wrap" if longest > 40 else "text"
+
+
+def _summary_html(summary: pd.DataFrame) -> str:
+    if summary.empty:
+        return "<p>No evaluated images.</p>"
+    view = summary.assign(
+        ci=[
+            "–" if math.isnan(low) else f"{low:.3f}–{high:.3f}"
+            for low, high in zip(summary["ci_low"], summary["ci_high"], strict=True)
+        ]
+    )
+    return _table(view[[c for c, _ in _SUMMARY_VIEW]], [h for _, h in _SUMMARY_VIEW])
+
+
+def _summary_sentence(summary: pd.DataFrame) -> str:
+    if summary.empty:
+        return ""
+    lines = []
+    for recognizer, rows in summary.groupby("recognizer", sort=False):
+        parts = []
+        for row in rows.itertuples(index=False):
+            if row.n_evaluated:
+                parts.append(f"level {row.level:g}: {row.n_cleared}/{row.n_evaluated} cleared")
+        if parts:
+            lines.append(f"<li>{_e(recognizer)}: {_e('; '.join(parts))}</li>")
+    return f"<ul>{''.join(lines)}</ul>" if lines else ""
+
+
+def _threshold_html(summary: pd.DataFrame) -> str:
+    text = (
+        "<p>A pair is <em>cleared</em> when the cosine distance between the deepface embeddings of the "
+        "original and the anonymized image is strictly above the threshold: deepface's "
+        "<code>verify</code> would then say &ldquo;not the same person&rdquo;. Distances are computed "
+        'exactly as <code>DeepFace.verify(original, anonymized, distance_metric="cosine", align=True)</code> '
+        "computes them. The default threshold, 0.4 for every recognizer, is the paper's setting "
+        "(Luzi et al., Boomerang, TMLR 2024).</p>"
+        "<p>deepface ships its own tuned thresholds, shown below for comparison. VGG-Face's default "
+        "moved from 0.40 to 0.68 when deepface (0.0.81) changed its VGG-Face embedding from the "
+        "2622-d classifier output, which the paper used, to the 4096-d descriptor. With the 4096-d "
+        "embedding a pair at a distance between 0.40 and 0.68 counts as cleared here, although "
+        "deepface's own default would still call it the same person.</p>"
+    )
+    if summary.empty:
+        return text
+    per = summary.drop_duplicates("recognizer")[["recognizer", "threshold", "deepface_threshold"]]
+    return text + _table(per, ["recognizer", "threshold used", "deepface default (cosine)"])
+
+
+def _samples_html(samples: Sequence[tuple[str, bytes]]) -> str:
+    if not samples:
+        return "<p>No samples.</p>"
+    figures = [
+        f"<figure>{_img(png, caption)}<figcaption>{_e(caption)}</figcaption></figure>" for caption, png in samples
+    ]
+    return f'<div class="samples">{"".join(figures)}</div>'
+
+
+def _failures_html(failures: pd.DataFrame) -> str:
+    if failures is None or failures.empty:
+        return "<p>None.</p>"
+    shown = failures.head(MAX_FAILURE_ROWS)
+    note = ""
+    if len(failures) > len(shown):
+        note = f'<p class="muted">First {len(shown)} of {len(failures)} failures.</p>'
+    return f'{note}<div class="scroll">{_table(shown)}</div>'
+
+
+def _mapping_html(mapping: dict, key_heading: str) -> str:
+    if not mapping:
+        return "<p>None given.</p>"
+    rows = "".join(
+        f'<tr><td class="text">{_e(key)}</td><td class="text">{_e(_as_text(value))}</td></tr>'
+        for key, value in mapping.items()
+    )
+    return (
+        f'<table><thead><tr><th class="text">{_e(key_heading)}</th><th class="text">value</th></tr></thead>'
+        f"<tbody>{rows}</tbody></table>"
+    )
+
+
+def _as_text(value) -> str:
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, default=str)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _figure() -> tuple[Figure, object]:
+    figure = Figure(figsize=(6.4, 4.2), dpi=100)
+    FigureCanvasAgg(figure)
+    return figure, figure.add_subplot(1, 1, 1)
+
+
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    # No metadata: the bytes depend on the data only.
+    figure.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def _no_data(axes, message: str = "no evaluated images") -> None:
+    axes.text(0.5, 0.5, message, ha="center", va="center", transform=axes.transAxes, color="#666")
+
+
+def _dodge(summary: pd.DataFrame, index: int) -> float:
+    # Shift each recognizer's points a little sideways so error bars at one level do not overlap.
+    count = summary["recognizer"].nunique()
+    span = float(summary["level"].max() - summary["level"].min()) or 1.0
+    return (index - (count - 1) / 2) * 0.012 * span
+
+
+def _finish_axes(axes, summary: pd.DataFrame, plotted: bool) -> None:
+    if not plotted:
+        _no_data(axes)
+        return
+    levels = sorted(summary["level"].unique())
+    # Ticks at the levels that were run, not matplotlib's 0.025 steps between them.
+    if len(levels) <= 12:
+        axes.set_xticks(levels)
+        axes.set_xticklabels([f"{level:g}" for level in levels])
+    axes.legend(fontsize="small")
+
+
+def _distance_plot(summary: pd.DataFrame) -> bytes:
+    figure, axes = _figure()
+    axes.set_xlabel("anonymity level (t_boom / T)")
+    axes.set_ylabel("cosine distance to original")
+    axes.set_title("Mean distance by level (± 1 s.e.)")
+    plotted = False
+    colors = {}
+    for i, (recognizer, rows) in enumerate(summary.groupby("recognizer", sort=False)):
+        rows = rows[rows["distance_mean"].notna()].sort_values("level")
+        if rows.empty:
+            continue
+        line = axes.errorbar(
+            rows["level"] + _dodge(summary, i),
+            rows["distance_mean"],
+            yerr=rows["distance_sem"].fillna(0.0),
+            marker="o",
+            capsize=3,
+            label=str(recognizer),
+        )
+        colors[recognizer] = line[0].get_color()
+        plotted = True
+    thresholds = summary.drop_duplicates("recognizer")[["recognizer", "threshold"]] if not summary.empty else None
+    if thresholds is not None and thresholds["threshold"].nunique() == 1:
+        axes.axhline(thresholds["threshold"].iloc[0], color="black", linestyle="--", linewidth=1, label="threshold")
+    elif thresholds is not None:
+        for row in thresholds.itertuples(index=False):
+            axes.axhline(
+                row.threshold,
+                color=colors.get(row.recognizer, "black"),
+                linestyle="--",
+                linewidth=1,
+                label=f"threshold {row.recognizer}",
+            )
+    _finish_axes(axes, summary, plotted)
+    return _png(figure)
+
+
+def _fraction_plot(summary: pd.DataFrame) -> bytes:
+    figure, axes = _figure()
+    axes.set_xlabel("anonymity level (t_boom / T)")
+    axes.set_ylabel("fraction cleared")
+    axes.set_title("Fraction cleared by level (95% Wilson interval)")
+    axes.set_ylim(-0.03, 1.03)
+    plotted = False
+    for i, (recognizer, rows) in enumerate(summary.groupby("recognizer", sort=False)):
+        rows = rows[rows["fraction_cleared"].notna()].sort_values("level")
+        if rows.empty:
+            continue
+        fraction = rows["fraction_cleared"].to_numpy(dtype=float)
+        low = rows["ci_low"].to_numpy(dtype=float)
+        high = rows["ci_high"].to_numpy(dtype=float)
+        error = np.clip(np.vstack([fraction - low, high - fraction]), 0, None)
+        axes.errorbar(
+            rows["level"] + _dodge(summary, i), fraction, yerr=error, marker="o", capsize=3, label=str(recognizer)
+        )
+        plotted = True
+    _finish_axes(axes, summary, plotted)
+    return _png(figure)

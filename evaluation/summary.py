@@ -1,0 +1,192 @@
+"""Per (level, recognizer) statistics of the distances, from partial results that merge exactly.
+
+Pure pandas/numpy, apart from looking up deepface's own default thresholds (a plain table).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from evaluation.engine import deepface_module
+from evaluation.settings import EvaluationSettings
+
+# Two-sided 95%: the normal quantile 1 - 0.05 / 2.
+Z_95 = 1.959964
+
+SUMMARY_COLUMNS = (
+    "level",
+    "recognizer",
+    "metric",
+    "n_images",
+    "n_evaluated",
+    "n_no_face_original",
+    "n_no_face_anonymized",
+    "n_errors",
+    "n_cleared",
+    "fraction_cleared",
+    "ci_low",
+    "ci_high",
+    "distance_mean",
+    "distance_std",
+    "distance_sem",
+    "distance_median",
+    "threshold",
+    "deepface_threshold",
+)
+
+
+def wilson_interval(k: int, n: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval for ``k`` successes in ``n`` trials; (nan, nan) when ``n`` is 0.
+
+    Unlike the normal (Wald) interval it stays inside [0, 1] and is not empty at k = 0 or k = n,
+    which is where an anonymizer that clears (almost) everything sits.
+    """
+    if n < 0 or not 0 <= k <= n:
+        raise ValueError(f"wilson_interval: need 0 <= k <= n, got k={k!r}, n={n!r}")
+    if n == 0:
+        return (math.nan, math.nan)
+    p = k / n
+    z2 = z * z
+    denominator = 1.0 + z2 / n
+    centre = (p + z2 / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denominator
+    # Exact ends where rounding could leave them a hair inside or outside [0, 1].
+    low = 0.0 if k == 0 else max(0.0, centre - half)
+    high = 1.0 if k == n else min(1.0, centre + half)
+    return (low, high)
+
+
+@dataclass
+class PartialStats:
+    """Counts and distance moments for one (level, recognizer) over some rows; merge to combine.
+
+    Distances are those of "ok" rows. ``mean`` and ``m2`` (sum of squared deviations from the
+    mean) merge exactly in any order (Chan et al.), unlike a running sum of squares, which loses
+    digits when the spread is small; the distances themselves are kept for the exact median.
+    """
+
+    n_images: int = 0
+    n_evaluated: int = 0
+    n_no_face_original: int = 0
+    n_no_face_anonymized: int = 0
+    n_errors: int = 0
+    n_cleared: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+    distances: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.float64))
+
+    @classmethod
+    def from_rows(cls, rows: pd.DataFrame, threshold: float) -> PartialStats:
+        """Partial results for distance rows of one (level, recognizer); cleared is ``distance > threshold``."""
+        ok = rows["status"] == "ok"
+        distances = rows.loc[ok, "distance"].to_numpy(dtype=np.float64)
+        face_anonymized = rows.loc[ok, "face_anonymized"]
+        return cls(
+            n_images=len(rows),
+            n_evaluated=int(ok.sum()),
+            n_no_face_original=int((rows["status"] == "no_face_original").sum()),
+            n_no_face_anonymized=int((face_anonymized == False).sum()),  # noqa: E712 - object column
+            n_errors=int((rows["status"] == "error").sum()),
+            n_cleared=int((distances > threshold).sum()),
+            mean=float(distances.mean()) if len(distances) else 0.0,
+            m2=float(((distances - distances.mean()) ** 2).sum()) if len(distances) else 0.0,
+            distances=distances,
+        )
+
+    def merge(self, other: PartialStats) -> PartialStats:
+        """The partial results of both sets of rows together."""
+        n_a, n_b = self.n_evaluated, other.n_evaluated
+        n = n_a + n_b
+        delta = other.mean - self.mean
+        return PartialStats(
+            n_images=self.n_images + other.n_images,
+            n_evaluated=n,
+            n_no_face_original=self.n_no_face_original + other.n_no_face_original,
+            n_no_face_anonymized=self.n_no_face_anonymized + other.n_no_face_anonymized,
+            n_errors=self.n_errors + other.n_errors,
+            n_cleared=self.n_cleared + other.n_cleared,
+            mean=(self.mean * n_a + other.mean * n_b) / n if n else 0.0,
+            m2=self.m2 + other.m2 + (delta * delta * n_a * n_b / n if n else 0.0),
+            distances=np.concatenate([self.distances, other.distances]),
+        )
+
+    def finish(self) -> dict:
+        """The summary statistics; NaN where they are undefined (no distances, or std of one)."""
+        n = self.n_evaluated
+        std = math.sqrt(self.m2 / (n - 1)) if n >= 2 else math.nan
+        low, high = wilson_interval(self.n_cleared, n)
+        return {
+            "n_images": self.n_images,
+            "n_evaluated": n,
+            "n_no_face_original": self.n_no_face_original,
+            "n_no_face_anonymized": self.n_no_face_anonymized,
+            "n_errors": self.n_errors,
+            "n_cleared": self.n_cleared,
+            "fraction_cleared": self.n_cleared / n if n else math.nan,
+            "ci_low": low,
+            "ci_high": high,
+            "distance_mean": self.mean if n else math.nan,
+            "distance_std": std,
+            "distance_sem": std / math.sqrt(n) if n >= 2 else math.nan,
+            "distance_median": float(np.median(self.distances)) if n else math.nan,
+        }
+
+
+def partial_stats(distances: pd.DataFrame, settings: EvaluationSettings) -> dict[tuple[float, str], PartialStats]:
+    """Partial results per (level, recognizer) of some distance rows (e.g. one shard)."""
+    parts = {}
+    for (level, recognizer), rows in distances.groupby(["level", "recognizer"], sort=False):
+        parts[(float(level), str(recognizer))] = PartialStats.from_rows(rows, settings.threshold_for(recognizer))
+    return parts
+
+
+def merge_partials(*partials: dict[tuple[float, str], PartialStats]) -> dict[tuple[float, str], PartialStats]:
+    """Combine per-(level, recognizer) partial results of disjoint sets of rows."""
+    merged: dict[tuple[float, str], PartialStats] = {}
+    for part in partials:
+        for key, stats in part.items():
+            merged[key] = merged[key].merge(stats) if key in merged else stats
+    return merged
+
+
+def summary_from_partials(
+    partials: dict[tuple[float, str], PartialStats], settings: EvaluationSettings
+) -> pd.DataFrame:
+    """The summary table from (merged) partial results; rows by level, then recognizer order."""
+    order = {name: i for i, name in enumerate(settings.recognizers)}
+    keys = sorted(partials, key=lambda key: (key[0], order.get(key[1], len(order)), key[1]))
+    rows = []
+    for level, recognizer in keys:
+        rows.append(
+            {"level": level, "recognizer": recognizer, "metric": settings.metric}
+            | partials[(level, recognizer)].finish()
+            | {
+                "threshold": settings.threshold_for(recognizer),
+                "deepface_threshold": deepface_threshold(recognizer, settings.metric, settings.engine),
+            }
+        )
+    frame = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+    return frame.astype({name: "int64" for name in SUMMARY_COLUMNS if name.startswith("n_")})
+
+
+def summarize(distances: pd.DataFrame, settings: EvaluationSettings) -> pd.DataFrame:
+    """One row per (level, recognizer) of the distance rows (columns: ``SUMMARY_COLUMNS``).
+
+    ``n_images`` counts every row, errors included; the distance statistics and the cleared
+    fraction cover the "ok" rows (``n_evaluated``). Cleared is recomputed as ``distance >
+    threshold`` with ``settings``' thresholds, so a report can be remade with another threshold.
+    Undefined values are NaN: everything distance-based when ``n_evaluated`` is 0, the standard
+    deviation (sample, ddof=1) and the standard error when it is 1.
+    """
+    return summary_from_partials(partial_stats(distances, settings), settings)
+
+
+def deepface_threshold(model_name: str, metric: str = "cosine", engine: str = "pytorch") -> float:
+    """deepface's own default threshold for ``model_name`` and ``metric``; NaN when it has none."""
+    table = deepface_module("deepface.config.threshold", engine).thresholds
+    value = table.get(model_name, {}).get(metric)
+    return math.nan if value is None else float(value)

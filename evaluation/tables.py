@@ -1,0 +1,124 @@
+"""Parquet schemas of the evaluation files, and writing them so a reader never sees half a file."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from evaluation.summary import SUMMARY_COLUMNS
+
+DISTANCES_SCHEMA = pa.schema(
+    [
+        pa.field("anon_id", pa.string(), nullable=False),
+        pa.field("level", pa.float64(), nullable=False),
+        pa.field("t_boom", pa.int64()),  # null when the anonymizer failed before choosing it
+        pa.field("recognizer", pa.string(), nullable=False),
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("distance", pa.float64()),  # null unless status is "ok"
+        pa.field("threshold", pa.float64(), nullable=False),
+        pa.field("cleared", pa.bool_()),  # null unless status is "ok"
+        pa.field("face_original", pa.bool_(), nullable=False),
+        pa.field("face_anonymized", pa.bool_()),  # null when the anonymized image was not embedded
+        pa.field("status", pa.string(), nullable=False),  # "ok" | "no_face_original" | "error"
+        pa.field("error", pa.string()),
+    ]
+)
+
+_COUNTS = {name for name in SUMMARY_COLUMNS if name.startswith("n_")}
+_STRINGS = {"recognizer", "metric"}
+SUMMARY_SCHEMA = pa.schema(
+    [
+        pa.field(
+            name,
+            pa.int64() if name in _COUNTS else pa.string() if name in _STRINGS else pa.float64(),
+            # An undefined statistic (NaN in pandas) is stored as null: pyarrow converts NaN so.
+            nullable=name not in _COUNTS and name not in _STRINGS,
+        )
+        for name in SUMMARY_COLUMNS
+    ]
+)
+
+
+def distances_table(rows: Iterable[dict]) -> pa.Table:
+    """Distance rows (``PairEvaluator.evaluate`` / ``error_rows`` output) as a table of ``DISTANCES_SCHEMA``."""
+    rows = list(rows)
+    keys = set(DISTANCES_SCHEMA.names)
+    for row in rows:
+        if set(row) != keys:
+            raise ValueError(f"rows: keys must be {DISTANCES_SCHEMA.names}, got {list(row)}")
+    return pa.Table.from_pylist(rows, schema=DISTANCES_SCHEMA)
+
+
+def summary_table(summary: pd.DataFrame) -> pa.Table:
+    """The ``summarize`` output as a table of ``SUMMARY_SCHEMA``."""
+    return pa.Table.from_pandas(summary[list(SUMMARY_COLUMNS)], schema=SUMMARY_SCHEMA, preserve_index=False)
+
+
+def write_parquet_atomic(table: pa.Table, path: str | os.PathLike) -> None:
+    """Write ``table`` to ``path`` so that the file is either absent, old, or complete.
+
+    Local paths: a hidden temporary file in the same folder (pyarrow's dataset reader skips names
+    starting with "."), fsync, then ``os.replace``. Other URIs (``s3://...``) go through fsspec,
+    where an object store publishes an object only once its upload completes.
+    """
+    if not isinstance(table, pa.Table):
+        raise TypeError(f"table: must be a pyarrow.Table, got {type(table).__name__}")
+    target = os.fspath(path)
+    if "://" in target and not target.startswith("file://"):
+        import fsspec
+
+        with fsspec.open(target, "wb") as handle:
+            pq.write_table(table, handle)
+        return
+    target_path = Path(target.removeprefix("file://"))
+    target_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target_path.with_name(f".{target_path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            pq.write_table(table, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target_path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_folder(target_path.parent)
+
+
+def read_distances(path: str | os.PathLike) -> pd.DataFrame:
+    """Read distance rows from a Parquet file or a folder of part files (local or fsspec URI)."""
+    return _read(path, DISTANCES_SCHEMA)
+
+
+def read_summary(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a summary written from ``summary_table``."""
+    return _read(path, SUMMARY_SCHEMA)
+
+
+def _read(path: str | os.PathLike, schema: pa.Schema) -> pd.DataFrame:
+    target = os.fspath(path)
+    if "://" in target and not target.startswith("file://"):
+        import fsspec
+
+        filesystem, target = fsspec.core.url_to_fs(target)
+        table = pq.read_table(target, schema=schema, filesystem=filesystem)
+    else:
+        table = pq.read_table(target.removeprefix("file://"), schema=schema)
+    return table.to_pandas()
+
+
+def _fsync_folder(folder: Path) -> None:
+    # Makes the rename itself durable; not possible (nor needed) on every platform.
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
