@@ -84,9 +84,7 @@ def _start_record(job: Job, model: dict | None) -> None:
             "command": job.mode,
             "settings": settings.public_dict(),
             "versions": versions(),
-            "model": None
-            if job.mode == "evaluate"
-            else model_identity(settings.sampler.model, settings.sampler.revision),
+            "model": model,
             "ray": {
                 "address": job.cluster.address,
                 "cpus": job.cluster.cpus,

@@ -81,7 +81,9 @@ def test_losing_the_worker_node_loses_nothing(tmp_path, tiny_sd, deepface_home):
         timeout=600,
         env=env,
     )
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    lines = [line for line in proc.stdout.splitlines() if line.startswith('{"status"')]
+    assert lines, proc.stdout[-2000:] + proc.stderr[-3000:]
+    result = json.loads(lines[-1])
     assert result["status"] == 0 and not result["alive"], proc.stderr[-3000:]
     assert 1 <= result["parts_before_loss"] < len(ids)
     manifest = pd.read_parquet(out / "manifest.parquet")
