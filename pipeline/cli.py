@@ -1,7 +1,8 @@
 """The `boomerang` command line: `main(argv)` so tests call it in-process.
 
 Exit status: 0 when the job finished (some images may have failed: they are rows with an error);
-2 with one line on stderr when the job could not run (bad flag, missing weights, no input).
+2 with one line on stderr when the job could not run (bad flag, missing weights, no input);
+1 with one line when it started and then failed (disk full, cluster lost): a rerun resumes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from .config import SettingsError, build_settings, load_config_file
 
 EXIT_CANNOT_RUN = 2
+EXIT_FAILED = 1
 
 # Flags whose value is a list given as "a,b,c".
 _COMMON_HELP = "Settings may also come from --config FILE (TOML or YAML); flags override it."
@@ -160,6 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except commands.CANNOT_RUN as err:
         print(f"boomerang: {_one_line(err)}", file=sys.stderr)
         return EXIT_CANNOT_RUN
+    except commands.JobFailed as err:
+        print(f"boomerang: {_one_line(err)}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def _one_line(err: BaseException) -> str:

@@ -11,7 +11,7 @@ from .cluster import disconnect
 from .config import SettingsError, build_settings
 from .finalize import closing_paragraph, finalize
 from .inputs import InputError
-from .job import Job, JobError, prepare, run_pass
+from .job import Job, JobError, JobFailed, prepare, record_failure, run_pass
 from .layout import OutputError, RunLayout
 from .provenance import read_json
 
@@ -55,6 +55,8 @@ def run_job(settings, mode: str) -> int:
         else:
             run_pass(job, settings.levels)
             result = finalize(job)
+    except Exception as err:  # a failure mid-job (disk full, a cluster gone): one line, resumable
+        raise JobFailed(record_failure(job, err)) from err
     finally:
         disconnect(job.cluster)
     print(closing_paragraph(result))

@@ -13,7 +13,7 @@ from dataclasses import replace
 from .cluster import disconnect
 from .finalize import JobResult, finalize
 from .inputs import InputError, discover, read_bytes
-from .job import Job, prepare
+from .job import Job, JobFailed, prepare, record_failure
 from .layout import RunLayout
 from .progress import Progress
 from .records import MANIFEST_SCHEMA, done_pairs, read_parts, remove_orphans
@@ -111,5 +111,9 @@ def evaluate_folder(settings, *, originals: str, anonymized: str) -> JobResult:
             progress.close()
             job.pairs_done_now += progress.done
         return finalize(job)
+    except InputError:
+        raise
+    except Exception as err:  # a failure mid-job: one line, resumable
+        raise JobFailed(record_failure(job, err)) from err
     finally:
         disconnect(job.cluster)

@@ -28,6 +28,34 @@ class JobError(RuntimeError):
     """The job cannot run; the message is one line that says why and what to do."""
 
 
+class JobFailed(RuntimeError):
+    """The job started and then failed; what is done is kept and a rerun resumes (exit status 1)."""
+
+
+def record_failure(job: Job, err: BaseException) -> str:
+    """Write the failure and its trace into run.json; return the one line for the terminal."""
+    import traceback
+
+    root = root_cause(err)
+    line = f"job failed: {type(root).__name__}: {' '.join(str(root).split())[:300]}"
+    record = read_json(job.layout.run_json)
+    record.update(status="failed", error=line, traceback="".join(traceback.format_exception(err))[-20000:])
+    write_json_atomic(job.layout.run_json, record)
+    return f"{line}; what finished is kept: fix the cause and run the same command again to resume"
+
+
+def root_cause(err: BaseException) -> BaseException:
+    """The user-code exception inside Ray's wrappers (RayTaskError.cause, then __cause__ chains)."""
+    seen = set()
+    while id(err) not in seen:
+        seen.add(id(err))
+        inner = getattr(err, "cause", None) or err.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        err = inner
+    return err
+
+
 @dataclass
 class Job:
     settings: JobSettings
