@@ -74,7 +74,7 @@ def build_report(job: Job, manifest, summary, distances, sections=()):
     for row in ok.head(SAMPLE_IMAGES).itertuples():
         path = layout.root / row.output_path
         if path.exists():
-            samples.append((f"{row.anon_id[:8]} level {row.level:.2f} (t_boom {row.t_boom})", path.read_bytes()))
+            samples.append((f"{row.anon_id[:8]} level {row.level:.2f} (t_boom {int(row.t_boom)})", path.read_bytes()))
     failures = pd.concat(
         [
             manifest.loc[manifest["status"] != "ok", ["anon_id", "level", "error"]].assign(stage="anonymize"),

@@ -22,7 +22,7 @@ from PIL import Image
 from samples import write_faces
 
 pytestmark = pytest.mark.slow
-FAST = ["--levels", "0.5", "--steps", "4", "--eval-batch-size", "1", "--batch-size", "1"]
+FAST = ["--levels", "0.5", "--steps", "4"]
 
 
 def check_exactly_once(out: Path, expected: dict, levels=(0.5,), evaluated: bool = True) -> pd.DataFrame:
