@@ -71,8 +71,11 @@ def build_report(job: Job, manifest, summary, distances, sections=()):
     layout = job.layout
     ok = manifest[manifest["status"] == "ok"].sort_values(["level", "anon_id"])
     samples = []
+    originals = _original_thumbnails(job, ok.head(SAMPLE_IMAGES)) if job.settings.report_originals else {}
     for row in ok.head(SAMPLE_IMAGES).itertuples():
         path = layout.root / row.output_path
+        if row.anon_id in originals:
+            samples.append((f"{row.anon_id[:8]} ORIGINAL", originals.pop(row.anon_id)))
         if path.exists():
             samples.append((f"{row.anon_id[:8]} level {row.level:.2f} (t_boom {int(row.t_boom)})", path.read_bytes()))
     failures = pd.concat(
@@ -99,6 +102,28 @@ def build_report(job: Job, manifest, summary, distances, sections=()):
         notice=DEMO_NOTICE if job.settings.demo else None,
         sections=list(sections),
     )
+
+
+def _original_thumbnails(job: Job, rows: pd.DataFrame) -> dict[str, bytes]:
+    """Originals for the report, only with --report-originals: re-encoded, so no metadata travels."""
+    from anonymize import ImageError, decode_image, encode_png
+
+    from .inputs import read_bytes
+    from .records import IDENTITY_SCHEMA
+
+    identities = read_parts(job.layout.identities, IDENTITY_SCHEMA).drop_duplicates("anon_id").set_index("anon_id")
+    thumbs = {}
+    for anon_id in rows["anon_id"].unique():
+        source = identities["source"].get(anon_id)
+        if not source:  # Parquet inputs: the bytes are not at a path
+            continue
+        try:
+            image = decode_image(read_bytes(source), max_pixels=job.settings.max_pixels)
+        except (ImageError, OSError):
+            continue
+        image.thumbnail((256, 256))
+        thumbs[anon_id] = encode_png(image)
+    return thumbs
 
 
 def closing_paragraph(result: JobResult) -> str:

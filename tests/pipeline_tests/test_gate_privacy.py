@@ -125,6 +125,7 @@ def test_no_metadata_and_no_names_in_release_or_report(gate_run):
                 assert not [n for n in needles if n in blob], path
                 checked += 1
     assert checked >= 3
+    assert b"ORIGINAL" not in (out / "report" / "index.html").read_bytes()  # not without --report-originals
     for path in list((out / "images").rglob("*.png")) + list((out / "release").rglob("*.png")):
         image = Image.open(path)
         assert not image.getexif() and "icc_profile" not in image.info and not image.text, path

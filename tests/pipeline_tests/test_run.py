@@ -23,7 +23,9 @@ def test_run_good_and_bad_images_at_two_levels(cli, tmp_path):
     bad = write_bad_files(data / "bad")
     out = tmp_path / "out"
 
-    status, stdout, _ = cli("run", str(data), "--out", str(out), "--levels", "0.3,0.6", "--batch-size", "2")
+    status, stdout, _ = cli(
+        "run", str(data), "--out", str(out), "--levels", "0.3,0.6", "--batch-size", "2", "--report-originals"
+    )
 
     assert status == 0
     manifest = pd.read_parquet(out / "manifest.parquet")
@@ -64,6 +66,7 @@ def test_run_good_and_bad_images_at_two_levels(cli, tmp_path):
 
     report = (out / "report" / "index.html").read_text()
     assert "Facenet" in report and "<table" in report
+    assert "ORIGINAL" in report  # asked for with --report-originals
     record = json.loads((out / "run.json").read_text())
     assert record["status"] == "finished" and record["counts"]["rows"] == len(manifest)
     assert record["versions"]["diffusers"] and record["model"]["weights_sha256"]
