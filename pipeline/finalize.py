@@ -67,11 +67,13 @@ def counts(manifest: pd.DataFrame) -> dict:
     }
 
 
-def build_report(job: Job, manifest, summary, distances, sections=()):
+def build_report(job: Job, manifest, summary, distances, sections=(), report_dir=None, originals=None):
+    """Write the HTML report (to report/ unless `report_dir`); originals only with --report-originals."""
     layout = job.layout
+    originals_wanted = job.settings.report_originals if originals is None else originals
     ok = manifest[manifest["status"] == "ok"].sort_values(["level", "anon_id"])
     samples = []
-    originals = _original_thumbnails(job, ok.head(SAMPLE_IMAGES)) if job.settings.report_originals else {}
+    originals = _original_thumbnails(job, ok.head(SAMPLE_IMAGES)) if originals_wanted else {}
     for row in ok.head(SAMPLE_IMAGES).itertuples():
         path = layout.root / row.output_path
         if row.anon_id in originals:
@@ -89,7 +91,7 @@ def build_report(job: Job, manifest, summary, distances, sections=()):
     )
     record = read_json(layout.run_json)
     return write_report(
-        layout.report,
+        report_dir or layout.report,
         title="Boomerang anonymization report",
         settings=job.settings.public_dict(),
         versions={

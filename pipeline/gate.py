@@ -15,7 +15,7 @@ import pandas as pd
 
 from evaluation import read_distances, write_parquet_atomic
 
-from .finalize import JobResult, finalize
+from .finalize import JobResult, build_report, finalize
 from .job import Job, run_pass
 from .records import MANIFEST_SCHEMA, read_parts
 
@@ -48,7 +48,18 @@ def run_gate(job: Job) -> JobResult:
         # A file that cannot be read at one level cannot at any: stop spending rounds on it.
         remaining = {i for i in remaining if job.anon_ids[i] not in cleared | failed}
     release = build_release(job)
-    return finalize(job, sections=[gate_section(job)], extra={"gate": release})
+    result = finalize(job, sections=[gate_section(job)], extra={"gate": release})
+    # The public report travels with the release: no source paths, and no originals even if asked for.
+    build_report(
+        job,
+        result.manifest,
+        result.summary,
+        read_distances(job.layout.distances),
+        [gate_section(job)],
+        report_dir=job.layout.release / "report",
+        originals=False,
+    )
+    return result
 
 
 def decide(job: Job) -> tuple[pd.DataFrame, pd.DataFrame]:

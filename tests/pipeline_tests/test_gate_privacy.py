@@ -108,7 +108,7 @@ def test_gate_releases_each_image_at_its_lowest_clearing_level(gate_run):
     assert set(withheld["anon_id"]) == set(manifest["anon_id"]) - set(expected)
     assert len(expected) + len(withheld) == len(ids)
     assert manifest["level"].nunique() > 1  # the ladder was climbed, not trivially cleared at the bottom
-    report = (out / "report" / "index.html").read_text()
+    report = (out / "release" / "report" / "index.html").read_text()
     assert "Release gate" in report and "model evaluations" in report
 
 

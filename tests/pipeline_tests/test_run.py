@@ -109,6 +109,13 @@ def test_finished_job_run_again_does_no_model_work(cli, tmp_path):
     assert cli("run", str(data), "--out", str(out), "--levels", "0.8", "--overwrite")[0] == 0
     assert len(pd.read_parquet(out / "manifest.parquet")) == 3
 
+    # `boomerang report` rebuilds the summary and report from the Parquet files alone.
+    (out / "report" / "index.html").unlink()
+    (out / "evaluation" / "summary.parquet").unlink()
+    status, stdout, _ = cli("report", str(out))
+    assert status == 0 and (out / "report" / "index.html").exists()
+    assert len(pd.read_parquet(out / "evaluation" / "summary.parquet")) == 1
+
 
 def test_parquet_input_with_duplicate_ids(cli, tmp_path):
     import io
