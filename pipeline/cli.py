@@ -86,8 +86,15 @@ def _add_job_flags(parser: argparse.ArgumentParser, *, sampler: bool, evaluation
         group.add_argument("--ladder", help="gate levels (default 0.5,0.6,0.7,0.8,0.9,1.0)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line (not usage plus an error)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_CANNOT_RUN, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="boomerang",
         description="Anonymize face datasets with Boomerang diffusion local sampling and measure the result.",
         epilog=_COMMON_HELP,

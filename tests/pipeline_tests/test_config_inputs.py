@@ -90,3 +90,13 @@ def test_output_names_are_keyed_and_levels_are_stable_folder_names(tmp_path):
     name = anon_id(salt, "Jane_Doe/Jane_Doe_0001.jpg")
     assert name != anon_id(b"other salt", "Jane_Doe/Jane_Doe_0001.jpg") and "Jane" not in name
     assert level_dirname(0.7) == "level=0.70" and level_dirname(0.725) == "level=0.725"
+
+
+def test_a_bad_command_line_is_one_line_and_exit_status_2(capsys):
+    from pipeline.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "in", "--out", "o", "--no-such-flag"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--no-such-flag" in err and "--help" in err
