@@ -79,7 +79,8 @@ def build_report(job: Job, manifest, summary, distances, sections=(), report_dir
         if row.anon_id in originals:
             samples.append((f"{row.anon_id[:8]} ORIGINAL", originals.pop(row.anon_id)))
         if path.exists():
-            samples.append((f"{row.anon_id[:8]} level {row.level:.2f} (t_boom {int(row.t_boom)})", path.read_bytes()))
+            t_boom = "" if pd.isna(row.t_boom) else f" (t_boom {int(row.t_boom)})"
+            samples.append((f"{row.anon_id[:8]} level {row.level:.2f}{t_boom}", path.read_bytes()))
     failures = pd.concat(
         [
             manifest.loc[manifest["status"] != "ok", ["anon_id", "level", "error"]].assign(stage="anonymize"),

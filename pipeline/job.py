@@ -38,9 +38,12 @@ def record_failure(job: Job, err: BaseException) -> str:
 
     root = root_cause(err)
     line = f"job failed: {type(root).__name__}: {' '.join(str(root).split())[:300]}"
-    record = read_json(job.layout.run_json)
-    record.update(status="failed", error=line, traceback="".join(traceback.format_exception(err))[-20000:])
-    write_json_atomic(job.layout.run_json, record)
+    try:
+        record = read_json(job.layout.run_json)
+        record.update(status="failed", error=line, traceback="".join(traceback.format_exception(err))[-20000:])
+        write_json_atomic(job.layout.run_json, record)
+    except OSError:  # the disk may be what failed; the one line still reaches the terminal
+        pass
     return f"{line}; what finished is kept: fix the cause and run the same command again to resume"
 
 
@@ -49,7 +52,7 @@ def root_cause(err: BaseException) -> BaseException:
     seen = set()
     while id(err) not in seen:
         seen.add(id(err))
-        inner = getattr(err, "cause", None) or err.__cause__
+        inner = getattr(err, "cause", None) or err.__cause__ or err.__context__
         if not isinstance(inner, BaseException):
             break
         err = inner
