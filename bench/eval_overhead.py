@@ -12,6 +12,7 @@ bench.pipeline_overhead (steady state from the first manifest part to the last, 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 import time
@@ -87,6 +88,7 @@ def main() -> None:
     recognizers = args.recognizers.split(",")
 
     home = deepface_home(recognizers)
+    os.environ["DEEPFACE_HOME"] = str(home)  # deepface reads it when it loads weights, in the bare loop too
     work = Path(tempfile.mkdtemp(prefix="bench-eval-"))
     common.write_faces(work / "in", args.n, size=(160, 160))
     tiny = resolve_model("tiny")

@@ -185,11 +185,11 @@ def test_an_image_does_not_depend_on_its_batch(sampler_for, random_image, schedu
 @pytest.mark.parametrize("scheduler", ["dpm++", "ddpm"])
 def test_a_fixed_model_batch_gives_the_same_bytes_alone_or_in_any_batch(sampler_for, random_image, scheduler):
     sampler, _ = sampler_for("latent", scheduler=scheduler, model_batch=4)
-    images = [random_image(seed=40 + i) for i in range(7)]
-    seeds = [2000 + i for i in range(7)]
-    together = sampler(images, 0.5, [make_generator(s) for s in seeds]).images  # calls of 4 and 3 (+1 pad)
+    images = [random_image(seed=40 + i) for i in range(5)]
+    seeds = [2000 + i for i in range(5)]
+    together = sampler(images, 0.5, [make_generator(s) for s in seeds]).images  # calls of 4 and 1 (+3 pad)
     reordered = sampler(images[::-1], 0.5, [make_generator(s) for s in seeds[::-1]]).images[::-1]
-    for i in range(7):
+    for i in (0, 4):
         alone = sampler([images[i]], 0.5, [make_generator(seeds[i])]).images[0]
         assert encode_png(alone) == encode_png(together[i]) == encode_png(reordered[i])
 

@@ -77,13 +77,13 @@ def test_same_bytes_whatever_the_batch_size_and_worker_count(cli, tmp_path):
     data = tmp_path / "in"
     write_faces(data, 5, size=(64, 64))
     hashes = []
-    for name, flags in (("b1", ["--batch-size", "1"]), ("b4", ["--batch-size", "4"]), ("w2", ["--workers", "2"])):
+    for name, flags in (("b1w1", ["--batch-size", "1"]), ("b4w2", ["--batch-size", "4", "--workers", "2"])):
         out = tmp_path / name
         status, _, _ = cli("anonymize", str(data), "--out", str(out), "--levels", "0.5", *flags)
         assert status == 0
         manifest = pd.read_parquet(out / "manifest.parquet").merge(_identities(out), on="anon_id")
         hashes.append(dict(zip(manifest["image_id"], manifest["sha256_output"], strict=True)))
-    assert hashes[0] == hashes[1] == hashes[2]
+    assert hashes[0] == hashes[1]
     assert len(set(hashes[0].values())) == 5
 
 
