@@ -34,7 +34,9 @@ def connect(address: str | None) -> ClusterInfo:
     context = DataContext.get_current()
     context.enable_progress_bars = False  # our own progress line replaces Ray's bars
     context.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    # A failed job is reported in one line and its trace kept in run.json; Ray Data's own error log
+    # would print the whole trace first.
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
     resources = ray.cluster_resources()
     nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
     return ClusterInfo(

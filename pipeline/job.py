@@ -11,6 +11,7 @@ then the driver builds summary.parquet, the report and run.json (pipeline.finali
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -36,8 +37,7 @@ def record_failure(job: Job, err: BaseException) -> str:
     """Write the failure and its trace into run.json; return the one line for the terminal."""
     import traceback
 
-    root = root_cause(err)
-    line = f"job failed: {type(root).__name__}: {' '.join(str(root).split())[:300]}"
+    line = f"job failed: {root_cause(err)}"
     try:
         record = read_json(job.layout.run_json)
         record.update(status="failed", error=line, traceback="".join(traceback.format_exception(err))[-20000:])
@@ -47,16 +47,27 @@ def record_failure(job: Job, err: BaseException) -> str:
     return f"{line}; what finished is kept: fix the cause and run the same command again to resume"
 
 
-def root_cause(err: BaseException) -> BaseException:
-    """The user-code exception inside Ray's wrappers (RayTaskError.cause, then __cause__ chains)."""
-    seen = set()
-    while id(err) not in seen:
-        seen.add(id(err))
-        inner = getattr(err, "cause", None) or err.__cause__ or err.__context__
-        if not isinstance(inner, BaseException):
-            break
-        err = inner
-    return err
+# "OSError: [Errno 28] No space left on device" inside the worker traceback that Ray carries as text.
+_ERROR_LINE = re.compile(r"^(\w+(?:Error|Exception|Interrupt|Exit)): (.+)$", re.MULTILINE)
+_RAY_WRAPPERS = {"UserCodeException", "RayTaskError", "RayActorError", "RaySystemError"}
+
+
+def root_cause(err: BaseException) -> str:
+    """The original error as one line: Ray ships a worker's exception only as traceback text."""
+    for exc in _chain(err):
+        for name, message in _ERROR_LINE.findall(str(exc)):
+            if name not in _RAY_WRAPPERS:
+                return f"{name}: {message.strip()[:300]}"
+    last = _chain(err)[-1]
+    return f"{type(last).__name__}: {' '.join(str(last).split())[:300]}"
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    while isinstance(err, BaseException) and err not in chain:
+        chain.append(err)
+        err = getattr(err, "cause", None) or err.__cause__ or err.__context__
+    return chain
 
 
 @dataclass
@@ -228,7 +239,8 @@ def _plan(job: Job, work: list[dict]):
     # Fractional CPUs: on a small machine whole-CPU actors plus Ray's own tasks can starve each other.
     cpu_actor = 1.0 if gpus else 0.5
     # Torch threads: more threads than cores across the actors makes OpenMP spin and runs 10x slower.
-    threads = None if gpus else max(1, ((os.cpu_count() or 1) - settings.eval_workers) // settings.workers)
+    reserved = settings.eval_workers if job.evaluated else 0
+    threads = None if gpus else max(1, ((os.cpu_count() or 1) - reserved) // settings.workers)
     ds = ds.map_batches(
         AnonymizeStage,
         fn_constructor_args=(

@@ -8,8 +8,8 @@ its manifest part are orphans and are deleted before a resumed run starts.
 
 from __future__ import annotations
 
+import hashlib
 import math
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -47,8 +47,11 @@ IDENTITY_SCHEMA = pa.schema(
 )
 
 
-def new_part_name() -> str:
-    return f"part-{uuid.uuid4().hex}.parquet"
+def part_name(manifest_rows: Sequence[dict]) -> str:
+    """A batch's part name, from the (anon_id, level) pairs it holds: a retried task (Ray retries the
+    tasks of a lost actor) rewrites its own files instead of adding a second copy of its rows."""
+    pairs = sorted(f"{row['anon_id']}@{float(row['level']):.9g}" for row in manifest_rows)
+    return f"part-{hashlib.sha256(chr(10).join(pairs).encode()).hexdigest()[:32]}.parquet"
 
 
 def write_batch(
@@ -58,7 +61,7 @@ def write_batch(
     distance_rows: Sequence[dict] | None = None,
 ) -> str:
     """Write one batch's parts, the manifest last; returns the part name."""
-    name = new_part_name()
+    name = part_name(manifest_rows)
     if distance_rows is not None:
         write_parquet_atomic(distances_table(distance_rows), layout.distances / name)
     write_parquet_atomic(_table(identity_rows, IDENTITY_SCHEMA), layout.identities / name)
@@ -73,7 +76,7 @@ def _table(rows: Sequence[dict], schema: pa.Schema) -> pa.Table:
 
 
 def _plain(value):
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, np.generic):
         value = value.item()
@@ -107,8 +110,8 @@ def remove_orphans(layout: RunLayout, *, evaluated: bool) -> int:
             if part.name not in manifest:
                 part.unlink()
                 removed += 1
-    for folder in (layout.distances, layout.identities, layout.manifest):
-        for tmp in folder.glob("*.tmp*"):
+    for folder in (layout.distances, layout.identities, layout.manifest, layout.images):
+        for tmp in folder.rglob(".*.tmp"):
             tmp.unlink()
     return removed
 

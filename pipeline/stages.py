@@ -50,6 +50,9 @@ OUTPUT_COLUMNS = (
 )
 
 
+INTEGER_COLUMNS = {"seed": "Int64", "t_boom": "Int32", "n_steps": "Int32"}
+
+
 @dataclass(frozen=True)
 class AnonymizeConfig:
     """What an anonymize actor needs besides the sampler settings."""
@@ -86,7 +89,7 @@ class AnonymizeStage:
                 data = image_bytes if image_bytes is not None else read_bytes(item.source)
                 image = decode_image(data, max_pixels=self.config.max_pixels)
             except (ImageError, OSError) as err:
-                rows += [self._error(base, level, err, None) for level in levels]
+                rows += [self._error(base, level, err, self._seed(item.image_id, level)) for level in levels]
                 continue
             base["source_sha256"] = hashlib.sha256(data).hexdigest()
             model_input, placement = to_model_input(image, self.model.resolution)
@@ -95,10 +98,12 @@ class AnonymizeStage:
         for level in sorted({level for *_, levels in decoded for level in levels}):
             # The sampler splits this into fixed-size model calls (SamplerSettings.model_batch).
             rows += self._sample([entry for entry in decoded if level in entry[4]], level)
-        return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
+        # Nullable integer columns: with NaN for an error row, pandas would turn 63-bit seeds into
+        # floats (rounding them) and Ray could not join the batch with an all-integer one.
+        return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS)).astype(INTEGER_COLUMNS)
 
     def _sample(self, chunk: list, level: float) -> list[dict]:
-        seeds = [output_seed(self.config.seed, base["image_id"], level) for base, *_ in chunk]
+        seeds = [self._seed(base["image_id"], level) for base, *_ in chunk]
         generators = [make_generator(seed, self.model.device) for seed in seeds]
         started = time.perf_counter()
         try:
@@ -129,6 +134,9 @@ class AnonymizeStage:
             )
         return rows
 
+    def _seed(self, image_id: str, level: float) -> int:
+        return output_seed(self.config.seed, image_id, level)
+
     @staticmethod
     def _error(base: dict, level: float, err: Exception, seed: int | None) -> dict:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -138,11 +146,14 @@ class AnonymizeStage:
 def _write_atomic(path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a full disk must not leave half a file behind
 
 
 @dataclass(frozen=True)

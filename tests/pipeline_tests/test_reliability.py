@@ -164,7 +164,10 @@ def test_full_disk_fails_clearly_and_a_rerun_completes(cli, tmp_path, small_disk
     try:
         status, _, stderr = cli(*argv)
         first = f"exit {status}, stderr {stderr.strip()[-500:]!r}"
-        clear = status != 0 and len(stderr.strip().splitlines()) == 1 and "space" in stderr.lower()
+        # Progress lines come first on stderr; the job's end is one line that names the cause.
+        last = stderr.strip().splitlines()[-1]
+        clear = status != 0 and last.startswith("boomerang: job failed") and "No space left" in last
+        clear = clear and "Traceback" not in stderr
     except Exception as err:  # noqa: BLE001 - recorded, judged after the rerun
         first, clear, status = f"raised {type(err).__name__}: {str(err)[-300:]}", False, None
     assert status != 0, "the disk did not fill; make the tmpfs smaller"
