@@ -48,8 +48,8 @@ def connect(address: str | None) -> ClusterInfo:
     )
 
 
-def disconnect(info: ClusterInfo) -> None:
+def disconnect(info: ClusterInfo | None) -> None:
     import ray
 
-    if info.started_here and ray.is_initialized():
+    if info is not None and info.started_here and ray.is_initialized():
         ray.shutdown()

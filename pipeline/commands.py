@@ -8,7 +8,7 @@ from anonymize import WeightsNotFound
 from evaluation import MissingWeights
 
 from .cluster import disconnect
-from .config import SettingsError, build_settings
+from .config import SettingsError, build_settings, flatten
 from .finalize import closing_paragraph, finalize
 from .inputs import InputError
 from .job import Job, JobError, JobFailed, prepare, record_failure, run_pass
@@ -55,6 +55,8 @@ def run_job(settings, mode: str) -> int:
         else:
             run_pass(job, settings.levels)
             result = finalize(job)
+    except CANNOT_RUN:
+        raise
     except Exception as err:  # a failure mid-job (disk full, a cluster gone): one line, resumable
         raise JobFailed(record_failure(job, err)) from err
     finally:
@@ -78,7 +80,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     record = read_json(layout.run_json)
     if not record.get("settings"):
         raise OutputError(f"{layout.root} holds no run.json from a boomerang run; pass the run's --out folder")
-    values = dict(record["settings"])
+    values = flatten(record["settings"])
     values["out"] = str(layout.root)
     settings = build_settings(values)
     job = Job(settings, "run", layout, inputs=None, salt=b"", cluster=None)

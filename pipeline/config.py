@@ -112,6 +112,7 @@ _EVALUATION_KEYS = {
     "threshold": "threshold",
     "thresholds": "thresholds",
     "align": "align",
+    "metric": "metric",
 }
 
 
@@ -141,16 +142,17 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise SettingsError(f"--config must be a .toml, .yaml or .yml file, got {str(path)!r}")
     if not isinstance(data, Mapping):
         raise SettingsError(f"--config {path}: expected a table of settings at the top level")
-    return _flatten(data)
+    return flatten(data)
 
 
-def _flatten(data: Mapping[str, Any]) -> dict[str, Any]:
+def flatten(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Config sections ([sampler], [evaluation]) into one flat dict of settings."""
     flat: dict[str, Any] = {}
     for key, value in data.items():
         key = str(key).replace("-", "_")
         # Sections [sampler] and [evaluation] are accepted as well as flat keys.
         if key in ("sampler", "evaluation") and isinstance(value, Mapping):
-            flat.update(_flatten(value))
+            flat.update(flatten(value))
         else:
             flat[key] = value
     return flat

@@ -13,7 +13,7 @@ from dataclasses import replace
 from .cluster import disconnect
 from .finalize import JobResult, finalize
 from .inputs import InputError, discover, read_bytes
-from .job import Job, JobFailed, prepare, record_failure
+from .job import Job, JobFailed, ensure_cluster, prepare, record_failure
 from .layout import RunLayout
 from .progress import Progress
 from .records import MANIFEST_SCHEMA, done_pairs, read_parts, remove_orphans
@@ -93,6 +93,7 @@ def evaluate_folder(settings, *, originals: str, anonymized: str) -> JobResult:
         if not pairs and not done:
             raise InputError(f"no anonymized image under {anonymized!r} matches an original in {originals!r}")
         if pairs:
+            ensure_cluster(job)
             progress = Progress(len(pairs), "evaluate")
             ds = ray.data.from_items(pairs).map_batches(_load, batch_format="pandas")
             ds = ds.map_batches(

@@ -77,7 +77,7 @@ class Job:
     layout: RunLayout
     inputs: InputSet
     salt: bytes
-    cluster: ClusterInfo
+    cluster: ClusterInfo | None  # connected on first use: a finished job's rerun never starts Ray
     anon_ids: dict[str, str] = field(default_factory=dict)  # image_id -> anon_id
     stream: TextIO | None = None
     pairs_done_now: int = 0
@@ -105,14 +105,7 @@ def prepare(settings: JobSettings, mode: str, stream: TextIO | None = None) -> J
         check_weights(settings.evaluation.recognizers, settings.evaluation.engine)
     layout = RunLayout.at(settings.out)
     layout.prepare(settings.overwrite)
-    cluster = connect(settings.address)
-    gpus = settings.gpus_per_worker
-    if gpus and cluster.gpus < gpus:
-        raise JobError(
-            f"--gpus-per-worker {gpus:g} needs GPUs but the Ray cluster has {cluster.gpus:g}; "
-            "pass --gpus-per-worker 0 to run on CPUs"
-        )
-    job = Job(settings, mode, layout, inputs, layout.salt(), cluster, stream=stream)
+    job = Job(settings, mode, layout, inputs, layout.salt(), None, stream=stream)
     job.anon_ids = {item.image_id: anon_id(job.salt, item.image_id) for item in inputs.items}
     _start_record(job, model)
     return job
@@ -127,12 +120,6 @@ def _start_record(job: Job, model: dict | None) -> None:
             "settings": settings.public_dict(),
             "versions": versions(),
             "model": model,
-            "ray": {
-                "address": job.cluster.address,
-                "cpus": job.cluster.cpus,
-                "gpus": job.cluster.gpus,
-                "nodes": job.cluster.nodes,
-            },
             "started": now(),
             "finished": None,
             "status": "running",
@@ -148,6 +135,23 @@ DEMO_NOTICE = (
     "DEMO RUN: tiny random-weight diffusion model and random-weight face recognizers on bundled sample "
     "faces. These images and numbers are NOT meaningful and say nothing about real anonymity."
 )
+
+
+def ensure_cluster(job: Job) -> ClusterInfo:
+    """Connect to Ray (embedded or --address) when there is work, check GPUs, and record the cluster."""
+    if job.cluster is None:
+        cluster = connect(job.settings.address)
+        gpus = job.settings.gpus_per_worker
+        if gpus and cluster.gpus < gpus:
+            raise JobError(
+                f"--gpus-per-worker {gpus:g} needs GPUs but the Ray cluster has {cluster.gpus:g}; "
+                "pass --gpus-per-worker 0 to run on CPUs"
+            )
+        job.cluster = cluster
+        record = read_json(job.layout.run_json)
+        record["ray"] = {"address": cluster.address, "cpus": cluster.cpus, "gpus": cluster.gpus, "nodes": cluster.nodes}
+        write_json_atomic(job.layout.run_json, record)
+    return job.cluster
 
 
 def run_pass(job: Job, levels: tuple[float, ...], image_ids: set[str] | None = None, label: str = "") -> int:
@@ -178,6 +182,8 @@ def run_pass(job: Job, levels: tuple[float, ...], image_ids: set[str] | None = N
     total = sum(len(w["levels"]) for w in work) + len(problems)
     if total == 0:
         return 0
+    if work:
+        ensure_cluster(job)
     progress = Progress(total, label or job.mode, stream=job.stream)
     if problems:
         _write_problems(job, problems)
@@ -214,6 +220,9 @@ def _write_problems(job: Job, problems: list[tuple[InputItem, float]]) -> None:
     finish_batch(job.layout, rows, distance_rows)
 
 
+CPU_THREADS_PER_ACTOR = 1
+
+
 def _plan(job: Job, work: list[dict]):
     import ray.data
     from ray.data import ActorPoolStrategy
@@ -238,9 +247,10 @@ def _plan(job: Job, work: list[dict]):
         )
     # Fractional CPUs: on a small machine whole-CPU actors plus Ray's own tasks can starve each other.
     cpu_actor = 1.0 if gpus else 0.5
-    # Torch threads: more threads than cores across the actors makes OpenMP spin and runs 10x slower.
-    reserved = settings.eval_workers if job.evaluated else 0
-    threads = None if gpus else max(1, ((os.cpu_count() or 1) - reserved) // settings.workers)
+    # One torch thread per CPU actor; scale with --workers. A thread count that followed the worker
+    # count would change float reduction order, so --workers would change the bytes; and more threads
+    # than cores across the actors makes OpenMP spin (10x slower on a 2-core machine).
+    threads = None if gpus else CPU_THREADS_PER_ACTOR
     ds = ds.map_batches(
         AnonymizeStage,
         fn_constructor_args=(
