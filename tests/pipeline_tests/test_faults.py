@@ -4,28 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from jobs import kill_job_when
 from samples import write_faces
 
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).parent
-
-
-def _wait_for_parts(folder: Path, at_least: int, proc: subprocess.Popen, timeout: float = 240) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        n = len(list(folder.glob("part-*.parquet"))) if folder.is_dir() else 0
-        if n >= at_least:
-            return n
-        time.sleep(0.1)
-    raise AssertionError(f"job ended or stalled before {at_least} parts were written")
 
 
 def test_killed_driver_resumes_with_every_row_once(cli, tmp_path, tiny_sd, deepface_home):
@@ -33,11 +22,7 @@ def test_killed_driver_resumes_with_every_row_once(cli, tmp_path, tiny_sd, deepf
     ids = write_faces(data, 8, size=(64, 64))
     out = tmp_path / "out"
     argv = ["run", str(data), "--out", str(out), "--levels", "0.5", "--batch-size", "1", "--eval-batch-size", "1"]
-    job = [
-        sys.executable,
-        "-m",
-        "pipeline.cli",
-        *argv,
+    options = [
         "--model",
         str(tiny_sd),
         "--steps",
@@ -49,12 +34,8 @@ def test_killed_driver_resumes_with_every_row_once(cli, tmp_path, tiny_sd, deepf
         "--deepface-home",
         str(deepface_home),
     ]
-    proc = subprocess.Popen(job, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_for_parts(out / "manifest.parquet", 2, proc)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray runtime it started
-        proc.wait()
+    manifest = out / "manifest.parquet"
+    kill_job_when([*argv, *options], lambda: manifest.is_dir() and len(list(manifest.glob("part-*.parquet"))) >= 2)
     partial = pd.read_parquet(out / "manifest.parquet")
     assert 2 <= len(partial) < len(ids)
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from jobs import kill_job_when
 from PIL import ExifTags, Image, ImageCms
 from samples import write_faces
 
@@ -151,36 +148,14 @@ def test_gate_killed_between_rounds_resumes_without_redoing_rounds(cli, tmp_path
         "--recognizers",
         "Facenet",
     ]
-    job = [
-        sys.executable,
-        "-m",
-        "pipeline.cli",
-        *argv,
-        "--model",
-        str(tiny_sd),
-        "--steps",
-        "10",
-        "--detector",
-        "skip",
-        "--deepface-home",
-        str(deepface_home),
-    ]
-    proc = subprocess.Popen(job, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    options = ["--model", str(tiny_sd), "--steps", "10", "--detector", "skip", "--deepface-home", str(deepface_home)]
     manifest = out / "manifest.parquet"
-    try:
-        import time
 
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            parts = list(manifest.glob("part-*.parquet")) if manifest.is_dir() else []
-            if parts and (pd.read_parquet(manifest)["level"] > ladder[0]).any():
-                break
-            time.sleep(0.2)
-        else:
-            raise AssertionError("the gate never reached its second round")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    def second_round_started() -> bool:
+        parts = list(manifest.glob("part-*.parquet")) if manifest.is_dir() else []
+        return bool(parts) and bool((pd.read_parquet(manifest)["level"] > ladder[0]).any())
+
+    kill_job_when([*argv, *options], second_round_started)
     first_round = {
         p: p.stat().st_mtime_ns
         for p in manifest.glob("part-*.parquet")

@@ -117,31 +117,6 @@ def test_finished_job_run_again_does_no_model_work(cli, tmp_path):
     assert len(pd.read_parquet(out / "evaluation" / "summary.parquet")) == 1
 
 
-def test_parquet_input_with_duplicate_ids(cli, tmp_path):
-    import io
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from samples import astronaut_variants
-
-    images = []
-    for image in astronaut_variants(3, (64, 64)):
-        buf = io.BytesIO()
-        image.save(buf, "PNG")
-        images.append(buf.getvalue())
-    table = pa.table({"id": ["a", "b", "b", "c"], "image": images + [b"garbage"]})
-    pq.write_table(table, tmp_path / "faces.parquet")
-    out = tmp_path / "out"
-
-    status, _, _ = cli("run", str(tmp_path / "faces.parquet"), "--out", str(out), "--levels", "0.5")
-
-    assert status == 0
-    manifest = pd.read_parquet(out / "manifest.parquet").merge(_identities(out), on="anon_id")
-    assert sorted(manifest["image_id"]) == ["a", "b#1", "b#2", "c"]
-    status_by_id = dict(zip(manifest["image_id"], manifest["status"], strict=True))
-    assert status_by_id == {"a": "ok", "b#1": "error", "b#2": "error", "c": "error"}
-
-
 def test_evaluate_another_tools_output(cli, tmp_path):
     from PIL import ImageFilter
 
