@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +72,6 @@ class JobSettings:
         gpus = self.gpus_per_worker
         if gpus is not None and (not isinstance(gpus, (int, float)) or math.isnan(gpus) or gpus < 0):
             raise SettingsError(f"--gpus-per-worker must be a number >= 0, got {gpus!r}")
-
-    @property
-    def job_levels(self) -> tuple[float, ...]:
-        """The levels this job may write: the sweep, or the gate's ladder."""
-        return self.ladder if self.gate else self.levels
 
     def public_dict(self) -> dict[str, Any]:
         """Settings as plain data for run.json and the report (no input path: it may name people)."""
@@ -197,11 +192,6 @@ def build_settings(values: Mapping[str, Any]) -> JobSettings:
         return JobSettings(**job)
     except TypeError as err:
         raise SettingsError(str(err)) from None
-
-
-def with_levels(settings: JobSettings, levels: tuple[float, ...]) -> JobSettings:
-    """The same job restricted to some levels (a gate round)."""
-    return replace(settings, levels=levels, gate=False)
 
 
 def _float_tuple(name: str, value: Any) -> tuple[float, ...]:
