@@ -59,7 +59,7 @@ def build_tiny_latent_pipeline(path: str | os.PathLike, seed: int = 0) -> Path:
 
     If ``path`` already holds a complete pipeline it is returned untouched.
     """
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     def build(folder: Path) -> None:
@@ -84,7 +84,7 @@ def build_tiny_latent_pipeline(path: str | os.PathLike, seed: int = 0) -> Path:
             up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
             latent_channels=4,
         ).eval()
-        tokenizer = _build_tokenizer(folder / "_tokenizer_src")
+        tokenizer = build_tokenizer(folder / "_tokenizer_src")
         torch.manual_seed(seed)
         text_encoder = CLIPTextModel(
             CLIPTextConfig(
@@ -100,25 +100,9 @@ def build_tiny_latent_pipeline(path: str | os.PathLike, seed: int = 0) -> Path:
                 max_position_embeddings=77,
             )
         ).eval()
-        pipe = StableDiffusionPipeline(
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            unet=unet,
-            scheduler=PNDMScheduler.from_config(_SD15_SCHEDULER),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-        shutil.rmtree(folder / "_tokenizer_src")
-        pipe.save_pretrained(folder, safe_serialization=True)
-        # Stable Diffusion 1.5's own scheduler file names no timestep_spacing, so a scheduler built from it
-        # takes its class default (DPM-Solver: "linspace", DDIM: "leading"); write the same file here so
-        # the tiny model's grids are those of the real one.
-        config = {"_class_name": "PNDMScheduler", **_SD15_SCHEDULER, "trained_betas": None}
-        (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        save_sd_pipeline(folder, unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
 
-    return _build_once(Path(path), build)
+    return build_once(Path(path), build)
 
 
 def build_tiny_pixel_ddpm(path: str | os.PathLike, seed: int = 0) -> Path:
@@ -142,10 +126,37 @@ def build_tiny_pixel_ddpm(path: str | os.PathLike, seed: int = 0) -> Path:
         scheduler = DDPMScheduler(num_train_timesteps=1000)
         DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder, safe_serialization=True)
 
-    return _build_once(Path(path), build)
+    return build_once(Path(path), build)
 
 
-def _build_tokenizer(folder: Path):
+def save_sd_pipeline(folder: Path, *, unet, vae, text_encoder, tokenizer) -> None:
+    """Assemble a StableDiffusionPipeline from built components and save it (safetensors) into ``folder``.
+
+    The scheduler is Stable Diffusion 1.5's own; the tokenizer's source files (from ``build_tokenizer``)
+    are removed. Shared by the tiny model and the benchmark models.
+    """
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=PNDMScheduler.from_config(_SD15_SCHEDULER),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    shutil.rmtree(folder / "_tokenizer_src", ignore_errors=True)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    # Stable Diffusion 1.5's own scheduler file names no timestep_spacing, so a scheduler built from it
+    # takes its class default (DPM-Solver: "linspace", DDIM: "leading"); write the same file here so
+    # the models' grids are those of the real one.
+    config = {"_class_name": "PNDMScheduler", **_SD15_SCHEDULER, "trained_betas": None}
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def build_tokenizer(folder: Path):
     """A CLIP BPE tokenizer from a hand-made vocabulary (transformers ships no CLIP vocab files).
 
     Written as vocab.json/merges.txt and read back with ``from_pretrained``, which works on
@@ -187,7 +198,7 @@ def _is_complete(folder: Path) -> bool:
     return all(any((folder / name).glob("*.json")) for name in components)
 
 
-def _build_once(folder: Path, build) -> Path:
+def build_once(folder: Path, build) -> Path:
     """Build into a temporary sibling and rename it into place, so a folder is either complete or absent.
 
     Several processes (Ray actors, test workers) may race to build the same folder; the loser of the

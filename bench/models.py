@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import torch
 
-from anonymize.tiny_models import _SD15_SCHEDULER, _build_once, _build_tokenizer
+from anonymize.tiny_models import build_once, build_tokenizer, save_sd_pipeline
 
 CACHE = Path(__file__).resolve().parent.parent / ".cache" / "bench"
 
@@ -131,30 +130,15 @@ def components(name: str, seed: int = 0, meta: bool = False, tokenizer=None):
 
 def build(name: str, folder: str | Path | None = None, seed: int = 0) -> Path:
     """Build (once) the ``name`` pipeline in ``folder`` (default .cache/bench/<name>); return the folder."""
-    from diffusers import PNDMScheduler, StableDiffusionPipeline
 
     target = Path(folder) if folder else CACHE / {"medium": "medium-sd", "sd15": "sd15-random"}[name]
 
     def write(staging: Path) -> None:
-        tokenizer = _build_tokenizer(staging / "_tokenizer_src")
+        tokenizer = build_tokenizer(staging / "_tokenizer_src")
         unet, vae, text = components(name, seed, tokenizer=tokenizer)
-        pipe = StableDiffusionPipeline(
-            vae=vae,
-            text_encoder=text,
-            tokenizer=tokenizer,
-            unet=unet,
-            scheduler=PNDMScheduler.from_config(_SD15_SCHEDULER),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-        shutil.rmtree(staging / "_tokenizer_src")
-        pipe.save_pretrained(staging, safe_serialization=True)
-        # As for the tiny model: SD 1.5's scheduler file, so the timestep grids are the real ones.
-        config = {"_class_name": "PNDMScheduler", **_SD15_SCHEDULER, "trained_betas": None}
-        (staging / "scheduler" / "scheduler_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        save_sd_pipeline(staging, unet=unet, vae=vae, text_encoder=text, tokenizer=tokenizer)
 
-    return _build_once(target, write)
+    return build_once(target, write)
 
 
 def parameter_count(name: str) -> dict[str, int]:

@@ -1,0 +1,30 @@
+"""Import direction: pipeline may import anonymize and evaluation; those two never import each other or pipeline."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FORBIDDEN = {"anonymize": {"pipeline", "evaluation"}, "evaluation": {"pipeline", "anonymize"}}
+
+
+def imported_packages(source: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"), str(source))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_libraries_never_import_the_application_or_each_other(package):
+    sources = sorted((ROOT / package).rglob("*.py"))
+    assert sources
+    for source in sources:
+        bad = imported_packages(source) & FORBIDDEN[package]
+        assert not bad, f"{source.relative_to(ROOT)} imports {sorted(bad)}"
