@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
+import fsspec
+
 from .cluster import disconnect
 from .finalize import JobResult, finalize
 from .inputs import InputError, discover, read_bytes
@@ -61,24 +63,42 @@ def _pair(job: Job, item, anonymized_source: str, level: float, t_boom) -> dict:
     }
 
 
-def _load(batch):
-    """Read both files of each pair; unreadable ones become error rows for the evaluate stage."""
+def _load(batch, parquet: tuple[str, str, str] | None = None):
+    """Read both images of each pair; unreadable ones become error rows for the evaluate stage.
+
+    `parquet` = (uri, id column, image column) when the originals are rows of a Parquet dataset.
+    """
     import hashlib
 
     import pandas as pd
 
+    pairs = batch.to_dict("records")
+    originals = _parquet_images(parquet, [p["image_id"] for p in pairs]) if parquet else {}
     rows = []
-    for pair in batch.to_dict("records"):
+    for pair in pairs:
         row = dict(pair, status="ok", error=None, output_path=pair["anonymized_source"])
         try:
-            row["original"] = read_bytes(pair["source"])
+            row["original"] = originals[pair["image_id"]] if parquet else read_bytes(pair["source"])
             row["anonymized"] = read_bytes(pair["anonymized_source"])
             row["source_sha256"] = hashlib.sha256(row["original"]).hexdigest()
             row["sha256_output"] = hashlib.sha256(row["anonymized"]).hexdigest()
-        except OSError as err:
+        except (OSError, KeyError) as err:
             row.update(status="error", error=str(err), original=None, anonymized=None)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _parquet_images(parquet: tuple[str, str, str], ids: list[str]) -> dict[str, bytes]:
+    """The image bytes of these ids, read with a filtered scan of the Parquet dataset."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    uri, id_column, image_column = parquet
+    fs, root = fsspec.core.url_to_fs(uri)
+    dataset = pads.dataset(root, filesystem=fs, format="parquet")
+    table = dataset.to_table(columns=[id_column, image_column], filter=pc.field(id_column).cast(pa.string()).isin(ids))
+    return {str(k): v for k, v in zip(table[id_column].to_pylist(), table[image_column].to_pylist(), strict=True)}
 
 
 def evaluate_folder(settings, *, originals: str, anonymized: str) -> JobResult:
@@ -95,7 +115,9 @@ def evaluate_folder(settings, *, originals: str, anonymized: str) -> JobResult:
         if pairs:
             ensure_cluster(job)
             progress = Progress(len(pairs), "evaluate")
-            ds = ray.data.from_items(pairs).map_batches(_load, batch_format="pandas")
+            inputs = job.inputs
+            parquet = (inputs.uri, inputs.id_column, inputs.image_column) if inputs.kind == "parquet" else None
+            ds = ray.data.from_items(pairs).map_batches(_load, fn_kwargs={"parquet": parquet}, batch_format="pandas")
             ds = ds.map_batches(
                 EvaluateStage,
                 fn_constructor_args=(

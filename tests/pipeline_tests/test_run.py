@@ -139,6 +139,27 @@ def test_evaluate_another_tools_output(cli, tmp_path):
     assert (distances["distance"] > 0).all()
     assert (out / "report" / "index.html").exists()
 
+    # The same originals as rows of a Parquet dataset give the same distances.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": ids, "image": [(originals / i).read_bytes() for i in ids]}), tmp_path / "o.parquet")
+    out2 = tmp_path / "out2"
+    status, _, _ = cli(
+        "evaluate",
+        "--originals",
+        str(tmp_path / "o.parquet"),
+        "--anonymized",
+        str(theirs),
+        "--out",
+        str(out2),
+        "--levels",
+        "1.0",
+    )
+    assert status == 0
+    again = pd.read_parquet(out2 / "evaluation" / "distances.parquet")
+    assert sorted(again["distance"]) == pytest.approx(sorted(distances["distance"]), abs=1e-9)
+
 
 @pytest.mark.parametrize(
     ("argv", "expected"),
