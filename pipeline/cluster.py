@@ -23,7 +23,7 @@ def connect(address: str | None) -> ClusterInfo:
     started = False
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or None
-        options = {"logging_level": logging.WARNING, "log_to_driver": False, "configure_logging": True}
+        options = {"logging_level": logging.ERROR, "log_to_driver": False, "configure_logging": True}
         if address:
             ray.init(address=address, **options)
         else:
