@@ -215,3 +215,22 @@ def table(rows: list[dict], columns: list[str]) -> str:
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     body = ["| " + " | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) + " |" for r in cells]
     return "\n".join([line, rule, *body])
+
+
+def overhead_row(batch: int, bare: list[float], bare_all: list[float], run: dict) -> dict:
+    """One repeat of a pipeline-vs-bare-loop comparison: seconds and the throughput ratios.
+
+    `bare` and `bare_all` are per-batch seconds of the bare loop (at the actor's threads, at all cores),
+    the first batch being a warm-up; `run` is `run_cli`'s result for the pipeline over the same items.
+    """
+    steady, first_part = steady_state(run["parts"])
+    bare_batch = median(bare[1:] or bare)
+    return {
+        "bare_s": sum(bare),
+        "bare_batch_s": bare_batch,
+        "bare_all_cores_batch_s": median(bare_all[1:] or bare_all),
+        "pipeline_s": run["wall_s"],
+        "steady_ratio": steady / (batch / bare_batch),
+        "end_to_end_ratio": sum(bare) / run["wall_s"],
+        "startup_s": first_part - median(bare),
+    }

@@ -103,20 +103,8 @@ def main() -> None:
         bare = bare_loop(pairs, recognizers, args.eval_batch_size, threads=1)  # EvaluateConfig's threads
         bare_all = bare_loop(pairs, recognizers, args.eval_batch_size, threads=all_cores)
         run = common.run_cli(argv)
-        steady, first_part = common.steady_state(run["parts"])
-        bare_steady = args.eval_batch_size / common.median(bare[1:] or bare)
         rows.append(
-            {
-                "repeat": repeat,
-                "pairs": len(pairs),
-                "bare_s": sum(bare),
-                "bare_batch_s": common.median(bare[1:] or bare),
-                "bare_all_cores_batch_s": common.median(bare_all[1:] or bare_all),
-                "pipeline_s": run["wall_s"],
-                "steady_ratio": steady / bare_steady,
-                "end_to_end_ratio": sum(bare) / run["wall_s"],
-                "startup_s": first_part - common.median(bare),
-            }
+            {"repeat": repeat, "pairs": len(pairs), **common.overhead_row(args.eval_batch_size, bare, bare_all, run)}
         )
         print(common.table(rows[-1:], list(rows[-1])), flush=True)
     shutil.rmtree(work, ignore_errors=True)

@@ -108,20 +108,7 @@ def main() -> None:
         bare = bare_loop(model, work / "in", ids, *same, threads=threads)
         bare_all = bare_loop(model, work / "in", ids, *same, threads=all_cores) if all_cores != threads else bare
         run = pipeline_run(model, work / "in", work / "out", *same)
-        steady, first_part = common.steady_state(run["parts"])
-        bare_steady = args.batch_size / common.median(bare[1:] or bare)
-        rows.append(
-            {
-                "repeat": repeat,
-                "bare_s": sum(bare),
-                "bare_batch_s": common.median(bare[1:] or bare),
-                "bare_all_cores_batch_s": common.median(bare_all[1:] or bare_all),
-                "pipeline_s": run["wall_s"],
-                "steady_ratio": steady / bare_steady,
-                "end_to_end_ratio": sum(bare) / run["wall_s"],
-                "startup_s": first_part - common.median(bare),
-            }
-        )
+        rows.append({"repeat": repeat, **common.overhead_row(args.batch_size, bare, bare_all, run)})
         print(common.table(rows[-1:], list(rows[-1])), flush=True)
     shutil.rmtree(work, ignore_errors=True)
     summary = {k: common.median(r[k] for r in rows) for k in rows[0] if k != "repeat"}
