@@ -48,14 +48,15 @@ def run_gate(job: Job) -> JobResult:
         # A file that cannot be read at one level cannot at any: stop spending rounds on it.
         remaining = {i for i in remaining if job.anon_ids[i] not in cleared | failed}
     release = build_release(job)
-    result = finalize(job, sections=[gate_section(job)], extra={"gate": release})
+    section = gate_section(job)  # the same for both reports: decide() reads every part file
+    result = finalize(job, sections=[section], extra={"gate": release})
     # The public report travels with the release: no source paths, and no originals even if asked for.
     build_report(
         job,
         result.manifest,
         result.summary,
         read_distances(job.layout.distances),
-        [gate_section(job)],
+        [section],
         report_dir=job.layout.release / "report",
         originals=False,
     )
