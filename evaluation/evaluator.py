@@ -1,4 +1,19 @@
-"""Compare (original, anonymized) pairs with every recognizer: one row per (pair, recognizer)."""
+"""Compare (original, anonymized) pairs with every recognizer: one row per (pair, recognizer).
+
+Where the anonymized image's faces were taken is recorded in the ``compared_at`` column:
+
+- "detected": the detector found a face in the anonymized image; the distance is
+  ``DeepFace.verify``'s.
+- "original_box": it found none, so the anonymized image was cut at the original's face box(es)
+  (scaled when the two images differ in size) and aligned with the original's eyes, exactly as
+  deepface cut and aligned the original's face (``Recognizer.faces_at``), then embedded as verify
+  embeds a detected face. The images are aligned, so this is where the face is, and where an
+  attacker who knows the original would look; comparing the whole image instead would reward an
+  anonymizer that merely defeats the detector (a blur).
+- "whole_image": the whole anonymized image was the face: deepface's own no-face fallback
+  (``verify(enforce_detection=False)``), only with ``no_face_anonymized="whole_image"``, or
+  detector "skip" (every image is taken whole, the original too).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +26,7 @@ import numpy as np
 
 from evaluation.distances import is_cleared, min_pair_distance
 from evaluation.engine import use_engine
-from evaluation.recognizers import FaceEmbeddings, Recognizer
+from evaluation.recognizers import DETECTED, GIVEN_AREAS, WHOLE_IMAGE, FaceEmbeddings, Recognizer
 from evaluation.settings import EvaluationSettings
 
 # Column order of a distances row (evaluation/distances.parquet).
@@ -26,9 +41,13 @@ ROW_KEYS = (
     "cleared",
     "face_original",
     "face_anonymized",
+    "compared_at",
     "status",
     "error",
 )
+
+# compared_at values, by how the recognizer took the anonymized image's faces.
+COMPARED_AT = {DETECTED: "detected", GIVEN_AREAS: "original_box", WHOLE_IMAGE: "whole_image"}
 
 DEFAULT_CACHE_SIZE = 4096
 
@@ -58,8 +77,10 @@ class PairEvaluator:
     """Distances between originals and anonymized images, as ``DeepFace.verify`` computes them.
 
     Builds one :class:`Recognizer` per model in ``settings.recognizers`` (weights load once).
-    Embeddings of originals are kept in a bounded LRU cache keyed by ``original_key``, so the
-    levels of one image embed the original once.
+    Embeddings of originals, with their face areas, are kept in a bounded LRU cache keyed by
+    ``original_key``, so the levels of one image embed the original once. An anonymized image with
+    no detected face is compared at its original's face areas, or on the whole image, as
+    ``settings.no_face_anonymized`` says (see the module's docstring).
     """
 
     def __init__(self, settings: EvaluationSettings, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
@@ -100,7 +121,12 @@ class PairEvaluator:
         originals = self._original_embeddings(name, recognizer, pairs)
         # Anonymized images of originals without a usable face are never compared: skip them.
         wanted = [i for i, pair in enumerate(pairs) if originals[i].embeddings is not None]
-        embedded = recognizer.embed([pairs[i].anonymized for i in wanted], enforce_detection=False)
+        at_original = self.settings.no_face_anonymized == "original_box"
+        embedded = recognizer.embed(
+            [pairs[i].anonymized for i in wanted],
+            enforce_detection=False,
+            areas_if_no_face=[originals[i].areas for i in wanted] if at_original else None,
+        )
         anonymized: dict[int, FaceEmbeddings] = dict(zip(wanted, embedded, strict=True))
         return [self._row(name, pair, originals[i], anonymized.get(i)) for i, pair in enumerate(pairs)]
 
@@ -143,16 +169,17 @@ class PairEvaluator:
             reason = "not embedded" if anonymized is None else anonymized.error
             return row | {"error": f"anonymized: {reason}"}
         distance = min_pair_distance(original.embeddings, anonymized.embeddings)
+        embedded = {"face_anonymized": anonymized.face_found, "compared_at": COMPARED_AT[anonymized.taken_at]}
         if not math.isfinite(distance):
             # Only a zero embedding does this (verify reports inf); there is no distance to count.
-            return row | {"face_anonymized": anonymized.face_found, "error": "zero embedding: distance undefined"}
-        return row | {
+            return row | embedded | {"error": "zero embedding: distance undefined"}
+        outcome = {
             "distance": distance,
             "cleared": is_cleared(distance, row["threshold"]),
-            "face_anonymized": anonymized.face_found,
             "status": "ok",
             "error": None,
         }
+        return row | embedded | outcome
 
 
 def error_rows(
@@ -160,7 +187,8 @@ def error_rows(
 ) -> list[dict]:
     """Rows for a pair that could not be evaluated at all (e.g. the anonymizer failed on it).
 
-    One row per recognizer, status "error", ``message`` as the error.
+    One row per recognizer, status "error", ``message`` as the error; ``face_anonymized`` and
+    ``compared_at`` are None.
     """
     return [
         _base_row(anon_id, level, t_boom, name, settings) | {"error": str(message)} for name in settings.recognizers
@@ -180,6 +208,7 @@ def _base_row(anon_id: str, level: float, t_boom: int | None, name: str, setting
         "cleared": None,
         "face_original": False,
         "face_anonymized": None,
+        "compared_at": None,
         "status": "error",
         "error": None,
     }

@@ -1,8 +1,9 @@
-"""The compliance report: one self-contained ``index.html`` (inline CSS, images as data URIs).
+"""The compliance report: one self-contained ``index.html`` (inline CSS, sample images as data URIs).
 
 It shows what the caller passes and nothing else: originals appear only if the caller gives them
-as samples. Plots follow the paper's Figure 5 (distance and fraction cleared against level) and
-are also saved as PNG files next to the page.
+as samples, and the only raster images in the page are those samples, byte for byte, so a caller
+can prove that a public page shows released images only. Plots follow the paper's Figure 5 (distance
+and fraction cleared against level); they are inline SVG, also saved as SVG files next to the page.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import io
 import json
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,8 +23,8 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-DISTANCE_PLOT = "distance_vs_level.png"
-FRACTION_PLOT = "fraction_cleared_vs_level.png"
+DISTANCE_PLOT = "distance_vs_level.svg"
+FRACTION_PLOT = "fraction_cleared_vs_level.svg"
 # A report over a large failed run stays readable; the Parquet files hold every row.
 MAX_FAILURE_ROWS = 500
 
@@ -42,7 +44,8 @@ td.wrap { white-space: normal; overflow-wrap: anywhere; min-width: 12em; }
 tr:nth-child(even) td { background: #fafbfc; }
 .scroll { overflow-x: auto; }
 .plots { display: flex; flex-wrap: wrap; gap: 1em; }
-.plots img { max-width: 100%; width: 580px; border: 1px solid #ddd; }
+.plots figure.plot { margin: 0; }
+.plots svg { max-width: 100%; width: 580px; height: auto; border: 1px solid #ddd; }
 .samples { display: grid; grid-template-columns: repeat(auto-fill, minmax(160px, 1fr)); gap: 0.8em; }
 .samples figure { margin: 0; font-size: 0.8em; text-align: center; word-break: break-all; }
 .samples img { width: 100%; height: auto; border: 1px solid #ddd; }
@@ -52,13 +55,15 @@ tr:nth-child(even) td { background: #fafbfc; }
 # Columns of the summary table as shown, with their headings. The 95% interval is one column and
 # deepface's default thresholds are in the threshold section, so the table fits the page.
 _SUMMARY_VIEW = (
-    ("level", "level"),
+    ("label", "level"),
     ("recognizer", "recognizer"),
     ("n_images", "images"),
     ("n_evaluated", "evaluated"),
     ("n_no_face_original", "no face (original)"),
     ("n_no_face_anonymized", "no face (anonymized)"),
+    ("n_compared_at_original_box", "at original's box"),
     ("n_errors", "errors"),
+    ("n_missing_output", "missing output"),
     ("n_cleared", "cleared"),
     ("fraction_cleared", "fraction cleared"),
     ("ci", "95% interval"),
@@ -67,6 +72,14 @@ _SUMMARY_VIEW = (
     ("distance_sem", "s.e."),
     ("distance_median", "median"),
     ("threshold", "threshold"),
+    ("deepface_threshold", "deepface's threshold"),
+)
+
+
+_ORIGINAL_BOX_NOTE = (
+    '<p class="muted">At original\'s box: evaluated anonymized images in which the detector found no face, '
+    "compared at the original's face box (the images are aligned), not on the whole image, so that merely "
+    "hiding the face from the detector does not count as anonymizing it.</p>"
 )
 
 
@@ -97,10 +110,10 @@ def write_report(
     """
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
-    distance_png = _distance_plot(summary)
-    fraction_png = _fraction_plot(summary)
-    (report_dir / DISTANCE_PLOT).write_bytes(distance_png)
-    (report_dir / FRACTION_PLOT).write_bytes(fraction_png)
+    distance_svg = _distance_plot(summary)
+    fraction_svg = _fraction_plot(summary)
+    (report_dir / DISTANCE_PLOT).write_text(distance_svg, encoding="utf-8")
+    (report_dir / FRACTION_PLOT).write_text(fraction_svg, encoding="utf-8")
 
     parts = [
         "<!DOCTYPE html>",
@@ -115,10 +128,11 @@ def write_report(
         "<h2>Summary</h2>",
         _summary_sentence(summary),
         f'<div class="scroll">{_summary_html(summary)}</div>',
+        _ORIGINAL_BOX_NOTE if not summary.empty else "",
         "<h2>Distance and fraction cleared by level</h2>",
         '<div class="plots">',
-        _img(distance_png, "Mean cosine distance by level, with standard error bars and threshold lines"),
-        _img(fraction_png, "Fraction of images cleared by level, with 95% Wilson intervals"),
+        _inline_svg(distance_svg, "Mean cosine distance by level, with standard error bars and threshold lines"),
+        _inline_svg(fraction_svg, "Fraction of images cleared by level, with 95% Wilson intervals"),
         "</div>",
         '<p class="muted">Left: mean cosine distance between each original and its anonymized image, '
         "error bars one standard error; dashed lines are the thresholds. Right: fraction of evaluated "
@@ -197,7 +211,8 @@ def _summary_html(summary: pd.DataFrame) -> str:
             for low, high in zip(summary["ci_low"], summary["ci_high"], strict=True)
         ]
     )
-    return _table(view[[c for c, _ in _SUMMARY_VIEW]], [h for _, h in _SUMMARY_VIEW])
+    # reindex: a summary written before a column existed shows "–" there.
+    return _table(view.reindex(columns=[c for c, _ in _SUMMARY_VIEW]), [h for _, h in _SUMMARY_VIEW])
 
 
 def _summary_sentence(summary: pd.DataFrame) -> str:
@@ -207,8 +222,10 @@ def _summary_sentence(summary: pd.DataFrame) -> str:
     for recognizer, rows in summary.groupby("recognizer", sort=False):
         parts = []
         for row in rows.itertuples(index=False):
-            if row.n_evaluated:
-                parts.append(f"level {row.level:g}: {row.n_cleared}/{row.n_evaluated} cleared")
+            trials = row.n_evaluated + getattr(row, "n_missing_output", 0)
+            if trials:
+                name = getattr(row, "label", None) or f"level {row.level:g}"
+                parts.append(f"{name}: {row.n_cleared}/{trials} cleared")
         if parts:
             lines.append(f"<li>{_e(recognizer)}: {_e('; '.join(parts))}</li>")
     return f"<ul>{''.join(lines)}</ul>" if lines else ""
@@ -281,12 +298,25 @@ def _figure() -> tuple[Figure, object]:
     return figure, figure.add_subplot(1, 1, 1)
 
 
-def _png(figure: Figure) -> bytes:
-    buffer = io.BytesIO()
+def _svg(figure: Figure) -> str:
+    import matplotlib
+
+    buffer = io.StringIO()
     figure.tight_layout()
-    # No metadata: the bytes depend on the data only.
-    figure.savefig(buffer, format="png", metadata={"Software": None})
+    # No metadata and fixed element ids: the text depends on the data only.
+    with matplotlib.rc_context({"svg.hashsalt": "boomerang", "svg.fonttype": "none"}):
+        figure.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
     return buffer.getvalue()
+
+
+def _inline_svg(svg: str, title: str) -> str:
+    """An SVG document as an element of the page, titled for screen readers."""
+    start = svg.index("<svg")
+    head_end = svg.index(">", start) + 1
+    # Inline SVG in HTML needs no namespace declarations (and the page then names no URL at all).
+    head = re.sub(r'\s+xmlns(?::\w+)?="[^"]*"', "", svg[start:head_end])
+    body = re.sub(r"<metadata>.*?</metadata>", "", svg[head_end:], flags=re.DOTALL)
+    return f'<figure class="plot" role="img" aria-label="{_e(title)}">{head}<title>{_e(title)}</title>{body}</figure>'
 
 
 def _no_data(axes, message: str = "no evaluated images") -> None:
@@ -312,7 +342,7 @@ def _finish_axes(axes, summary: pd.DataFrame, plotted: bool) -> None:
     axes.legend(fontsize="small")
 
 
-def _distance_plot(summary: pd.DataFrame) -> bytes:
+def _distance_plot(summary: pd.DataFrame) -> str:
     figure, axes = _figure()
     axes.set_xlabel("anonymity level (t_boom / T)")
     axes.set_ylabel("cosine distance to original")
@@ -346,10 +376,10 @@ def _distance_plot(summary: pd.DataFrame) -> bytes:
                 label=f"threshold {row.recognizer}",
             )
     _finish_axes(axes, summary, plotted)
-    return _png(figure)
+    return _svg(figure)
 
 
-def _fraction_plot(summary: pd.DataFrame) -> bytes:
+def _fraction_plot(summary: pd.DataFrame) -> str:
     figure, axes = _figure()
     axes.set_xlabel("anonymity level (t_boom / T)")
     axes.set_ylabel("fraction cleared")
@@ -369,4 +399,4 @@ def _fraction_plot(summary: pd.DataFrame) -> bytes:
         )
         plotted = True
     _finish_axes(axes, summary, plotted)
-    return _png(figure)
+    return _svg(figure)

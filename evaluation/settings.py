@@ -7,8 +7,13 @@ from dataclasses import dataclass
 
 from evaluation.engine import ENGINES
 
-# The paper's setting: one cosine threshold for every recognizer.
+# The paper's setting, for the two recognizers the paper used; any other recognizer defaults to
+# deepface's own threshold (0.4 means nothing for, say, Dlib, whose same-person distances are < 0.07).
 DEFAULT_THRESHOLD = 0.4
+PAPER_RECOGNIZERS = ("VGG-Face", "Facenet")
+
+# Where an anonymized image with no detected face is compared (EvaluationSettings.no_face_anonymized).
+NO_FACE_ANONYMIZED = ("original_box", "whole_image")
 
 
 @dataclass(frozen=True)
@@ -19,19 +24,26 @@ class EvaluationSettings:
         recognizers: deepface model names ("VGG-Face", "Facenet", "Facenet512", "ArcFace", ...).
         detector: deepface detector backend; "skip" takes the whole image as the face.
         engine: deepface backend engine, "pytorch" or "onnx".
-        threshold: cosine distance above which a pair is cleared (not matched), for every recognizer.
+        threshold: cosine distance above which a pair is cleared (not matched), for every recognizer;
+            None: the paper's 0.4 for VGG-Face and Facenet, deepface's own for other models.
         thresholds: per-recognizer overrides, ((model name, threshold), ...).
         metric: distance metric; only "cosine" is supported.
         align: deepface's face alignment, as in ``DeepFace.verify(align=...)``.
+        no_face_anonymized: where an anonymized image in which the detector finds no face is
+            compared. "original_box" (the default): at its original's face box (the images are
+            aligned, and an attacker knows where the face was), cut and aligned as the original's
+            face was. "whole_image": the whole anonymized image, deepface's own fallback
+            (``verify(enforce_detection=False)``), which rewards merely defeating the detector.
     """
 
     recognizers: tuple[str, ...] = ("VGG-Face", "Facenet")
     detector: str = "opencv"
     engine: str = "pytorch"
-    threshold: float = DEFAULT_THRESHOLD
+    threshold: float | None = None
     thresholds: tuple[tuple[str, float], ...] = ()
     metric: str = "cosine"
     align: bool = True
+    no_face_anonymized: str = "original_box"
 
     def __post_init__(self) -> None:
         # Accept lists from config files, store tuples so the settings stay hashable.
@@ -50,7 +62,9 @@ class EvaluationSettings:
             raise ValueError(f"detector: must be a deepface detector name or 'skip', got {self.detector!r}")
         if self.engine not in ENGINES:
             raise ValueError(f"engine: must be one of {ENGINES}, got {self.engine!r}")
-        _check_threshold("threshold", self.threshold)
+        if self.threshold is not None:
+            _check_threshold("threshold", self.threshold)
+            object.__setattr__(self, "threshold", float(self.threshold))
         names = [name for name, _ in self.thresholds]
         for name, value in self.thresholds:
             if name not in self.recognizers:
@@ -58,16 +72,30 @@ class EvaluationSettings:
             _check_threshold(f"thresholds[{name!r}]", value)
         if len(set(names)) != len(names):
             raise ValueError(f"thresholds: each recognizer once, got {self.thresholds!r}")
-        object.__setattr__(self, "threshold", float(self.threshold))
         object.__setattr__(self, "thresholds", tuple((name, float(value)) for name, value in self.thresholds))
         if self.metric != "cosine":
             raise ValueError(f"metric: only 'cosine' is supported, got {self.metric!r}")
         if not isinstance(self.align, bool):
             raise ValueError(f"align: must be True or False, got {self.align!r}")
+        if not isinstance(self.no_face_anonymized, str) or self.no_face_anonymized not in NO_FACE_ANONYMIZED:
+            raise ValueError(
+                f"no_face_anonymized: must be one of {NO_FACE_ANONYMIZED}, got {self.no_face_anonymized!r}"
+            )
 
     def threshold_for(self, name: str) -> float:
-        """The threshold for recognizer ``name``: its override, else the global threshold."""
-        return float(dict(self.thresholds).get(name, self.threshold))
+        """The threshold for recognizer ``name``: its override, else the global threshold, else the
+        paper's 0.4 for VGG-Face and Facenet and deepface's own for any other model (0.4 if it has none)."""
+        overrides = dict(self.thresholds)
+        if name in overrides:
+            return float(overrides[name])
+        if self.threshold is not None:
+            return self.threshold
+        if name in PAPER_RECOGNIZERS:
+            return DEFAULT_THRESHOLD
+        from evaluation.engine import deepface_module
+
+        own = deepface_module("deepface.config.threshold", self.engine).thresholds.get(name, {}).get(self.metric)
+        return DEFAULT_THRESHOLD if own is None else float(own)
 
 
 def _as_tuple(field: str, value) -> tuple:

@@ -19,13 +19,16 @@ Z_95 = 1.959964
 
 SUMMARY_COLUMNS = (
     "level",
+    "label",
     "recognizer",
     "metric",
     "n_images",
     "n_evaluated",
     "n_no_face_original",
     "n_no_face_anonymized",
+    "n_compared_at_original_box",
     "n_errors",
+    "n_missing_output",
     "n_cleared",
     "fraction_cleared",
     "ci_low",
@@ -67,13 +70,18 @@ class PartialStats:
     Distances are those of "ok" rows. ``mean`` and ``m2`` (sum of squared deviations from the
     mean) merge exactly in any order (Chan et al.), unlike a running sum of squares, which loses
     digits when the spread is small; the distances themselves are kept for the exact median.
+    ``n_no_face_anonymized`` and ``n_compared_at_original_box`` count "ok" rows whose anonymized
+    image had no detected face, and those of them compared at the original's face box (the others
+    were compared on the whole image, on request).
     """
 
     n_images: int = 0
     n_evaluated: int = 0
     n_no_face_original: int = 0
     n_no_face_anonymized: int = 0
+    n_compared_at_original_box: int = 0
     n_errors: int = 0
+    n_missing_output: int = 0
     n_cleared: int = 0
     mean: float = 0.0
     m2: float = 0.0
@@ -85,12 +93,16 @@ class PartialStats:
         ok = rows["status"] == "ok"
         distances = rows.loc[ok, "distance"].to_numpy(dtype=np.float64)
         face_anonymized = rows.loc[ok, "face_anonymized"]
+        # Rows written before compared_at existed have no such column: none was compared there.
+        compared_at = rows.loc[ok, "compared_at"] if "compared_at" in rows else pd.Series(dtype=object)
         return cls(
             n_images=len(rows),
             n_evaluated=int(ok.sum()),
             n_no_face_original=int((rows["status"] == "no_face_original").sum()),
             n_no_face_anonymized=int((face_anonymized == False).sum()),  # noqa: E712 - object column
+            n_compared_at_original_box=int((compared_at == "original_box").sum()),
             n_errors=int((rows["status"] == "error").sum()),
+            n_missing_output=int((rows["status"] == "missing_output").sum()),
             n_cleared=int((distances > threshold).sum()),
             mean=float(distances.mean()) if len(distances) else 0.0,
             m2=float(((distances - distances.mean()) ** 2).sum()) if len(distances) else 0.0,
@@ -107,7 +119,9 @@ class PartialStats:
             n_evaluated=n,
             n_no_face_original=self.n_no_face_original + other.n_no_face_original,
             n_no_face_anonymized=self.n_no_face_anonymized + other.n_no_face_anonymized,
+            n_compared_at_original_box=self.n_compared_at_original_box + other.n_compared_at_original_box,
             n_errors=self.n_errors + other.n_errors,
+            n_missing_output=self.n_missing_output + other.n_missing_output,
             n_cleared=self.n_cleared + other.n_cleared,
             mean=(self.mean * n_a + other.mean * n_b) / n if n else 0.0,
             m2=self.m2 + other.m2 + (delta * delta * n_a * n_b / n if n else 0.0),
@@ -115,18 +129,25 @@ class PartialStats:
         )
 
     def finish(self) -> dict:
-        """The summary statistics; NaN where they are undefined (no distances, or std of one)."""
+        """The summary statistics; NaN where they are undefined (no distances, or std of one).
+
+        The cleared fraction counts a missing output (another tool skipped the image) as not cleared:
+        its denominator is ``n_evaluated + n_missing_output``.
+        """
         n = self.n_evaluated
+        trials = n + self.n_missing_output
         std = math.sqrt(self.m2 / (n - 1)) if n >= 2 else math.nan
-        low, high = wilson_interval(self.n_cleared, n)
+        low, high = wilson_interval(self.n_cleared, trials)
         return {
             "n_images": self.n_images,
             "n_evaluated": n,
             "n_no_face_original": self.n_no_face_original,
             "n_no_face_anonymized": self.n_no_face_anonymized,
+            "n_compared_at_original_box": self.n_compared_at_original_box,
             "n_errors": self.n_errors,
+            "n_missing_output": self.n_missing_output,
             "n_cleared": self.n_cleared,
-            "fraction_cleared": self.n_cleared / n if n else math.nan,
+            "fraction_cleared": self.n_cleared / trials if trials else math.nan,
             "ci_low": low,
             "ci_high": high,
             "distance_mean": self.mean if n else math.nan,
@@ -139,8 +160,11 @@ class PartialStats:
 def partial_stats(distances: pd.DataFrame, settings: EvaluationSettings) -> dict[tuple[float, str], PartialStats]:
     """Partial results per (level, recognizer) of some distance rows (e.g. one shard)."""
     parts = {}
-    for (level, recognizer), rows in distances.groupby(["level", "recognizer"], sort=False):
-        parts[(float(level), str(recognizer))] = PartialStats.from_rows(rows, settings.threshold_for(recognizer))
+    # dropna=False: another tool's output may have no level (NaN); its rows are one group.
+    for (level, recognizer), rows in distances.groupby(["level", "recognizer"], sort=False, dropna=False):
+        # One NaN object for "no level", so that merged keys meet (NaN never equals another NaN).
+        key = math.nan if pd.isna(level) else float(level)
+        parts[(key, str(recognizer))] = PartialStats.from_rows(rows, settings.threshold_for(recognizer))
     return parts
 
 
@@ -154,15 +178,24 @@ def merge_partials(*partials: dict[tuple[float, str], PartialStats]) -> dict[tup
 
 
 def summary_from_partials(
-    partials: dict[tuple[float, str], PartialStats], settings: EvaluationSettings
+    partials: dict[tuple[float, str], PartialStats], settings: EvaluationSettings, label: str | None = None
 ) -> pd.DataFrame:
-    """The summary table from (merged) partial results; rows by level, then recognizer order."""
+    """The summary table from (merged) partial results; rows by level, then recognizer order.
+
+    ``label`` names results that have no level (another tool's output); rows with a level are
+    labelled "level L".
+    """
     order = {name: i for i, name in enumerate(settings.recognizers)}
-    keys = sorted(partials, key=lambda key: (key[0], order.get(key[1], len(order)), key[1]))
+
+    def sort_key(key):
+        level = key[0]
+        return (math.isnan(level), 0.0 if math.isnan(level) else level, order.get(key[1], len(order)), key[1])
+
     rows = []
-    for level, recognizer in keys:
+    for level, recognizer in sorted(partials, key=sort_key):
+        name = (label or "no level") if math.isnan(level) else f"level {level:g}"
         rows.append(
-            {"level": level, "recognizer": recognizer, "metric": settings.metric}
+            {"level": level, "label": name, "recognizer": recognizer, "metric": settings.metric}
             | partials[(level, recognizer)].finish()
             | {
                 "threshold": settings.threshold_for(recognizer),
@@ -173,7 +206,7 @@ def summary_from_partials(
     return frame.astype({name: "int64" for name in SUMMARY_COLUMNS if name.startswith("n_")})
 
 
-def summarize(distances: pd.DataFrame, settings: EvaluationSettings) -> pd.DataFrame:
+def summarize(distances: pd.DataFrame, settings: EvaluationSettings, label: str | None = None) -> pd.DataFrame:
     """One row per (level, recognizer) of the distance rows (columns: ``SUMMARY_COLUMNS``).
 
     ``n_images`` counts every row, errors included; the distance statistics and the cleared
@@ -182,7 +215,7 @@ def summarize(distances: pd.DataFrame, settings: EvaluationSettings) -> pd.DataF
     Undefined values are NaN: everything distance-based when ``n_evaluated`` is 0, the standard
     deviation (sample, ddof=1) and the standard error when it is 1.
     """
-    return summary_from_partials(partial_stats(distances, settings), settings)
+    return summary_from_partials(partial_stats(distances, settings), settings, label)
 
 
 def deepface_threshold(model_name: str, metric: str = "cosine", engine: str = "pytorch") -> float:

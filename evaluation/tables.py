@@ -16,7 +16,7 @@ from evaluation.summary import SUMMARY_COLUMNS
 DISTANCES_SCHEMA = pa.schema(
     [
         pa.field("anon_id", pa.string(), nullable=False),
-        pa.field("level", pa.float64(), nullable=False),
+        pa.field("level", pa.float64(), nullable=False),  # NaN: another tool's output with no level
         pa.field("t_boom", pa.int64()),  # null when the anonymizer failed before choosing it
         pa.field("recognizer", pa.string(), nullable=False),
         pa.field("metric", pa.string(), nullable=False),
@@ -25,13 +25,17 @@ DISTANCES_SCHEMA = pa.schema(
         pa.field("cleared", pa.bool_()),  # null unless status is "ok"
         pa.field("face_original", pa.bool_(), nullable=False),
         pa.field("face_anonymized", pa.bool_()),  # null when the anonymized image was not embedded
-        pa.field("status", pa.string(), nullable=False),  # "ok" | "no_face_original" | "error"
+        # How the anonymized image's faces were taken: "detected" | "original_box" | "whole_image";
+        # null when it was not embedded (see evaluation.evaluator).
+        pa.field("compared_at", pa.string()),
+        # "ok" | "no_face_original" | "missing_output" (boomerang evaluate) | "error"
+        pa.field("status", pa.string(), nullable=False),
         pa.field("error", pa.string()),
     ]
 )
 
 _COUNTS = {name for name in SUMMARY_COLUMNS if name.startswith("n_")}
-_STRINGS = {"recognizer", "metric"}
+_STRINGS = {"recognizer", "metric", "label"}
 SUMMARY_SCHEMA = pa.schema(
     [
         pa.field(

@@ -19,9 +19,9 @@ def _count_embeds(evaluator: PairEvaluator) -> list[tuple[str, int, bool]]:
     calls = []
     for name, recognizer in evaluator.recognizers.items():
 
-        def counting(images, enforce_detection, _real=recognizer.embed, _name=name):
+        def counting(images, enforce_detection, _real=recognizer.embed, _name=name, **options):
             calls.append((_name, len(images), enforce_detection))
-            return _real(images, enforce_detection)
+            return _real(images, enforce_detection, **options)
 
         recognizer.embed = counting
     return calls
@@ -45,6 +45,7 @@ def test_identical_images_give_zero_distance_and_are_not_cleared(evaluators, por
             "cleared": False,
             "face_original": True,
             "face_anonymized": True,
+            "compared_at": "detected",
             "status": "ok",
             "error": None,
         }
@@ -91,19 +92,21 @@ def test_no_face_original_bad_images_and_no_face_anonymized_become_rows(evaluato
         assert by[("ok", name)]["status"] == "ok"
         cup = by[("cup-original", name)]
         assert (cup["status"], cup["face_original"], cup["face_anonymized"]) == ("no_face_original", False, None)
+        assert cup["compared_at"] is None
         assert cup["distance"] is None and cup["cleared"] is None and cup["error"] is None
         for bad in ("gray", "float"):
             row = by[(bad, name)]
             assert row["status"] == "error" and row["distance"] is None and row["cleared"] is None
             assert "anonymized" in row["error"] and "uint8" in row["error"]
             assert row["face_original"] is True
+            assert row["face_anonymized"] is None and row["compared_at"] is None
         row = by[("cup-anonymized", name)]
-        assert (row["status"], row["face_anonymized"]) == ("ok", False)
+        assert (row["status"], row["face_anonymized"], row["compared_at"]) == ("ok", False, "original_box")
         row = by[("blank", name)]
         # A blank image gives random-weight VGG-Face a zero embedding (no biases): no distance.
         assert row["status"] in ("ok", "error")
         assert (row["status"] == "ok") == (row["distance"] is not None and math.isfinite(row["distance"]))
-        assert row["face_anonymized"] is False
+        assert row["face_anonymized"] is False and row["compared_at"] == "original_box"
 
     # The anonymized image of an original without a face is never embedded.
     anonymized_counts = [n for _, n, enforce in calls if not enforce]
@@ -118,6 +121,7 @@ def test_no_face_original_bad_images_and_no_face_anonymized_become_rows(evaluato
         assert s["n_errors"] == 2 + blank_error
         assert s["n_evaluated"] == 3 - blank_error
         assert s["n_no_face_anonymized"] == 2 - blank_error
+        assert s["n_compared_at_original_box"] == 2 - blank_error
 
 
 def test_per_recognizer_thresholds_decide_cleared(evaluators, face_variants):
@@ -140,4 +144,5 @@ def test_error_rows_one_per_recognizer():
         assert tuple(row) == ROW_KEYS
         assert row["status"] == "error" and row["error"] == "anonymizer failed: CUDA out of memory"
         assert row["distance"] is None and row["cleared"] is None and row["t_boom"] is None
+        assert row["face_anonymized"] is None and row["compared_at"] is None
     assert [row["threshold"] for row in rows] == [0.4, 0.3]

@@ -21,24 +21,36 @@ def test_distances_equal_deepface_verify(detector, evaluators, face_variants, ve
     if detector == "opencv":
         # The variants are face photos: the detector must actually find the face in most of them.
         assert sum(row["face_anonymized"] for row in rows) >= len(rows) - 2
+        assert all(row["compared_at"] == ("detected" if row["face_anonymized"] else "original_box") for row in rows)
+    else:
+        # "skip" takes every image whole, the original too.
+        assert all(row["compared_at"] == "whole_image" for row in rows)
 
     for pair, index in zip(pairs, range(0, len(rows), len(RECOGNIZERS)), strict=True):
         for row, model_name in zip(rows[index : index + len(RECOGNIZERS)], RECOGNIZERS, strict=True):
             assert (row["anon_id"], row["recognizer"]) == (pair.anon_id, model_name)
-            # verify raises when it finds no face in the anonymized image; the evaluation then
-            # compares the whole image, as verify(enforce_detection=False) does.
-            expected = verify(original, pair.anonymized, model_name, detector, enforce_detection=row["face_anonymized"])
+            if row["compared_at"] == "original_box":
+                # verify has no such comparison: test_no_face_anonymized.py checks these rows.
+                continue
+            expected = verify(original, pair.anonymized, model_name, detector)
             assert row["distance"] == pytest.approx(expected, abs=1e-5), (pair.anon_id, model_name)
 
 
-def test_no_face_in_the_anonymized_image_is_compared_on_the_whole_image(evaluators, portrait, coffee, verify):
-    rows = evaluators("opencv").evaluate([Pair("cup", 0.9, 900, "portrait", portrait, coffee)])
-    for row, model_name in zip(rows, RECOGNIZERS, strict=True):
-        assert row["status"] == "ok"
-        assert row["face_original"] is True
-        assert row["face_anonymized"] is False
+def test_no_face_in_the_anonymized_image_is_compared_on_the_whole_image_on_request(
+    evaluators, portrait, coffee, verify
+):
+    whole = evaluators("opencv", no_face_anonymized="whole_image").evaluate(
+        [Pair("cup", 0.9, 900, "portrait", portrait, coffee)]
+    )
+    at_box = evaluators("opencv").evaluate([Pair("cup", 0.9, 900, "portrait", portrait, coffee)])
+    for row, boxed, model_name in zip(whole, at_box, RECOGNIZERS, strict=True):
+        assert (row["status"], row["face_original"], row["face_anonymized"]) == ("ok", True, False)
+        assert row["compared_at"] == "whole_image"
         expected = verify(portrait, coffee, model_name, "opencv", enforce_detection=False)
         assert row["distance"] == pytest.approx(expected, abs=1e-5)
+        # By default the cup is compared at the portrait's face box instead: another distance.
+        assert (boxed["status"], boxed["face_anonymized"], boxed["compared_at"]) == ("ok", False, "original_box")
+        assert abs(boxed["distance"] - row["distance"]) > 1e-4
 
 
 def test_several_levels_of_one_original_and_batching_do_not_change_distances(evaluators, face_variants):

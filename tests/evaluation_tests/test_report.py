@@ -42,6 +42,7 @@ def summary() -> pd.DataFrame:
                         "distance": float(np.clip(rng.normal(level * 0.6, 0.1), 0, 2)) if status == "ok" else None,
                         "status": status,
                         "face_anonymized": bool(rng.random() < 0.9) if status == "ok" else None,
+                        "compared_at": None if status != "ok" else str(rng.choice(["detected", "original_box"])),
                     }
                 )
     return summarize(pd.DataFrame(rows), SETTINGS)
@@ -86,6 +87,8 @@ def test_report_holds_every_part(report, summary):
         "0.68",  # deepface's VGG-Face default threshold
         "2622",  # the VGG-Face threshold history
         "Wilson",
+        "at original&#x27;s box",  # the n_compared_at_original_box column, and its explanation
+        "compared at the original's face box",
     ):
         assert expected in text, expected
     # The summary table shows every (level, recognizer) row with its counts.
@@ -97,7 +100,8 @@ def test_report_is_self_contained_and_escaped(report):
     text = report.read_text(encoding="utf-8")
     assert not re.search(r"(https?|file)://", text)
     sources = re.findall(r'src="([^"]*)"', text)
-    assert len(sources) == 2 + 5  # two plots, five samples
+    assert len(sources) == 5  # the five samples; the two plots are inline SVG, not pictures
+    assert text.count("<svg") == 2
     assert all(src.startswith("data:image/png;base64,") for src in sources)
     for src in sources:
         Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).verify()
@@ -107,9 +111,11 @@ def test_report_is_self_contained_and_escaped(report):
 
 
 def test_plots_are_saved_next_to_the_page(report):
+    from xml.etree import ElementTree
+
     for name in (DISTANCE_PLOT, FRACTION_PLOT):
-        with Image.open(report.parent / name) as image:
-            assert image.format == "PNG" and image.size[0] >= 500
+        root = ElementTree.parse(report.parent / name).getroot()
+        assert root.tag.endswith("svg") and float(root.get("width").removesuffix("pt")) >= 400
 
 
 def test_an_empty_run_still_renders(tmp_path):

@@ -16,6 +16,8 @@ def test_defaults_are_the_papers_setting():
     assert settings.engine == "pytorch"
     assert settings.metric == "cosine"
     assert settings.align is True
+    assert settings.no_face_anonymized == "original_box"
+    assert EvaluationSettings(no_face_anonymized="whole_image").no_face_anonymized == "whole_image"
     assert settings.threshold_for("VGG-Face") == settings.threshold_for("Facenet") == 0.4
 
 
@@ -53,6 +55,8 @@ def test_lists_become_tuples_and_settings_are_frozen_and_hashable():
         ({"thresholds": ("Facenet",)}, "thresholds"),
         ({"metric": "euclidean"}, "metric"),
         ({"align": "yes"}, "align"),
+        ({"no_face_anonymized": "whole"}, "no_face_anonymized"),
+        ({"no_face_anonymized": None}, "no_face_anonymized"),
     ],
 )
 def test_bad_values_are_refused_naming_the_field(kwargs, field):
@@ -61,3 +65,14 @@ def test_bad_values_are_refused_naming_the_field(kwargs, field):
     bad = next(iter(kwargs.values()))
     if isinstance(bad, str) and bad:
         assert repr(bad) in str(info.value) or bad in str(info.value)
+
+
+def test_a_recognizer_the_paper_did_not_use_defaults_to_deepfaces_own_threshold():
+    from deepface.config.threshold import thresholds
+
+    settings = EvaluationSettings(recognizers=("Facenet", "Dlib", "ArcFace"))
+    assert settings.threshold_for("Facenet") == 0.4
+    assert settings.threshold_for("Dlib") == thresholds["Dlib"]["cosine"] != 0.4
+    assert settings.threshold_for("ArcFace") == thresholds["ArcFace"]["cosine"]
+    # An explicit global threshold applies to every recognizer.
+    assert EvaluationSettings(recognizers=("Dlib",), threshold=0.4).threshold_for("Dlib") == 0.4

@@ -21,6 +21,11 @@ def random_rows(seed: int, n: int = 400) -> pd.DataFrame:
     ok = status == "ok"
     distance = np.where(ok, rng.uniform(0.0, 0.9, size=n), np.nan)
     face_anonymized = np.where(ok, rng.random(n) < 0.85, None)
+    compared_at = np.where(
+        face_anonymized == True,  # noqa: E712 - object array
+        "detected",
+        np.where(ok, rng.choice(["original_box", "whole_image"], size=n, p=[0.8, 0.2]), None),
+    )
     return pd.DataFrame(
         {
             "anon_id": [f"id{i}" for i in range(n)],
@@ -31,6 +36,7 @@ def random_rows(seed: int, n: int = 400) -> pd.DataFrame:
             "distance": distance,
             "status": status,
             "face_anonymized": face_anonymized,
+            "compared_at": compared_at,
         }
     )
 
@@ -73,6 +79,7 @@ def test_summary_equals_an_independent_computation():
         assert row.n_no_face_original == (group["status"] == "no_face_original").sum()
         assert row.n_errors == (group["status"] == "error").sum()
         assert row.n_no_face_anonymized == (ok["face_anonymized"] == False).sum()  # noqa: E712
+        assert row.n_compared_at_original_box == (ok["compared_at"] == "original_box").sum()
         assert row.n_cleared == k
         assert row.fraction_cleared == pytest.approx(k / len(d), abs=1e-12)
         assert (row.ci_low, row.ci_high) == pytest.approx((ci.low, ci.high), abs=1e-6)
@@ -121,6 +128,14 @@ def test_edge_cases_zero_and_one_evaluated():
     )
 
 
+def test_rows_without_compared_at_count_none_at_the_original_box():
+    # Distance rows written before the column existed.
+    rows = random_rows(1).drop(columns="compared_at")
+    summary = summarize(rows, SETTINGS)
+    assert (summary["n_compared_at_original_box"] == 0).all()
+    assert (summary["n_no_face_anonymized"] > 0).all()
+
+
 def test_partial_stats_merge_with_empty():
     empty = PartialStats()
     stats_ = PartialStats.from_rows(random_rows(3).query("recognizer == 'Facenet'"), 0.4)
@@ -134,3 +149,32 @@ def test_empty_distances_give_an_empty_summary():
     rows = random_rows(0).iloc[0:0]
     summary = summarize(rows, SETTINGS)
     assert summary.empty and list(summary.columns) == list(SUMMARY_COLUMNS)
+
+
+def test_a_missing_output_counts_as_not_cleared_and_no_level_is_one_labelled_group():
+    rows = pd.DataFrame(
+        {
+            "anon_id": ["a", "b", "c", "d"],
+            "level": [math.nan] * 4,
+            "t_boom": None,
+            "recognizer": "Facenet",
+            "metric": "cosine",
+            "distance": [0.9, 0.8, 0.1, math.nan],
+            "status": ["ok", "ok", "ok", "missing_output"],
+            "face_anonymized": [True, True, True, None],
+            "compared_at": ["detected", "detected", "detected", None],
+        }
+    )
+    settings = EvaluationSettings(recognizers=("Facenet",))
+    summary = summarize(rows, settings, label="other-tool")
+    assert len(summary) == 1
+    row = summary.iloc[0]
+    assert row["label"] == "other-tool" and math.isnan(row["level"])
+    assert (row["n_evaluated"], row["n_missing_output"], row["n_cleared"]) == (3, 1, 2)
+    assert row["fraction_cleared"] == 0.5  # 2 of 4 originals: the skipped one is not cleared
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(wilson_interval(2, 4))
+    assert row["distance_mean"] == pytest.approx(0.6)
+    # Partial results of the NaN-level group merge into one group.
+    merged = merge_partials(partial_stats(rows.iloc[:2], settings), partial_stats(rows.iloc[2:], settings))
+    assert len(merged) == 1
+    assert summary_from_partials(merged, settings, "other-tool").iloc[0]["fraction_cleared"] == 0.5

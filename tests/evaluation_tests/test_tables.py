@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -36,6 +37,7 @@ def ok_row(anon_id: str, level: float, recognizer: str, distance: float) -> dict
         "cleared": distance > 0.4,
         "face_original": True,
         "face_anonymized": True,
+        "compared_at": "detected",
         "status": "ok",
         "error": None,
     }
@@ -68,6 +70,21 @@ def test_distances_round_trip_through_a_folder_of_parts(tmp_path):
     back = read_summary(tmp_path / "summary.parquet")
     pd.testing.assert_frame_equal(back, summary)
     assert pq.read_schema(tmp_path / "summary.parquet").equals(SUMMARY_SCHEMA)
+
+
+def test_parts_written_before_compared_at_existed_read_as_null(tmp_path):
+    old = pa.schema([field for field in DISTANCES_SCHEMA if field.name != "compared_at"])
+    row = ok_row("old", 0.5, "Facenet", 0.3)
+    del row["compared_at"]
+    folder = tmp_path / "distances.parquet"
+    folder.mkdir()
+    pq.write_table(pa.Table.from_pylist([row], schema=old), folder / "part-0.parquet")
+    write_parquet_atomic(distances_table([ok_row("new", 0.5, "Facenet", 0.3)]), folder / "part-1.parquet")
+    frame = read_distances(folder).set_index("anon_id")
+    assert list(frame.columns) == list(ROW_KEYS[1:])
+    assert frame.loc["new", "compared_at"] == "detected"
+    assert frame.loc["old", "compared_at"] is None or pd.isna(frame.loc["old", "compared_at"])
+    assert summarize(frame.reset_index(), SETTINGS)["n_compared_at_original_box"].tolist() == [0]
 
 
 def test_atomic_write_replaces_and_leaves_no_temporary_files(tmp_path):
