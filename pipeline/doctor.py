@@ -9,20 +9,35 @@ from anonymize import SamplerSettings
 from evaluation import EvaluationSettings, weight_file
 
 
-def report(*, model: str | None, recognizers: str | None, engine: str, address: str | None) -> str:
+def report(*, model: str | None, recognizers: str | None, engine: str, address: str | None) -> tuple[str, bool]:
+    """The doctor's lines, and whether every required part (model, recognizer weights, cluster) is present."""
     lines = ["boomerang doctor"]
     lines += _gpus()
-    lines += _ray(address)
-    lines += _model(model or SamplerSettings().model)
+    missing: list[str] = []
+    ray_lines, ray_ok = _ray(address)
+    lines += ray_lines
+    if not ray_ok:
+        missing.append("the Ray cluster")
+    model_lines, model_ok = _model(model or SamplerSettings().model)
+    lines += model_lines
+    if not model_ok:
+        missing.append("the diffusion model")
     names = tuple(n.strip() for n in recognizers.split(",")) if recognizers else EvaluationSettings().recognizers
     lines.append(f"deepface engine: {engine} (DEEPFACE_BACKEND_ENGINE is set by boomerang)")
     home = os.environ.get("DEEPFACE_HOME", str(Path.home()))
     lines.append(f"deepface weights folder: {Path(home) / '.deepface' / 'weights'} (DEEPFACE_HOME={home})")
+    absent = []
     for name in names:
         path = weight_file(name, engine)
         state = "present" if path.exists() else "MISSING: copy the file there (no download without network)"
         lines.append(f"  {name}: {path} {state}")
-    return "\n".join(lines)
+        if not path.exists():
+            absent.append(name)
+    if absent:
+        missing.append(f"recognizer weights ({', '.join(absent)})")
+    ok = not missing
+    lines.append("ready: every required part is present" if ok else f"NOT ready: missing {'; '.join(missing)}")
+    return "\n".join(lines), ok
 
 
 def _gpus() -> list[str]:
@@ -34,38 +49,40 @@ def _gpus() -> list[str]:
     return [f"GPUs: {len(names)}: {', '.join(names)}"]
 
 
-def _ray(address: str | None) -> list[str]:
+def _ray(address: str | None) -> tuple[list[str], bool]:
+    """Join the cluster given with the job's own code (pipeline.cluster), so a failure reads the same."""
     import ray
+
+    from .cluster import ClusterUnavailable, check
 
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:
-        return [f"Ray {ray.__version__}: no cluster given; jobs start an embedded local Ray with {os.cpu_count()} CPUs"]
-    try:
-        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
-        resources = ray.cluster_resources()
-        alive = sum(1 for n in ray.nodes() if n.get("Alive"))
-        ray.shutdown()
         return [
-            f"Ray cluster {address}: {alive} nodes, {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs"
-        ]
-    except Exception as err:  # doctor reports; it does not fail
-        return [f"Ray cluster {address}: cannot connect ({' '.join(str(err).split())[:200]})"]
+            f"Ray {ray.__version__}: no cluster given; jobs start an embedded local Ray with {os.cpu_count()} CPUs"
+        ], True
+    try:
+        info = check(address)
+    except ClusterUnavailable as err:
+        return [f"Ray {ray.__version__}: {err}"], False
+    return [
+        f"Ray {ray.__version__} cluster {address}: joined: {info.nodes} nodes, {info.cpus:g} CPUs, {info.gpus:g} GPUs"
+    ], True
 
 
-def _model(model: str) -> list[str]:
+def _model(model: str) -> tuple[list[str], bool]:
     path = Path(model).expanduser()
     if path.exists():
         ok = (path / "model_index.json").is_file()
-        return [f"model {model}: local folder {path} {'present' if ok else 'MISSING model_index.json'}"]
+        return [f"model {model}: local folder {path} {'present' if ok else 'MISSING model_index.json'}"], ok
     from huggingface_hub.constants import HF_HUB_CACHE
 
     try:
         from huggingface_hub import snapshot_download
 
         where = snapshot_download(model, local_files_only=True)
-        return [f"model {model}: in the Hugging Face cache at {where}"]
+        return [f"model {model}: in the Hugging Face cache at {where}"], True
     except Exception:
         return [
             f"model {model}: MISSING from the Hugging Face cache {HF_HUB_CACHE}; with no network, "
             "download it elsewhere and set HF_HOME, or pass --model /path/to/folder"
-        ]
+        ], False

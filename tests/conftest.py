@@ -49,6 +49,7 @@ def ray_runtime():
     """One local Ray for the session (start-up costs seconds); the CLI reuses it."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    # address="local": never join a cluster that another process on this machine recorded as current.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     yield ray
     ray.shutdown()

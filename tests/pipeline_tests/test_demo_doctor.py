@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import pandas as pd
 import pytest
@@ -33,8 +34,38 @@ def test_demo_runs_offline_and_says_its_numbers_are_not_meaningful(
 
 def test_doctor_says_where_weights_are_looked_for(tmp_path, capsys, monkeypatch, deepface_home):
     monkeypatch.setenv("DEEPFACE_HOME", str(deepface_home))
-    assert main(["doctor", "--model", str(tmp_path / "nowhere"), "--recognizers", "Facenet,ArcFace"]) == 0
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    # The model and the ArcFace weights are missing: a job could not run, so the status is 1.
+    assert main(["doctor", "--model", str(tmp_path / "nowhere"), "--recognizers", "Facenet,ArcFace"]) == 1
     out = capsys.readouterr().out
     assert "facenet_weights.pth present" in out
     assert "arcface" in out.lower() and "MISSING" in out
     assert "GPUs:" in out and "Ray" in out
+    assert out.rstrip().splitlines()[-1] == "NOT ready: missing the diffusion model; recognizer weights (ArcFace)"
+
+
+def test_doctor_exits_0_when_every_required_part_is_present(capsys, monkeypatch, deepface_home, tiny_sd):
+    monkeypatch.setenv("DEEPFACE_HOME", str(deepface_home))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+    assert main(["doctor", "--model", str(tiny_sd), "--recognizers", "Facenet,VGG-Face"]) == 0
+
+    out = capsys.readouterr().out
+    assert f"model {tiny_sd}: local folder {tiny_sd} present" in out
+    assert "MISSING" not in out
+    assert out.rstrip().splitlines()[-1] == "ready: every required part is present"
+
+
+def test_doctor_exits_1_when_the_cluster_given_cannot_be_joined(capsys, monkeypatch, deepface_home, tiny_sd):
+    monkeypatch.setenv("DEEPFACE_HOME", str(deepface_home))
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    assert main(["doctor", "--address", f"127.0.0.1:{port}", "--model", str(tiny_sd), "--recognizers", "Facenet"]) == 1
+
+    out = capsys.readouterr().out
+    # The same one line as a job's (pipeline.cluster), here on the doctor's Ray line.
+    assert f"cannot join the Ray cluster at 127.0.0.1:{port}: nothing answers at " in out
+    assert f"(connection refused); start the head with `ray start --head --port {port}`" in out
+    assert out.rstrip().splitlines()[-1] == "NOT ready: missing the Ray cluster"
