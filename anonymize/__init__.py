@@ -10,17 +10,17 @@ Typical use::
     sampler = BoomerangSampler(model, settings)
     img = decode_image(data)
     square, placement = to_model_input(img, model.resolution)
-    seed = output_seed(run_seed, image_id, 0.7)
+    seed = output_seed(secret, run_seed, image_id, 0.7)  # secret: the run's private random key
     out = sampler([square], 0.7, [make_generator(seed)])
     png = encode_png(from_model_output(out.images[0], placement))
 """
 
 from anonymize.imaging import ImageError, Placement, decode_image, encode_png, from_model_output, to_model_input
 from anonymize.loading import LoadedModel, PickleRefused, WeightsNotFound, load_model, resolve_model, weights_sha256
-from anonymize.sampler import BoomerangOutput, BoomerangSampler
+from anonymize.sampler import BoomerangOutput, BoomerangSampler, planned_steps
 from anonymize.seeding import make_generator, output_seed
 from anonymize.settings import SamplerSettings, validate_level
-from anonymize.tiny_models import build_tiny_latent_pipeline, build_tiny_pixel_ddpm
+from anonymize.tiny_models import build_tiny_latent_pipeline, build_tiny_pixel_ddpm, made_by_boomerang
 
 __all__ = [
     "BoomerangOutput",
@@ -37,8 +37,10 @@ __all__ = [
     "encode_png",
     "from_model_output",
     "load_model",
+    "made_by_boomerang",
     "make_generator",
     "output_seed",
+    "planned_steps",
     "resolve_model",
     "to_model_input",
     "validate_level",

@@ -37,7 +37,28 @@ MIN_SIDE = 8
 
 
 class ImageError(ValueError):
-    """An input that cannot be used as an image; the message is one line and says why."""
+    """An input that cannot be used as an image; the message is one line and says why.
+
+    ``reason`` is a short code and ``summary`` a fixed text for it, with no detail from the file (sizes,
+    decoder messages): what a shareable table may say about the failure.
+    """
+
+    SUMMARIES = {
+        "empty": "image file is empty",
+        "not_an_image": "not an image (format not recognised)",
+        "too_large": "image is larger than the pixel limit",
+        "corrupt": "image is truncated or corrupt",
+        "too_small": f"image is smaller than {MIN_SIDE}x{MIN_SIDE} pixels",
+        "bad_mode": "image mode cannot be converted to RGB",
+    }
+
+    def __init__(self, message: str, reason: str = "corrupt") -> None:
+        super().__init__(message)
+        self.reason = reason if reason in self.SUMMARIES else "corrupt"
+
+    @property
+    def summary(self) -> str:
+        return self.SUMMARIES[self.reason]
 
 
 @dataclass(frozen=True)
@@ -60,7 +81,7 @@ def decode_image(data: bytes, max_pixels: int = 50_000_000) -> Image.Image:
         ImageError: the bytes are empty, not an image, truncated, too small or too large.
     """
     if not data:
-        raise ImageError("image is empty (0 bytes)")
+        raise ImageError("image is empty (0 bytes)", "empty")
     try:
         with warnings.catch_warnings():
             # Pillow only warns between its own limit and twice that; make every bomb an error.
@@ -68,26 +89,26 @@ def decode_image(data: bytes, max_pixels: int = 50_000_000) -> Image.Image:
             img = Image.open(io.BytesIO(data))
             width, height = img.size
             if width * height > max_pixels:
-                raise ImageError(f"image is {width}x{height}, more than the limit of {max_pixels} pixels")
+                raise ImageError(f"image is {width}x{height}, more than the limit of {max_pixels} pixels", "too_large")
             img.load()  # first frame only for animations: Image.open leaves it on frame 0
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError("not an image (format not recognised)") from None
+        raise ImageError("not an image (format not recognised)", "not_an_image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"image is too large to decode safely: {_one_line(e)}") from None
+        raise ImageError(f"image is too large to decode safely: {_one_line(e)}", "too_large") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as e:
         # Pillow reports truncated and corrupt files with any of these, depending on the format.
-        raise ImageError(f"image is truncated or corrupt: {_one_line(e)}") from None
+        raise ImageError(f"image is truncated or corrupt: {_one_line(e)}", "corrupt") from None
     if width < MIN_SIDE or height < MIN_SIDE:
-        raise ImageError(f"image is {width}x{height}; at least {MIN_SIDE}x{MIN_SIDE} pixels are needed")
+        raise ImageError(f"image is {width}x{height}; at least {MIN_SIDE}x{MIN_SIDE} pixels are needed", "too_small")
     # A broken EXIF block should not cost the image: keep it as stored.
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError, IndexError, struct.error):
         img = ImageOps.exif_transpose(img)
     try:
         return _to_rgb(img)
     except (OSError, ValueError) as e:
-        raise ImageError(f"image mode {img.mode} cannot be converted to RGB: {_one_line(e)}") from None
+        raise ImageError(f"image mode {img.mode} cannot be converted to RGB: {_one_line(e)}", "bad_mode") from None
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -266,6 +266,15 @@ def _kind(pipe: Any) -> str:
     )
 
 
+def load_scheduler(settings: SamplerSettings) -> Any:
+    """The scheduler ``load_model`` would set, from the model's scheduler config alone (no weights)."""
+    from diffusers import DDPMScheduler
+
+    folder, _ = resolve_model(settings)
+    config = DDPMScheduler.load_config(str(folder), subfolder="scheduler", local_files_only=True)
+    return _make_scheduler(settings.scheduler, config)
+
+
 def _make_scheduler(name: str, config: Any) -> Any:
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 

@@ -27,6 +27,45 @@ from anonymize.settings import SamplerSettings, validate_level
 _LEVEL_TOLERANCE = 1e-6
 
 
+def boomerang_grid(scheduler, settings: SamplerSettings, level: float, T: int, device=None) -> tuple[int, list[int]]:
+    """(index of t_boom, the whole grid) for ``settings.steps`` on ``scheduler``: the t_boom rule.
+
+    Raises:
+        ValueError: ``level`` is not in (0, 1], the grid is invalid, or no grid timestep is <= level * T.
+    """
+    level = validate_level(level)
+    scheduler.set_timesteps(settings.steps, device=device)
+    grid = [int(t) for t in scheduler.timesteps]
+    # Some configs break down at many steps: DPM-Solver repeats timesteps, DDIM with steps_offset 1
+    # reaches t = T, past the end of the training schedule.
+    if any(a <= b for a, b in zip(grid[:-1], grid[1:], strict=True)) or not all(0 <= t < T for t in grid):
+        raise ValueError(
+            f"{settings.steps} {settings.scheduler} steps give an invalid timestep grid for this "
+            f"model's scheduler config (repeated timesteps or one outside 0..{T - 1}); use fewer steps"
+        )
+    limit = level * T + _LEVEL_TOLERANCE
+    start = next((i for i, t in enumerate(grid) if t <= limit), None)
+    if start is None:
+        smallest = grid[-1] / T
+        raise ValueError(
+            f"level {level:g} is below the smallest timestep of the {settings.steps}-step "
+            f"{settings.scheduler} grid ({grid[-1]} of {T}); the smallest usable level is {smallest:g}"
+        )
+    return start, grid
+
+
+def planned_steps(settings: SamplerSettings, level: float) -> tuple[int, int]:
+    """(t_boom, number of reverse model evaluations) at ``level``, from the scheduler config alone.
+
+    What a run would record for that level, without loading the model (cost estimates, the gate's report).
+    """
+    from anonymize.loading import load_scheduler
+
+    scheduler = load_scheduler(settings)
+    start, grid = boomerang_grid(scheduler, settings, level, int(scheduler.config.num_train_timesteps))
+    return grid[start], len(grid) - start
+
+
 @dataclass
 class BoomerangOutput:
     """Result of one Boomerang call.
@@ -69,24 +108,7 @@ class BoomerangSampler:
         Raises:
             ValueError: ``level`` is not in (0, 1], or no grid timestep is <= level * T.
         """
-        level = validate_level(level)
-        self.scheduler.set_timesteps(self.settings.steps, device=self.model.device)
-        grid = [int(t) for t in self.scheduler.timesteps]
-        # Some configs break down at many steps: DPM-Solver repeats timesteps, DDIM with steps_offset 1
-        # reaches t = T, past the end of the training schedule.
-        if any(a <= b for a, b in zip(grid[:-1], grid[1:], strict=True)) or not all(0 <= t < self.T for t in grid):
-            raise ValueError(
-                f"{self.settings.steps} {self.settings.scheduler} steps give an invalid timestep grid for this "
-                f"model's scheduler config (repeated timesteps or one outside 0..{self.T - 1}); use fewer steps"
-            )
-        limit = level * self.T + _LEVEL_TOLERANCE
-        start = next((i for i, t in enumerate(grid) if t <= limit), None)
-        if start is None:
-            smallest = grid[-1] / self.T
-            raise ValueError(
-                f"level {level:g} is below the smallest timestep of the {self.settings.steps}-step "
-                f"{self.settings.scheduler} grid ({grid[-1]} of {self.T}); the smallest usable level is {smallest:g}"
-            )
+        start, grid = boomerang_grid(self.scheduler, self.settings, level, self.T, self.model.device)
         if hasattr(self.scheduler, "set_begin_index"):
             # Multistep solvers keep a step index; start it at t_boom, as img2img does at its start step.
             self.scheduler.set_begin_index(start * self.scheduler.order)

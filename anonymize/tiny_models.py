@@ -198,6 +198,22 @@ def _is_complete(folder: Path) -> bool:
     return all(any((folder / name).glob("*.json")) for name in components)
 
 
+# Marks a model folder this module made: outputs made with it carry a "not meaningful" notice.
+RANDOM_WEIGHTS_MARKER = "BOOMERANG_RANDOM_WEIGHTS.txt"
+
+
+def made_by_boomerang(folder: str | os.PathLike) -> bool:
+    """True for a model folder with the seeded random weights this module builds."""
+    return (Path(folder) / RANDOM_WEIGHTS_MARKER).is_file()
+
+
+def _mark(folder: Path) -> Path:
+    marker = folder / RANDOM_WEIGHTS_MARKER
+    if not marker.exists():
+        marker.write_text("Seeded random weights made by boomerang for tests and the demo; not a real model.\n")
+    return folder
+
+
 def build_once(folder: Path, build) -> Path:
     """Build into a temporary sibling and rename it into place, so a folder is either complete or absent.
 
@@ -205,7 +221,7 @@ def build_once(folder: Path, build) -> Path:
     rename uses the winner's copy.
     """
     if _is_complete(folder):
-        return folder
+        return _mark(folder)
     from anonymize.loading import quiet_progress_bars
 
     if folder.exists() and any(folder.iterdir()):
@@ -215,6 +231,7 @@ def build_once(folder: Path, build) -> Path:
     try:
         with quiet_progress_bars():
             build(staging)
+        _mark(staging)
         if folder.exists():
             folder.rmdir()  # empty, checked above
         os.replace(staging, folder)

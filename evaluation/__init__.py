@@ -28,6 +28,8 @@ _EXPORTS = {
     "check_weights": "weights",
     "weight_file": "weights",
     "write_random_weights": "weights",
+    "is_random_weights": "weights",
+    "weight_file_sha256": "weights",
     "FaceEmbeddings": "recognizers",
     "Recognizer": "recognizers",
     "cosine_distance": "distances",

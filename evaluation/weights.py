@@ -9,6 +9,8 @@ demos). Numbers computed with them mean nothing about anonymity.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
 import os
 from collections.abc import Callable, Iterable
@@ -95,8 +97,43 @@ def write_random_weights(
         path = folder / (_STEMS[model_name] + _EXTENSIONS[engine])
         if not path.is_file():
             _write_one(model_name, engine, seed, path)
+        marker = _marker(path)
+        if not marker.exists():
+            marker.write_text("Seeded random weights written by boomerang; distances made with them mean nothing.\n")
         paths.append(path)
     return paths
+
+
+def _marker(path: Path) -> Path:
+    return path.with_name(path.name + ".boomerang-random")
+
+
+def is_random_weights(model_name: str, engine: str = "pytorch") -> bool:
+    """True when ``model_name``'s weight file is one :func:`write_random_weights` wrote."""
+    try:
+        return _marker(weight_file(model_name, engine)).is_file()
+    except ValueError:
+        return False
+
+
+def weight_file_sha256(model_name: str, engine: str = "pytorch") -> str | None:
+    """sha256 of ``model_name``'s weight file (None when deepface's file name is unknown or absent)."""
+    try:
+        path = weight_file(model_name, engine)
+        stat = path.stat()
+    except (ValueError, OSError):
+        return None
+    return _file_sha256(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    # Keyed by size and mtime too, so a replaced file is hashed again; a VGG-Face file is 580 MB.
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _write_one(model_name: str, engine: str, seed: int, path: Path) -> None:

@@ -1,8 +1,9 @@
 """The `boomerang` command line: `main(argv)` so tests call it in-process.
 
 Exit status: 0 when the job finished (some images may have failed: they are rows with an error);
-2 with one line on stderr when the job could not run (bad flag, missing weights, no input);
-1 with one line when it started and then failed (disk full, cluster lost): a rerun resumes.
+2 with one line on stderr when the job could not run (bad flag, missing weights, no input, a rerun
+with changed settings, a folder in use); 1 with one line when it started and then failed (disk full,
+cluster lost) or was interrupted: a rerun resumes; 3 with --strict when some rows failed.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-
-from .config import SettingsError, build_settings, load_config_file
 
 EXIT_CANNOT_RUN = 2
 EXIT_FAILED = 1
@@ -31,6 +30,21 @@ def _add_job_flags(parser: argparse.ArgumentParser, *, sampler: bool, evaluation
     parser.add_argument("--id-column", dest="id_column", help="Parquet input: id column (default id)")
     parser.add_argument("--image-column", dest="image_column", help="Parquet input: image bytes column (default image)")
     parser.add_argument("--deepface-home", dest="deepface_home", help="parent of .deepface/weights (DEEPFACE_HOME)")
+    parser.add_argument(
+        "--secret-file",
+        dest="secret_file",
+        help="reuse a run's secret (its private/secret) to reproduce that run's outputs exactly in a new --out",
+    )
+    parser.add_argument(
+        "--retry-errors",
+        action="store_true",
+        default=None,
+        dest="retry_errors",
+        help="redo every failed row (a rerun always redoes transient failures and files that changed)",
+    )
+    parser.add_argument(
+        "--strict", action="store_true", default=None, help="exit status 3 when any row failed (default: 0)"
+    )
     if sampler:
         group = parser.add_argument_group("sampler")
         group.add_argument("--model", help="diffusers model: hub id or local folder")
@@ -72,6 +86,13 @@ def _add_job_flags(parser: argparse.ArgumentParser, *, sampler: bool, evaluation
         group.add_argument("--thresholds", help="per-recognizer thresholds, e.g. VGG-Face=0.68,Facenet=0.4")
         group.add_argument("--detector", help="deepface detector: opencv (default), skip, ...")
         group.add_argument("--engine", help="deepface backend engine: pytorch (default) or onnx")
+        group.add_argument(
+            "--no-face-anonymized",
+            dest="no_face_anonymized",
+            choices=("original_box", "whole_image"),
+            help="where an anonymized image with no detected face is compared: at the original's face box "
+            "(default; an attacker knows where the face was) or on the whole image (deepface's fallback)",
+        )
         group.add_argument("--eval-workers", type=int, dest="eval_workers")
         group.add_argument("--eval-batch-size", type=int, dest="eval_batch_size")
         group.add_argument("--report-originals", action="store_true", default=None, dest="report_originals")
@@ -84,6 +105,12 @@ def _add_job_flags(parser: argparse.ArgumentParser, *, sampler: bool, evaluation
             help="raise each image's level along --ladder until every recognizer clears it",
         )
         group.add_argument("--ladder", help="gate levels (default 0.5,0.6,0.7,0.8,0.9,1.0)")
+        group.add_argument(
+            "--gate-thresholds",
+            dest="gate_thresholds",
+            help="per-recognizer gate thresholds, e.g. VGG-Face=0.5; may be LOWER than deepface's own, and the "
+            "report then says so (default: the stricter of --threshold and deepface's own threshold)",
+        )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -114,6 +141,7 @@ def make_parser() -> argparse.ArgumentParser:
         required=True,
         help="a boomerang output folder, or a folder with the same relative paths",
     )
+    p.add_argument("--label", help="name for these results in place of a level (e.g. the tool's name)")
     _add_job_flags(p, sampler=False, evaluation=True)
     p = sub.add_parser("report", help="rebuild the HTML report and plots from the Parquet files")
     p.add_argument("dir")
@@ -129,49 +157,44 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def settings_from_args(args: argparse.Namespace):
-    values: dict = {}
-    if getattr(args, "config", None):
-        values.update(load_config_file(args.config))
-    skip = {"command", "config", "originals", "anonymized"}
-    for key, value in vars(args).items():
-        if key in skip or value is None:
-            continue
-        if key == "thresholds":
-            value = _parse_thresholds(value)
-        values[key] = value
-    return build_settings(values)
-
-
-def _parse_thresholds(text: str) -> dict[str, float]:
-    out = {}
-    for item in text.split(","):
-        name, sep, value = item.partition("=")
-        try:
-            out[name.strip()] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep:
-            raise SettingsError(f"--thresholds must look like VGG-Face=0.68,Facenet=0.4, got {text!r}")
-    return out
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = make_parser().parse_args(argv)
     from . import commands
 
+    previous = _stop_on_sigterm()
     try:
         return commands.dispatch(args)
-    except KeyboardInterrupt:
-        print("boomerang: interrupted; run the same command again to resume", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        reason = "terminated" if isinstance(err, commands.Terminated) else "interrupted"
+        print(f"boomerang: {reason}; what finished is kept: run the same command again to resume", file=sys.stderr)
         return 130
     except commands.CANNOT_RUN as err:
         print(f"boomerang: {_one_line(err)}", file=sys.stderr)
         return EXIT_CANNOT_RUN
-    except commands.JobFailed as err:
+    except (commands.JobFailed, commands.ClusterUnavailable) as err:
         print(f"boomerang: {_one_line(err)}", file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_on_sigterm():
+    """SIGTERM (a scheduler stopping the job) ends it like Ctrl-C: recorded as interrupted, resumable."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    from .commands import Terminated
+
+    def stop(signum, frame):
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, stop)
 
 
 def _one_line(err: BaseException) -> str:

@@ -7,16 +7,24 @@ import argparse
 from anonymize import WeightsNotFound
 from evaluation import MissingWeights
 
-from .cluster import disconnect
-from .config import SettingsError, build_settings, flatten
-from .finalize import closing_paragraph, finalize
+from .cluster import ClusterUnavailable
+from .config import JobSettings, SettingsError, build_settings, flatten, settings_from_flags
+from .finalize import JobResult, closing_lines, finalize
 from .inputs import InputError
 from .job import Job, JobError, JobFailed, prepare, record_failure, run_pass
 from .layout import OutputError, RunLayout
-from .provenance import read_json
+from .lock import RunLock
+from .provenance import RefusedRerun, read_json
 
 # Errors that mean "this job cannot run": one line on stderr and exit status 2, never a trace.
-CANNOT_RUN = (SettingsError, InputError, OutputError, JobError, WeightsNotFound, MissingWeights)
+CANNOT_RUN = (SettingsError, InputError, OutputError, JobError, RefusedRerun, WeightsNotFound, MissingWeights)
+EXIT_STRICT = 3
+
+__all__ = ["CANNOT_RUN", "ClusterUnavailable", "JobFailed", "Terminated", "dispatch"]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: handled like Ctrl-C (the run is recorded as interrupted and resumes when rerun)."""
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -31,47 +39,54 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .cli import settings_from_args
-
-    return run_job(settings_from_args(args), "run")
+    return run_job(settings_from_flags(vars(args)), "run")
 
 
 def cmd_anonymize(args: argparse.Namespace) -> int:
-    from .cli import settings_from_args
-
-    settings = settings_from_args(args)
+    settings = settings_from_flags(vars(args))
     if settings.gate:
         raise SettingsError("--gate needs evaluation: use `boomerang run --gate`")
     return run_job(settings, "anonymize")
 
 
-def run_job(settings, mode: str) -> int:
-    job = prepare(settings, mode)
-    try:
-        if settings.gate:
-            from .gate import run_gate
-
-            result = run_gate(job)
-        else:
-            run_pass(job, settings.levels)
-            result = finalize(job)
-    except CANNOT_RUN:
-        raise
-    except Exception as err:  # a failure mid-job (disk full, a cluster gone): one line, resumable
-        raise JobFailed(record_failure(job, err)) from err
-    finally:
-        disconnect(job.cluster)
-    print(closing_paragraph(result))
-    return 0
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .cli import settings_from_args
-    from .foreign import evaluate_folder
+    from .evaluate_only import evaluate_folder
 
-    settings = settings_from_args(args)
-    result = evaluate_folder(settings, originals=args.originals, anonymized=args.anonymized)
-    print(closing_paragraph(result))
+    settings = settings_from_flags(vars(args))
+    return _finish(settings, lambda: evaluate_folder(settings, originals=args.originals, anonymized=args.anonymized))
+
+
+def run_job(settings: JobSettings, mode: str) -> int:
+    def work() -> JobResult:
+        job = prepare(settings, mode)
+        try:
+            if settings.gate:
+                from .gate import run_gate
+
+                return run_gate(job)
+            run_pass(job, settings.levels)
+            return finalize(job)
+        except CANNOT_RUN:
+            raise
+        except KeyboardInterrupt as err:
+            record_failure(job, err, status="interrupted")
+            raise
+        except ClusterUnavailable as err:  # its message already says what to do; nothing ran
+            record_failure(job, err)
+            raise
+        except Exception as err:  # a failure mid-job (disk full, a cluster gone): one line, resumable
+            raise JobFailed(record_failure(job, err)) from err
+        finally:
+            job.close()
+
+    return _finish(settings, work)
+
+
+def _finish(settings: JobSettings, work) -> int:
+    result = work()
+    print("\n".join(closing_lines(result)))
+    if settings.strict and result.failed_rows:
+        return EXIT_STRICT
     return 0
 
 
@@ -83,13 +98,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     values = flatten(record["settings"])
     values["out"] = str(layout.root)
     settings = build_settings(values)
-    job = Job(settings, "run", layout, inputs=None, salt=b"", cluster=None)
-    sections = []
-    if settings.gate:
-        from .gate import gate_section
+    with RunLock(layout.lock_file) as lock:
+        job = Job(
+            settings, "run", layout, inputs=None, secret=b"", cluster=None, lock=lock, notice=record.get("notice")
+        )
+        if settings.gate:
+            from .gate import finish_gate
 
-        sections.append(gate_section(job))
-    result = finalize(job, sections=sections)
+            result = finish_gate(job)
+        else:
+            result = finalize(job)
     print(f"Report: {result.report}")
     return 0
 
@@ -103,5 +121,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import report
 
-    print(report(model=args.model, recognizers=args.recognizers, engine=args.engine, address=args.address))
-    return 0
+    text, ok = report(model=args.model, recognizers=args.recognizers, engine=args.engine, address=args.address)
+    print(text)
+    return 0 if ok else 1

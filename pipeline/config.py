@@ -46,6 +46,11 @@ class JobSettings:
     id_column: str = "id"
     image_column: str = "image"
     deepface_home: str | None = None
+    secret_file: str | None = None
+    retry_errors: bool = False
+    strict: bool = False
+    gate_thresholds: tuple[tuple[str, float], ...] = ()
+    label: str | None = None  # boomerang evaluate: the name of another tool's results, shown for a level
     demo: bool = False
     sampler: SamplerSettings = field(default_factory=SamplerSettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
@@ -69,18 +74,29 @@ class JobSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SettingsError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
+        for name, value in self.gate_thresholds:
+            if name not in self.evaluation.recognizers:
+                raise SettingsError(
+                    f"--gate-thresholds: {name!r} is not among --recognizers {self.evaluation.recognizers}"
+                )
+            if not 0.0 <= value <= 2.0:
+                raise SettingsError(f"--gate-thresholds: {name}={value!r} is not a cosine distance in [0, 2]")
         gpus = self.gpus_per_worker
         if gpus is not None and (not isinstance(gpus, (int, float)) or math.isnan(gpus) or gpus < 0):
             raise SettingsError(f"--gpus-per-worker must be a number >= 0, got {gpus!r}")
 
     def public_dict(self) -> dict[str, Any]:
-        """Settings as plain data for run.json and the report (no input path: it may name people)."""
+        """Settings as plain data for run.json and the report: no paths of this machine (the input's may
+        name people; --out may lie inside it) and no secret file."""
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("sampler", "evaluation")}
-        data.pop("input")
+        for private in _NOT_PUBLIC:
+            data.pop(private)
         data["sampler"] = {f.name: getattr(self.sampler, f.name) for f in fields(self.sampler)}
         data["evaluation"] = {f.name: getattr(self.evaluation, f.name) for f in fields(self.evaluation)}
         return data
 
+
+_NOT_PUBLIC = ("input", "out", "secret_file", "deepface_home")
 
 # Flag name -> (section, field). Sections: "" job, "sampler", "evaluation".
 _SAMPLER_KEYS = {
@@ -108,6 +124,7 @@ _EVALUATION_KEYS = {
     "thresholds": "thresholds",
     "align": "align",
     "metric": "metric",
+    "no_face_anonymized": "no_face_anonymized",
 }
 
 
@@ -153,6 +170,27 @@ def flatten(data: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def settings_from_flags(flags: Mapping[str, Any]) -> JobSettings:
+    """Settings from parsed command-line flags: a --config file's values, overridden by the flags given."""
+    values = load_config_file(flags["config"]) if flags.get("config") else {}
+    skip = {"command", "config", "originals", "anonymized"}
+    values.update({key: value for key, value in flags.items() if key not in skip and value is not None})
+    return build_settings(values)
+
+
+def _parse_thresholds(flag: str, text: str) -> dict[str, float]:
+    out = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise SettingsError(f"--{flag} must look like VGG-Face=0.68,Facenet=0.4, got {text!r}")
+    return out
+
+
 def build_settings(values: Mapping[str, Any]) -> JobSettings:
     """Build validated JobSettings from a flat mapping (config file values updated with given flags)."""
     job: dict[str, Any] = {}
@@ -177,8 +215,14 @@ def build_settings(values: Mapping[str, Any]) -> JobSettings:
             job[key] = _float_tuple(key, job[key])
     if "recognizers" in evaluation:
         evaluation["recognizers"] = _str_tuple("recognizers", evaluation["recognizers"])
+    if isinstance(evaluation.get("thresholds"), str):
+        evaluation["thresholds"] = _parse_thresholds("thresholds", evaluation["thresholds"])
+    if isinstance(job.get("gate_thresholds"), str):
+        job["gate_thresholds"] = _parse_thresholds("gate-thresholds", job["gate_thresholds"])
     if "thresholds" in evaluation and isinstance(evaluation["thresholds"], Mapping):
         evaluation["thresholds"] = tuple((str(k), float(v)) for k, v in evaluation["thresholds"].items())
+    if isinstance(job.get("gate_thresholds"), Mapping):
+        job["gate_thresholds"] = tuple((str(k), float(v)) for k, v in job["gate_thresholds"].items())
     sampler.setdefault("model_batch", DEFAULT_MODEL_BATCH)
     try:
         job["sampler"] = SamplerSettings(**sampler)

@@ -2,24 +2,29 @@
 
 Pairs are matched through a boomerang output folder's manifest, or, for another tool's folder, by
 relative path without the extension (`alice/001.jpg` <-> `alice/001.png`). A `level=X` folder in the
-anonymized path gives the level; otherwise the pair is labelled with the first of --levels.
+anonymized path gives the level; otherwise the results have no level (null), and `--label NAME` names
+them in the summary and report. An original with no anonymized counterpart is a `missing_output` row,
+counted as not cleared: a tool that skips hard images must not look better for it.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import replace
 
 import fsspec
+import pandas as pd
 
-from .cluster import disconnect
+from .cluster import ClusterUnavailable
+from .errors import MISSING_OUTPUT, classify
 from .finalize import JobResult, finalize
 from .inputs import InputError, discover, read_bytes
 from .job import Job, JobFailed, ensure_cluster, prepare, record_failure
 from .layout import RunLayout
 from .progress import Progress
-from .records import MANIFEST_SCHEMA, done_pairs, read_parts, remove_orphans
-from .stages import EvaluateConfig, EvaluateStage
+from .records import finish_batch, read_manifest, remove_orphans
+from .stages import EvaluateConfig, EvaluateStage, error_row
 
 _LEVEL = re.compile(r"(?:^|/)level=([0-9.]+)/")
 
@@ -30,8 +35,8 @@ def match_pairs(job: Job, anonymized: str) -> list[dict]:
     theirs = RunLayout.at(anonymized) if "://" not in anonymized else None
     pairs = []
     if theirs is not None and theirs.manifest.is_dir():
-        manifest = read_parts(theirs.manifest, MANIFEST_SCHEMA)
-        identities = read_parts(theirs.identities).drop_duplicates("anon_id").set_index("anon_id")["image_id"]
+        manifest = read_manifest(theirs)
+        identities = pd.read_parquet(theirs.identities).set_index("anon_id")["image_id"]
         for row in manifest[manifest["status"] == "ok"].itertuples():
             item = by_id.get(identities.get(row.anon_id))
             if item is not None:
@@ -40,7 +45,7 @@ def match_pairs(job: Job, anonymized: str) -> list[dict]:
     stems = {_stem(item.image_id): item for item in job.inputs.items}
     for candidate in discover(anonymized).items:
         match = _LEVEL.search(candidate.image_id)
-        level = float(match.group(1)) if match else job.settings.levels[0]
+        level = float(match.group(1)) if match else math.nan
         rel = _LEVEL.sub("", candidate.image_id) if match else candidate.image_id
         item = stems.get(_stem(rel))
         if item is not None:
@@ -83,7 +88,8 @@ def _load(batch, parquet: tuple[str, str, str] | None = None):
             row["source_sha256"] = hashlib.sha256(row["original"]).hexdigest()
             row["sha256_output"] = hashlib.sha256(row["anonymized"]).hexdigest()
         except (OSError, KeyError) as err:
-            row.update(status="error", error=str(err), original=None, anonymized=None)
+            row.update(error_row({}, pair["level"], classify(err if isinstance(err, OSError) else OSError(err))))
+            row.update(original=None, anonymized=None)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -101,6 +107,24 @@ def _parquet_images(parquet: tuple[str, str, str], ids: list[str]) -> dict[str, 
     return {str(k): v for k, v in zip(table[id_column].to_pylist(), table[image_column].to_pylist(), strict=True)}
 
 
+def _key(anon_id: str, level) -> tuple[str, float]:
+    # No level (another tool's output) is NaN in the tables; as a key it must equal itself.
+    return anon_id, -1.0 if level is None or pd.isna(level) else float(level)
+
+
+def missing_outputs(job: Job, pairs: list[dict]) -> list[dict]:
+    """Error rows for originals that have no anonymized counterpart, at every level the output has."""
+    levels = sorted({_key("", p["level"])[1] for p in pairs}) or [-1.0]
+    matched = {_key(p["anon_id"], p["level"]) for p in pairs}
+    rows = []
+    for item in job.inputs.items:
+        aid = job.anon_ids[item.image_id]
+        for level in levels:
+            if (aid, level) not in matched:
+                rows.append(error_row({"anon_id": aid}, math.nan if level < 0 else level, MISSING_OUTPUT))
+    return rows
+
+
 def evaluate_folder(settings, *, originals: str, anonymized: str) -> JobResult:
     import ray.data
     from ray.data import ActorPoolStrategy
@@ -108,10 +132,21 @@ def evaluate_folder(settings, *, originals: str, anonymized: str) -> JobResult:
     job = prepare(replace(settings, input=originals), "evaluate")
     try:
         remove_orphans(job.layout, evaluated=True)
-        done = done_pairs(job.layout)
-        pairs = [p for p in match_pairs(job, anonymized) if (p["anon_id"], p["level"]) not in done]
-        if not pairs and not done:
+        manifest = read_manifest(job.layout)
+        done = {_key(a, level) for a, level in zip(manifest["anon_id"], manifest["level"], strict=True)}
+        matched = match_pairs(job, anonymized)
+        if not matched and not done:
             raise InputError(f"no anonymized image under {anonymized!r} matches an original in {originals!r}")
+        pairs = [p for p in matched if _key(p["anon_id"], p["level"]) not in done]
+        missing = [r for r in missing_outputs(job, matched) if _key(r["anon_id"], r["level"]) not in done]
+        if missing:
+            from evaluation import error_rows
+
+            distance_rows = [
+                d for r in missing for d in error_rows(r["anon_id"], r["level"], None, r["error"], settings.evaluation)
+            ]
+            finish_batch(job.layout, missing, [dict(d, status="missing_output") for d in distance_rows])
+            job.pairs_done_now += len(missing)
         if pairs:
             ensure_cluster(job)
             progress = Progress(len(pairs), "evaluate")
@@ -136,7 +171,13 @@ def evaluate_folder(settings, *, originals: str, anonymized: str) -> JobResult:
         return finalize(job)
     except InputError:
         raise
+    except KeyboardInterrupt as err:
+        record_failure(job, err, status="interrupted")
+        raise
+    except ClusterUnavailable as err:
+        record_failure(job, err)
+        raise
     except Exception as err:  # a failure mid-job: one line, resumable
         raise JobFailed(record_failure(job, err)) from err
     finally:
-        disconnect(job.cluster)
+        job.close()

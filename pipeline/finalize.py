@@ -1,16 +1,23 @@
-"""After the stream: summary.parquet, the HTML report, run.json's end record, the closing paragraph."""
+"""After the stream: thresholds restated, summary.parquet, the HTML report, run.json's end record, the
+closing lines."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from evaluation import read_distances, summarize, write_parquet_atomic, write_report
+from evaluation import summarize, summary_table, write_parquet_atomic, write_report
 
-from .job import DEMO_NOTICE, Job
 from .provenance import now, read_json, write_json_atomic
-from .records import MANIFEST_SCHEMA, read_parts
+from .records import read_manifest
+
+if TYPE_CHECKING:
+    from .job import Job
 
 SAMPLE_IMAGES = 12
 
@@ -21,20 +28,28 @@ class JobResult:
     manifest: pd.DataFrame
     summary: pd.DataFrame | None
     report: str | None
-    extra: dict
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def failed_rows(self) -> int:
+        return int((self.manifest["status"] != "ok").sum())
 
 
-def finalize(job: Job, sections: list[tuple[str, str]] = (), extra: dict | None = None) -> JobResult:
-    """Rebuild the summary and report from the Parquet files (so they always agree with them)."""
+def finalize(job: Job, sections=(), extra: dict | None = None, released: set | None = None) -> JobResult:
+    """Rebuild the summary and report from the Parquet files (so they always agree with them).
+
+    `released` (gate runs): the (anon_id, level) pairs in release/, for the captions of the internal report.
+    """
     layout = job.layout
-    manifest = read_parts(layout.manifest, MANIFEST_SCHEMA)
+    manifest = read_manifest(layout)
     summary = None
     report = None
-    if job.evaluated or layout.distances.is_dir() and any(layout.distances.glob("part-*.parquet")):
-        distances = read_distances(layout.distances)
-        summary = summarize(distances, job.settings.evaluation)
-        write_parquet_atomic(_summary_table(summary), layout.summary)
-        report = str(build_report(job, manifest, summary, distances, sections))
+    if job.evaluated or any(layout.distances.glob("part-*.parquet")):
+        distances = restate_thresholds(layout.distances, job.settings.evaluation)
+        summary = summarize(distances, job.settings.evaluation, job.settings.label)
+        write_parquet_atomic(summary_table(summary), layout.summary)
+        samples = internal_samples(job, manifest, released)
+        report = str(build_report(job, manifest, summary, distances, samples, sections))
     record = read_json(layout.run_json)
     record.update(
         {
@@ -49,44 +64,80 @@ def finalize(job: Job, sections: list[tuple[str, str]] = (), extra: dict | None 
     return JobResult(job, manifest, summary, report, extra or {})
 
 
-def _summary_table(summary: pd.DataFrame):
-    import pyarrow as pa
+def restate_thresholds(folder: Path, settings) -> pd.DataFrame:
+    """Every distance part with the run's current thresholds; parts written under others are rewritten.
 
-    from evaluation import SUMMARY_SCHEMA
+    A rerun may change --threshold: distances are kept, and `threshold` and `cleared` in
+    distances.parquet follow the new values, so the tables, the summary, the report and the gate agree.
+    """
+    frames = []
+    for part in sorted(folder.glob("part-*.parquet")):
+        table = pq.read_table(part)
+        frame = table.to_pandas()
+        wanted = frame["recognizer"].map(settings.threshold_for).astype(float)
+        ok = frame["status"] == "ok"
+        cleared = pd.Series(pd.NA, index=frame.index, dtype="boolean")
+        cleared[ok] = frame.loc[ok, "distance"].astype(float) > wanted[ok]
+        if not (frame["threshold"].astype(float).equals(wanted) and frame["cleared"].astype("boolean").equals(cleared)):
+            frame["threshold"] = wanted
+            frame["cleared"] = cleared
+            write_parquet_atomic(pa.Table.from_pandas(frame, schema=table.schema, preserve_index=False), part)
+        frames.append(frame)
+    if not frames:
+        from evaluation import DISTANCES_SCHEMA
 
-    return pa.Table.from_pandas(summary[SUMMARY_SCHEMA.names], schema=SUMMARY_SCHEMA, preserve_index=False)
+        return DISTANCES_SCHEMA.empty_table().to_pandas()
+    return pd.concat(frames, ignore_index=True)
 
 
 def counts(manifest: pd.DataFrame) -> dict:
     return {
         "images": int(manifest["anon_id"].nunique()),
-        "levels": sorted(float(v) for v in manifest["level"].unique()),
+        "levels": sorted(float(v) for v in manifest["level"].dropna().unique()),
         "rows": int(len(manifest)),
         "ok": int((manifest["status"] == "ok").sum()),
         "errors": int((manifest["status"] != "ok").sum()),
     }
 
 
-def build_report(job: Job, manifest, summary, distances, sections=(), report_dir=None, originals=None):
-    """Write the HTML report (to report/ unless `report_dir`); originals only with --report-originals."""
-    layout = job.layout
-    originals_wanted = job.settings.report_originals if originals is None else originals
-    ok = manifest[manifest["status"] == "ok"].sort_values(["level", "anon_id"])
+def internal_samples(job: Job, manifest: pd.DataFrame, released: set | None = None) -> list[tuple[str, bytes]]:
+    """(caption, PNG) for the internal report: any outputs, captioned released / withheld in gate runs.
+
+    Originals only with --report-originals, re-encoded so no metadata travels.
+    """
+    ok = manifest[(manifest["status"] == "ok") & manifest["output_path"].notna()].sort_values(["level", "anon_id"])
+    chosen = ok.head(SAMPLE_IMAGES)
+    originals = _original_thumbnails(job, chosen) if job.settings.report_originals else {}
     samples = []
-    originals = _original_thumbnails(job, ok.head(SAMPLE_IMAGES)) if originals_wanted else {}
-    for row in ok.head(SAMPLE_IMAGES).itertuples():
-        path = layout.root / row.output_path
+    for row in chosen.itertuples():
+        path = job.layout.root / row.output_path
         if row.anon_id in originals:
             samples.append((f"{row.anon_id[:8]} ORIGINAL", originals.pop(row.anon_id)))
-        if path.exists():
-            t_boom = "" if pd.isna(row.t_boom) else f" (t_boom {int(row.t_boom)})"
-            samples.append((f"{row.anon_id[:8]} level {row.level:.2f}{t_boom}", path.read_bytes()))
+        if not path.exists():
+            continue
+        caption = f"{row.anon_id[:8]} {_level_text(row.level, row.t_boom)}"
+        if released is not None:
+            caption += " released" if (row.anon_id, float(row.level)) in released else " withheld"
+        samples.append((caption, path.read_bytes()))
+    return samples
+
+
+def _level_text(level, t_boom) -> str:
+    if pd.isna(level):
+        return ""
+    return f"level {level:.2f}" + ("" if pd.isna(t_boom) else f" (t_boom {int(t_boom)})")
+
+
+def build_report(job: Job, manifest, summary, distances, samples, sections=(), report_dir=None):
+    """Write the HTML report (to report/ unless `report_dir`) with exactly the given sample images."""
+    layout = job.layout
+    failed = manifest["status"] != "ok"
     failures = pd.concat(
         [
-            manifest.loc[manifest["status"] != "ok", ["anon_id", "level", "error"]].assign(stage="anonymize"),
+            manifest.loc[failed, ["anon_id", "level", "error"]].assign(stage="anonymize"),
             distances.loc[distances["status"] == "error", ["anon_id", "level", "error", "recognizer"]]
             .assign(stage="evaluate")
-            .loc[lambda d: ~d["anon_id"].isin(manifest.loc[manifest["status"] != "ok", "anon_id"])],
+            .loc[lambda d: ~d["anon_id"].isin(manifest.loc[failed, "anon_id"])],
         ],
         ignore_index=True,
     )
@@ -102,19 +153,17 @@ def build_report(job: Job, manifest, summary, distances, sections=(), report_dir
         summary=summary,
         failures=failures,
         samples=samples,
-        notice=DEMO_NOTICE if job.settings.demo else None,
+        notice=job.notice,
         sections=list(sections),
     )
 
 
 def _original_thumbnails(job: Job, rows: pd.DataFrame) -> dict[str, bytes]:
-    """Originals for the report, only with --report-originals: re-encoded, so no metadata travels."""
     from anonymize import ImageError, decode_image, encode_png
 
     from .inputs import read_bytes
-    from .records import IDENTITY_SCHEMA
 
-    identities = read_parts(job.layout.identities, IDENTITY_SCHEMA).drop_duplicates("anon_id").set_index("anon_id")
+    identities = pd.read_parquet(job.layout.identities).set_index("anon_id")
     thumbs = {}
     for anon_id in rows["anon_id"].unique():
         source = identities["source"].get(anon_id)
@@ -129,23 +178,42 @@ def _original_thumbnails(job: Job, rows: pd.DataFrame) -> dict[str, bytes]:
     return thumbs
 
 
-def closing_paragraph(result: JobResult) -> str:
+def closing_lines(result: JobResult) -> list[str]:
+    """A few short lines for the terminal: outputs, failures by reason, cleared at the top level, where."""
     job = result.job
     c = counts(result.manifest)
     levels = ", ".join(f"{v:g}" for v in c["levels"])
-    text = [
-        f"{c['images']} images at level(s) {levels}: {c['ok']} outputs ok, {c['errors']} failed "
+    where = f"at level(s) {levels}" if levels else f"({job.settings.label or 'no level'})"
+    lines = [
+        f"{c['images']} images {where}: {c['ok']} outputs ok, {c['errors']} failed "
         f"({job.pairs_done_now} processed in this run)."
     ]
-    if result.summary is not None and len(result.summary):
-        parts = [
-            f"{r.recognizer} @ {r.level:g}: {r.fraction_cleared:.0%} cleared ({r.n_cleared}/{r.n_evaluated})"
-            for r in result.summary.itertuples()
-        ]
-        text.append("Fraction cleared (distance > threshold): " + "; ".join(parts) + ".")
+    if c["errors"]:
+        reasons = result.manifest.loc[result.manifest["status"] != "ok", "error"].fillna("error").str.split(":").str[0]
+        top = ", ".join(f"{reason} {n}" for reason, n in reasons.value_counts().head(3).items())
+        lines.append(f"Failed: {top}. Details: {job.layout.root / 'manifest.parquet'}")
+    summary = result.summary
+    if summary is not None and len(summary) and summary["level"].notna().any():
+        top_level = summary["level"].max()
+        at = summary[summary["level"] == top_level]
+        parts = [_cleared(r) for r in at.itertuples()]
+        lines.append(f"At level {top_level:g}: " + ", ".join(parts) + " cleared (distance > threshold).")
+    elif summary is not None and len(summary):
+        parts = [_cleared(r) for r in summary.itertuples()]
+        lines.append(", ".join(parts) + " cleared (distance > threshold).")
     if result.report:
-        text.append(f"Report: {result.report}")
-    text.append(f"Outputs: {job.layout.root}")
-    if job.settings.demo:
-        text.append("DEMO: random-weight models; these numbers are not meaningful.")
-    return " ".join(text)
+        lines.append(f"Report: {result.report}")
+    if job.notice:
+        lines.append("NOTE: these images and numbers are not meaningful (random-weight models that boomerang made).")
+    gate = result.extra.get("gate")
+    if gate:
+        reasons = ", ".join(f"{reason} {n}" for reason, n in gate["withheld_reasons"].items())
+        lines.append(f"released {gate['released']}, withheld {gate['withheld']}" + (f" ({reasons})" if reasons else ""))
+    return lines
+
+
+def _cleared(row) -> str:
+    # A missing output (another tool skipped the image) counts as not cleared.
+    trials = row.n_evaluated + row.n_missing_output
+    fraction = "-" if pd.isna(row.fraction_cleared) else f"{row.fraction_cleared:.0%}"
+    return f"{row.recognizer} {fraction} ({row.n_cleared}/{trials})"

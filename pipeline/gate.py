@@ -1,98 +1,178 @@
 """The release gate: raise each image's level along a ladder only as far as the recognizers require.
 
 Rounds over one output folder: round k anonymizes and evaluates, at ladder[k], the images that no
-lower level cleared. An image clears a level when every recognizer's distance exceeds its threshold.
-Each round is an ordinary resumable pass, and which images remain is recomputed from
-evaluation/distances.parquet, so a job killed between (or inside) rounds resumes where it stopped.
+lower level cleared. An image clears a level when every requested recognizer evaluated it and found a
+distance above the GATE threshold: the stricter of the run's threshold and deepface's own for that
+model and metric, so the gate never releases what `DeepFace.verify` calls the same person (unless
+--gate-thresholds explicitly lowers it, which the report then says first). Each round is an ordinary
+resumable pass; what remains is recomputed from the Parquet files, so a killed job resumes where it
+stopped. Only ladder levels count: rows of other levels in the same folder (an earlier sweep) are ignored.
 """
 
 from __future__ import annotations
 
 import html
+import math
 import shutil
 
 import pandas as pd
+import pyarrow as pa
 
 from evaluation import read_distances, write_parquet_atomic
 
 from .finalize import JobResult, build_report, finalize
 from .job import Job, run_pass
-from .records import MANIFEST_SCHEMA, read_parts
+from .layout import write_private_table
+from .records import read_manifest
 
-RELEASE_COLUMNS = ("anon_id", "level", "t_boom", "n_steps", "sha256_output", "output_path")
+RELEASE_SCHEMA = pa.schema(
+    [
+        ("anon_id", pa.string()),
+        ("level", pa.float64()),
+        ("t_boom", pa.int32()),
+        ("n_steps", pa.int32()),
+        ("sha256_output", pa.string()),
+        ("output_path", pa.string()),
+    ]
+)
+NO_FACE = "no face found in the original"
+NEVER_CLEARED = "no level on the ladder cleared every recognizer"
 
 
-def cleared_levels(distances: pd.DataFrame, recognizers: tuple[str, ...]) -> pd.DataFrame:
-    """Per (anon_id, level): cleared = every recognizer evaluated it and found distance > threshold."""
+def gate_thresholds(settings) -> dict[str, float]:
+    """Per recognizer, the threshold the gate decides with (see the module docstring)."""
+    from evaluation.summary import deepface_threshold
+
+    evaluation = settings.evaluation
+    explicit = dict(settings.gate_thresholds)
+    found = {}
+    for name in evaluation.recognizers:
+        if name in explicit:
+            found[name] = explicit[name]
+            continue
+        own = deepface_threshold(name, evaluation.metric, evaluation.engine)
+        found[name] = (
+            max(evaluation.threshold_for(name), own) if not math.isnan(own) else evaluation.threshold_for(name)
+        )
+    return found
+
+
+def lowered_thresholds(settings) -> dict[str, tuple[float, float]]:
+    """Recognizers whose explicit gate threshold is below deepface's own: name -> (gate, deepface's)."""
+    from evaluation.summary import deepface_threshold
+
+    evaluation = settings.evaluation
+    lowered = {}
+    for name, value in settings.gate_thresholds:
+        own = deepface_threshold(name, evaluation.metric, evaluation.engine)
+        if not math.isnan(own) and value < own:
+            lowered[name] = (value, own)
+    return lowered
+
+
+def cleared_levels(distances: pd.DataFrame, thresholds: dict[str, float]) -> pd.DataFrame:
+    """Per (anon_id, level): cleared = every recognizer evaluated it and found distance > its gate threshold."""
+    columns = ["anon_id", "level", "cleared", "no_face_original"]
     if distances.empty:
-        return pd.DataFrame(columns=["anon_id", "level", "cleared"])
-    d = distances[distances["recognizer"].isin(recognizers)].copy()
-    d["ok_cleared"] = (d["status"] == "ok") & (d["cleared"].fillna(False).astype(bool))
-    grouped = d.groupby(["anon_id", "level"]).agg(n=("recognizer", "nunique"), k=("ok_cleared", "sum"))
-    grouped["cleared"] = (grouped["n"] == len(recognizers)) & (grouped["k"] == len(recognizers))
-    return grouped.reset_index()[["anon_id", "level", "cleared"]]
+        return pd.DataFrame(columns=columns)
+    d = distances[distances["recognizer"].isin(list(thresholds))].drop_duplicates(["anon_id", "level", "recognizer"])
+    d = d.assign(
+        clears=(d["status"] == "ok") & (d["distance"].astype(float) > d["recognizer"].map(thresholds)),
+        no_face=d["status"] == "no_face_original",
+    )
+    grouped = d.groupby(["anon_id", "level"]).agg(
+        n=("recognizer", "nunique"), all_clear=("clears", "all"), no_face_original=("no_face", "any")
+    )
+    grouped["cleared"] = (grouped["n"] == len(thresholds)) & grouped["all_clear"]
+    return grouped.reset_index()[columns]
 
 
 def run_gate(job: Job) -> JobResult:
-    settings = job.settings
-    ladder = settings.ladder
+    thresholds = gate_thresholds(job.settings)
     remaining = {item.image_id for item in job.inputs.items}
-    for level in ladder:
+    for level in job.settings.ladder:
         if not remaining:
             break
         run_pass(job, (level,), image_ids=remaining, label=f"gate level {level:g}")
-        manifest = read_parts(job.layout.manifest, MANIFEST_SCHEMA)
-        status = cleared_levels(read_distances(job.layout.distances), settings.evaluation.recognizers)
-        cleared = set(status.loc[status["cleared"] & (status["level"] == level), "anon_id"])
-        failed = set(manifest.loc[(manifest["status"] != "ok") & (manifest["level"] == level), "anon_id"])
+        manifest = read_manifest(job.layout)
+        status = cleared_levels(read_distances(job.layout.distances), thresholds)
+        here = status[status["level"] == level]
+        # Cleared; or with no face in the original, where no level will ever find one to compare.
+        settled = set(here.loc[here["cleared"] | here["no_face_original"], "anon_id"])
         # A file that cannot be read at one level cannot at any: stop spending rounds on it.
-        remaining = {i for i in remaining if job.anon_ids[i] not in cleared | failed}
-    release = build_release(job)
-    section = gate_section(job)  # the same for both reports: decide() reads every part file
-    result = finalize(job, sections=[section], extra={"gate": release})
-    # The public report travels with the release: no source paths, and no originals even if asked for.
+        settled |= set(manifest.loc[(manifest["status"] != "ok") & (manifest["level"] == level), "anon_id"])
+        remaining = {i for i in remaining if job.anon_ids[i] not in settled}
+    return finish_gate(job)
+
+
+def finish_gate(job: Job) -> JobResult:
+    """release/, both reports and run.json from the Parquet files (also what `boomerang report` does)."""
+    lowered = lowered_thresholds(job.settings)
+    if lowered:
+        items = ", ".join(f"{name} {gate:g} (deepface's own: {own:g})" for name, (gate, own) in lowered.items())
+        warning = (
+            f"WARNING: --gate-thresholds lowers the gate below deepface's own threshold for {items}: released "
+            "images may be ones that DeepFace.verify calls the same person as their original."
+        )
+        job.notice = f"{warning} {job.notice}" if job.notice else warning
+    released, withheld = decide(job)
+    gate = build_release(job, released, withheld)
+    section = gate_section(job, released, withheld)
+    pairs = set(zip(released["anon_id"], released["level"].astype(float), strict=True))
+    result = finalize(job, sections=[section], extra={"gate": gate}, released=pairs)
+    # The public report travels with the release: only released images, byte for byte as released.
+    release_images = job.layout.release / "images"
+    samples = [
+        (f"released, level {row.level:.2f}", (release_images / f"{row.anon_id}.png").read_bytes())
+        for row in released.sort_values("anon_id").head(12).itertuples()
+    ]
     build_report(
         job,
-        result.manifest,
+        result.manifest[result.manifest["anon_id"].isin(released["anon_id"])],
         result.summary,
-        read_distances(job.layout.distances),
+        read_distances(job.layout.distances).iloc[0:0],
+        samples,
         [section],
         report_dir=job.layout.release / "report",
-        originals=False,
     )
     return result
 
 
 def decide(job: Job) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(released rows at their lowest clearing level, withheld anon_ids with the reason)."""
-    manifest = read_parts(job.layout.manifest, MANIFEST_SCHEMA)
-    status = cleared_levels(read_distances(job.layout.distances), job.settings.evaluation.recognizers)
+    """(released rows at their lowest clearing ladder level, withheld anon_ids with the reason)."""
+    ladder = [float(v) for v in job.settings.ladder]
+    manifest = read_manifest(job.layout)
+    manifest = manifest[manifest["level"].astype(float).isin(ladder)]
+    status = cleared_levels(read_distances(job.layout.distances), gate_thresholds(job.settings))
     ok = manifest[manifest["status"] == "ok"].merge(status, on=["anon_id", "level"], how="left")
-    ok["cleared"] = ok["cleared"].fillna(False).astype(bool)
+    ok["cleared"] = ok["cleared"].astype("boolean").fillna(False).astype(bool)
+    ok["no_face_original"] = ok["no_face_original"].astype("boolean").fillna(False).astype(bool)
     released = ok[ok["cleared"]].sort_values("level").groupby("anon_id", as_index=False).first()
-    withheld_ids = sorted(set(manifest["anon_id"]) - set(released["anon_id"]))
+    no_face = set(ok.loc[ok["no_face_original"], "anon_id"])
     reasons = []
-    for aid in withheld_ids:
-        rows = manifest[manifest["anon_id"] == aid].sort_values("level")
-        last = rows.iloc[-1]
-        reason = last["error"] if last["status"] != "ok" else "no level on the ladder cleared every recognizer"
+    for aid, rows in manifest[~manifest["anon_id"].isin(released["anon_id"])].groupby("anon_id"):
+        last = rows.sort_values("level").iloc[-1]
+        if last["status"] != "ok":
+            reason = str(last["error"]).split(":", 1)[0] or "error"
+        elif aid in no_face:
+            reason = NO_FACE
+        else:
+            reason = NEVER_CLEARED
         reasons.append({"anon_id": aid, "last_level": float(last["level"]), "reason": reason})
     withheld = pd.DataFrame(reasons, columns=["anon_id", "last_level", "reason"])
     return released, withheld
 
 
-def build_release(job: Job) -> dict:
+def build_release(job: Job, released: pd.DataFrame, withheld: pd.DataFrame) -> dict:
     """release/: exactly the cleared images at their lowest clearing level; withheld ones in private/."""
-    import pyarrow as pa
-
     layout = job.layout
-    released, withheld = decide(job)
     target = layout.release
     if target.exists():
         shutil.rmtree(target)
     (target / "images").mkdir(parents=True)
     rows = []
-    for row in released.itertuples():
+    # Sorted by anon_id (a keyed hash): no trace of the source order in names, order or file times.
+    for row in released.sort_values("anon_id").itertuples():
         name = f"{row.anon_id}.png"
         shutil.copyfile(layout.root / row.output_path, target / "images" / name)
         rows.append(
@@ -105,47 +185,54 @@ def build_release(job: Job) -> dict:
                 "output_path": f"images/{name}",
             }
         )
-    schema = pa.schema(
-        [
-            ("anon_id", pa.string()),
-            ("level", pa.float64()),
-            ("t_boom", pa.int32()),
-            ("n_steps", pa.int32()),
-            ("sha256_output", pa.string()),
-            ("output_path", pa.string()),
-        ]
-    )
-    write_parquet_atomic(pa.Table.from_pylist(rows, schema=schema), target / "manifest.parquet")
-    identities = read_parts(layout.identities).drop_duplicates("anon_id")
-    withheld = withheld.merge(identities[["anon_id", "image_id", "source"]], on="anon_id", how="left")
-    write_parquet_atomic(pa.Table.from_pandas(withheld, preserve_index=False), layout.private / "withheld.parquet")
-    return {"released": len(rows), "withheld": int(len(withheld))}
+    write_parquet_atomic(pa.Table.from_pylist(rows, schema=RELEASE_SCHEMA), target / "manifest.parquet")
+    identities = pd.read_parquet(layout.identities)
+    private = withheld.merge(identities[["anon_id", "image_id", "source"]], on="anon_id", how="left")
+    write_private_table(pa.Table.from_pandas(private, preserve_index=False), layout.private / "withheld.parquet")
+    return {
+        "released": len(rows),
+        "withheld": int(len(withheld)),
+        "withheld_reasons": {str(k): int(v) for k, v in withheld["reason"].value_counts().items()},
+        "thresholds": gate_thresholds(job.settings),
+    }
 
 
-def gate_section(job: Job) -> tuple[str, str]:
-    """The report's gate section: levels needed, never cleared, and the cost against a fixed top level."""
-    released, withheld = decide(job)
-    manifest = read_parts(job.layout.manifest, MANIFEST_SCHEMA)
-    ladder = job.settings.ladder
+def gate_section(job: Job, released: pd.DataFrame, withheld: pd.DataFrame) -> tuple[str, str]:
+    """The report's gate section: thresholds, levels needed, withheld reasons, cost against a fixed top level."""
+    from anonymize import planned_steps
+
+    settings = job.settings
+    ladder = [float(v) for v in settings.ladder]
+    manifest = read_manifest(job.layout)
+    gated = manifest[manifest["level"].astype(float).isin(ladder)]
     per_level = released.groupby("level").size().reindex(ladder, fill_value=0)
-    spent = int(manifest.loc[manifest["status"] == "ok", "n_steps"].sum())
-    top = manifest[(manifest["level"] == ladder[-1]) & (manifest["status"] == "ok")]["n_steps"]
-    n_images = manifest["anon_id"].nunique()
-    rows = "".join(f"<tr><td>{lvl:g}</td><td>{n}</td></tr>" for lvl, n in per_level.items())
-    if len(top):
-        fixed = int(top.iloc[0]) * n_images
+    spent = int(gated.loc[gated["status"] == "ok", "n_steps"].sum())
+    # The alternative: every image that could be processed, once, at the top rung.
+    n_images = gated.loc[gated["status"] == "ok", "anon_id"].nunique()
+    try:
+        _, top_steps = planned_steps(settings.sampler, ladder[-1])
+        fixed = top_steps * n_images
         cost = (
-            f"{spent} model evaluations spent; a fixed level {ladder[-1]:g} for all {n_images} images "
-            f"would take {fixed} ({spent / fixed:.0%} of it)."
+            f"{spent} model evaluations spent on {n_images} images; one pass at the top level {ladder[-1]:g} "
+            f"would take {fixed} ({top_steps} each)"
+            + (f": the gate cost {spent / fixed:.0%} of that." if fixed else ".")
         )
-    else:
-        cost = f"{spent} model evaluations spent; no image needed the top level {ladder[-1]:g}."
+    except Exception:  # noqa: BLE001 - the model folder may be gone when a report is rebuilt
+        cost = f"{spent} model evaluations spent on {n_images} images."
+    thresholds = gate_thresholds(settings)
+    rows = "".join(f"<tr><td>{lvl:g}</td><td>{n}</td></tr>" for lvl, n in per_level.items())
+    reasons = "".join(
+        f"<tr><td>{html.escape(str(r))}</td><td>{n}</td></tr>" for r, n in withheld["reason"].value_counts().items()
+    )
+    threshold_text = ", ".join(f"{html.escape(n)} {t:g}" for n, t in thresholds.items())
     body = (
         f"<p>Ladder: {', '.join(f'{v:g}' for v in ladder)}. Each image starts at the lowest level and moves up "
-        "only while some recognizer still matches it to its original.</p>"
+        "only while some recognizer still matches it to its original. Gate thresholds (the stricter of the "
+        f"run's threshold and deepface's own, unless set with --gate-thresholds): {threshold_text}.</p>"
         f"<table><tr><th>lowest clearing level</th><th>images released</th></tr>{rows}</table>"
-        f"<p>Released: {len(released)}; withheld (never cleared, or failed): {len(withheld)}. "
-        "By construction every released image clears every recognizer (100%).</p>"
-        f"<p>{html.escape(cost)}</p>"
+        f"<p>Released: {len(released)}; withheld: {len(withheld)}. Every released image cleared every "
+        "recognizer at its gate threshold.</p>"
+        + (f"<table><tr><th>withheld because</th><th>images</th></tr>{reasons}</table>" if len(withheld) else "")
+        + f"<p>{html.escape(cost)}</p>"
     )
     return ("Release gate", body)

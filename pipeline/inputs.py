@@ -7,6 +7,7 @@ resume and seeds do not depend on listing order.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass
 
@@ -25,13 +26,16 @@ class InputError(ValueError):
 class InputItem:
     """One input image. `source` is a readable URI for folder inputs, "" for Parquet rows.
 
-    `problem` is set for an input that is known bad before reading (a name that is not UTF-8, a
-    duplicate id): it still gets its rows in the manifest, with this as the error.
+    `problem` is the reason code (pipeline.errors) of an input that is known bad before reading (a name
+    that is not UTF-8, a duplicate id): it still gets its rows in the manifest, with that error.
+    `size` and `mtime` (folder inputs) tell a rerun whether a failed file has been replaced since.
     """
 
     image_id: str
     source: str
     problem: str | None = None
+    size: int | None = None
+    mtime: float | None = None
 
 
 @dataclass(frozen=True)
@@ -45,8 +49,13 @@ class InputSet:
     image_column: str = "image"
 
 
-def discover(uri: str, *, id_column: str = "id", image_column: str = "image") -> InputSet:
-    """List the images under `uri` (a folder) or the ids of a Parquet dataset at `uri`."""
+def discover(
+    uri: str, *, id_column: str = "id", image_column: str = "image", exclude: str | os.PathLike | None = None
+) -> InputSet:
+    """List the images under `uri` (a folder) or the ids of a Parquet dataset at `uri`.
+
+    `exclude` is a folder never descended into: the job's own --out, when it lies inside the input.
+    """
     try:
         fs, root = fsspec.core.url_to_fs(uri)
     except (ValueError, ImportError) as err:
@@ -57,7 +66,7 @@ def discover(uri: str, *, id_column: str = "id", image_column: str = "image") ->
         return _discover_parquet(uri, fs, root, id_column, image_column)
     if not fs.isdir(root):
         raise InputError(f"input {uri!r} is neither a folder of images nor a Parquet dataset")
-    items = _discover_folder(uri, fs, root)
+    items = _discover_folder(uri, fs, root, exclude)
     if not items:
         raise InputError(f"no images found under {uri!r} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     return InputSet("folder", uri, tuple(items))
@@ -73,13 +82,18 @@ def _is_parquet(fs, root: str) -> bool:
     return False
 
 
-def _discover_folder(uri: str, fs, root: str) -> list[InputItem]:
+def _discover_folder(uri: str, fs, root: str, exclude) -> list[InputItem]:
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    prefix = "" if protocol in ("file", "local") else f"{protocol}://"
+    local = protocol in ("file", "local")
+    prefix = "" if local else f"{protocol}://"
     root = root.rstrip("/")
+    skip = os.path.realpath(exclude) + "/" if exclude is not None and local else None
     items = []
     # fs.find walks without following symlinks, so a symlink loop cannot trap it.
-    for path in sorted(fs.find(root)):
+    found = fs.find(root, detail=True)
+    for path in sorted(found):
+        if skip and os.path.realpath(path).startswith(skip):
+            continue
         name = path.rsplit("/", 1)[-1]
         dot = name.rfind(".")
         if dot < 0 or name[dot:].lower() not in IMAGE_EXTENSIONS:
@@ -89,9 +103,10 @@ def _discover_folder(uri: str, fs, root: str) -> list[InputItem]:
             rel.encode("utf-8")
         except UnicodeEncodeError:
             safe = rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-            items.append(InputItem(safe, "", problem="file name is not valid UTF-8; rename the file"))
+            items.append(InputItem(safe, "", problem="bad_name"))
             continue
-        items.append(InputItem(rel, prefix + path))
+        info = found[path]
+        items.append(InputItem(rel, prefix + path, size=info.get("size"), mtime=_mtime(info)))
     return items
 
 
@@ -121,14 +136,15 @@ def _discover_parquet(uri: str, fs, root: str, id_column: str, image_column: str
         # Which twin is "the" image is ambiguous (and would share an output name and seed), so every
         # occurrence becomes its own error row rather than one silently winning.
         seen[image_id] += 1
-        items.append(
-            InputItem(
-                f"{image_id}#{seen[image_id]}",
-                "",
-                problem=f"id {image_id!r} occurs {counts[image_id]} times in column {id_column!r}; ids must be unique",
-            )
-        )
+        items.append(InputItem(f"{image_id}#{seen[image_id]}", "", problem="duplicate_id"))
     return InputSet("parquet", uri, tuple(items), id_column, image_column)
+
+
+def _mtime(info: dict) -> float | None:
+    value = info.get("mtime", info.get("LastModified"))
+    if hasattr(value, "timestamp"):
+        value = value.timestamp()
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def read_bytes(source: str) -> bytes:

@@ -15,14 +15,35 @@ import re
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from .cluster import ClusterInfo, connect
+from .cluster import ClusterInfo, connect, disconnect
 from .config import JobSettings
+from .errors import TRANSIENT, problem, scrub
 from .inputs import InputItem, InputSet, discover
-from .layout import RunLayout, anon_id
+from .layout import RunLayout, write_private_bytes
+from .lock import RunLock
 from .progress import Progress
-from .provenance import model_identity, now, read_json, versions, write_json_atomic
-from .records import done_pairs, remove_orphans
-from .stages import AnonymizeConfig, AnonymizeStage, EvaluateConfig, EvaluateStage, WriteStage, finish_batch
+from .provenance import (
+    check_rerun,
+    made_here,
+    model_identity,
+    now,
+    output_settings,
+    read_json,
+    recognizer_identity,
+    versions,
+    write_json_atomic,
+)
+from .records import (
+    OUTPUTS_SCHEMA,
+    finish_batch,
+    forget_pairs,
+    read_manifest,
+    read_parts,
+    remove_orphans,
+    write_identities,
+)
+from .secret import anon_id, load_secret
+from .stages import AnonymizeConfig, AnonymizeStage, EvaluateConfig, EvaluateStage, WriteStage, error_row
 
 
 class JobError(RuntimeError):
@@ -33,14 +54,15 @@ class JobFailed(RuntimeError):
     """The job started and then failed; what is done is kept and a rerun resumes (exit status 1)."""
 
 
-def record_failure(job: Job, err: BaseException) -> str:
-    """Write the failure and its trace into run.json; return the one line for the terminal."""
+def record_failure(job: Job, err: BaseException, status: str = "failed") -> str:
+    """Keep the whole failure in private/, a path-free line in run.json; return the line for the terminal."""
     import traceback
 
-    line = f"job failed: {root_cause(err)}"
+    line = f"job {status}: {root_cause(err)}"
     try:
+        write_private_bytes(job.layout.failure_file, "".join(traceback.format_exception(err)).encode())
         record = read_json(job.layout.run_json)
-        record.update(status="failed", error=line, traceback="".join(traceback.format_exception(err))[-20000:])
+        record.update(status=status, error=scrub(line), finished=now())
         write_json_atomic(job.layout.run_json, record)
     except OSError:  # the disk may be what failed; the one line still reaches the terminal
         pass
@@ -75,11 +97,13 @@ class Job:
     settings: JobSettings
     mode: str  # "run" | "anonymize" | "evaluate"
     layout: RunLayout
-    inputs: InputSet
-    salt: bytes
+    inputs: InputSet | None
+    secret: bytes
     cluster: ClusterInfo | None  # connected on first use: a finished job's rerun never starts Ray
     anon_ids: dict[str, str] = field(default_factory=dict)  # image_id -> anon_id
     stream: TextIO | None = None
+    lock: RunLock | None = None
+    notice: str | None = None  # set when the numbers are not meaningful (project-made random weights)
     pairs_done_now: int = 0
     errors_now: int = 0
 
@@ -87,53 +111,87 @@ class Job:
     def evaluated(self) -> bool:
         return self.mode in ("run", "evaluate")
 
+    def close(self) -> None:
+        """Disconnect from an embedded Ray and release the folder."""
+        disconnect(self.cluster)
+        if self.lock is not None:
+            self.lock.close()
+
 
 def prepare(settings: JobSettings, mode: str, stream: TextIO | None = None) -> Job:
-    """Check everything that can be checked before Ray work starts, then connect to Ray."""
+    """Check everything that can be checked before Ray work starts; nothing is written until all pass.
+
+    Order: the folder's lock (one driver per --out), inputs, weights, a rerun's settings against the
+    recorded ones, and only then the folder, the secret and run.json.
+    """
     if settings.input is None:
         raise JobError("no INPUT given: pass a folder of images or a Parquet dataset")
-    inputs = discover(settings.input, id_column=settings.id_column, image_column=settings.image_column)
+    layout = RunLayout.at(settings.out)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(layout.lock_file).acquire()
+    try:
+        return _prepare_locked(settings, mode, layout, lock, stream)
+    except BaseException:
+        lock.close()
+        raise
+
+
+def _prepare_locked(settings: JobSettings, mode: str, layout: RunLayout, lock: RunLock, stream) -> Job:
+    inputs = discover(
+        settings.input, id_column=settings.id_column, image_column=settings.image_column, exclude=layout.root
+    )
     if settings.deepface_home:
         os.environ["DEEPFACE_HOME"] = settings.deepface_home
-    model = None
-    if mode != "evaluate":
-        # Fail here, in one line, rather than in every actor (which Ray would restart forever).
-        model = model_identity(settings.sampler)
+    # Fail here, in one line, rather than in every actor (which Ray would restart forever).
+    model = model_identity(settings.sampler) if mode != "evaluate" else None
+    recognizers = None
     if mode != "anonymize":
         from evaluation import check_weights
 
         check_weights(settings.evaluation.recognizers, settings.evaluation.engine)
-    layout = RunLayout.at(settings.out)
+        recognizers = recognizer_identity(settings.evaluation)
+    determining = output_settings(settings, mode, model, recognizers)
+    if not settings.overwrite:
+        check_rerun(read_json(layout.run_json), determining, has_outputs=layout.has_outputs())
     layout.prepare(settings.overwrite)
-    job = Job(settings, mode, layout, inputs, layout.salt(), None, stream=stream)
-    job.anon_ids = {item.image_id: anon_id(job.salt, item.image_id) for item in inputs.items}
-    _start_record(job, model)
+    secret = load_secret(layout, settings.secret_file)
+    job = Job(settings, mode, layout, inputs, secret, None, stream=stream, lock=lock)
+    job.anon_ids = {item.image_id: anon_id(secret, item.image_id) for item in inputs.items}
+    write_identities(layout, ((job.anon_ids[i.image_id], i.image_id, i.source) for i in inputs.items))
+    job.notice = DEMO_NOTICE if settings.demo or made_here(model, recognizers) else None
+    _start_record(job, model, recognizers, determining)
     return job
 
 
-def _start_record(job: Job, model: dict | None) -> None:
+def _start_record(job: Job, model: dict | None, recognizers: dict | None, determining: dict) -> None:
     record = read_json(job.layout.run_json)
     settings = job.settings
     record.update(
         {
             "command": job.mode,
             "settings": settings.public_dict(),
+            "determines_outputs": {**record.get("determines_outputs", {}), **determining},
             "versions": versions(),
-            "model": model,
             "started": now(),
             "finished": None,
             "status": "running",
+            "error": None,
         }
     )
-    if settings.demo:
-        record["notice"] = DEMO_NOTICE
+    if model is not None:
+        record["model"] = model
+    if recognizers is not None:
+        record["recognizers"] = recognizers
+    record.pop("notice", None)
+    if job.notice:
+        record["notice"] = job.notice
     record.setdefault("first_started", record["started"])
     write_json_atomic(job.layout.run_json, record)
 
 
 DEMO_NOTICE = (
-    "DEMO RUN: tiny random-weight diffusion model and random-weight face recognizers on bundled sample "
-    "faces. These images and numbers are NOT meaningful and say nothing about real anonymity."
+    "These images and numbers are NOT meaningful: they were made with random-weight models that boomerang "
+    "generated (a tiny diffusion model and/or random-weight face recognizers) and say nothing about real anonymity."
 )
 
 
@@ -155,14 +213,21 @@ def ensure_cluster(job: Job) -> ClusterInfo:
 
 
 def run_pass(job: Job, levels: tuple[float, ...], image_ids: set[str] | None = None, label: str = "") -> int:
-    """Anonymize (and evaluate) every (image, level) pair not yet in the manifest; returns pairs done."""
+    """Anonymize (and evaluate) every (image, level) pair not yet done; returns pairs done.
+
+    Done means a manifest row, except error rows that a rerun retries (pipeline.errors): transient
+    ones, input errors whose file has changed since, and every error with --retry-errors.
+    """
     remove_orphans(job.layout, evaluated=job.evaluated)
-    done = done_pairs(job.layout)
+    items = [i for i in job.inputs.items if image_ids is None or i.image_id in image_ids]
+    scope = {(job.anon_ids[i.image_id], float(level)) for i in items for level in levels}
+    manifest = read_manifest(job.layout)
+    redo = pairs_to_retry(job, manifest, items) & scope
+    forget_pairs(job.layout, redo)
+    done = set(zip(manifest["anon_id"], manifest["level"].astype(float), strict=True)) - redo
     work: list[dict] = []
     problems: list[tuple[InputItem, float]] = []
-    for item in job.inputs.items:
-        if image_ids is not None and item.image_id not in image_ids:
-            continue
+    for item in items:
         aid = job.anon_ids[item.image_id]
         todo = [level for level in levels if (aid, level) not in done]
         if not todo:
@@ -175,6 +240,8 @@ def run_pass(job: Job, levels: tuple[float, ...], image_ids: set[str] | None = N
                     "image_id": item.image_id,
                     "anon_id": aid,
                     "source": item.source,
+                    "source_size": item.size,
+                    "source_mtime": item.mtime,
                     "problem": None,
                     "levels": todo,
                 }
@@ -197,18 +264,30 @@ def run_pass(job: Job, levels: tuple[float, ...], image_ids: set[str] | None = N
     return progress.done
 
 
+def pairs_to_retry(job: Job, manifest, items: list[InputItem]) -> set[tuple[str, float]]:
+    """Error rows a rerun redoes: transient ones, changed inputs, or all with --retry-errors."""
+    errors = manifest[manifest["status"] != "ok"]
+    if errors.empty:
+        return set()
+    if job.settings.retry_errors:
+        return set(zip(errors["anon_id"], errors["level"].astype(float), strict=True))
+    retry = set(zip(*(errors.loc[errors["error_kind"] == TRANSIENT, c] for c in ("anon_id", "level")), strict=True))
+    # An input error is worth another try only if the file is no longer what failed.
+    private = read_parts(job.layout.outputs, OUTPUTS_SCHEMA).set_index(["anon_id", "level"])
+    now_seen = {job.anon_ids[i.image_id]: (i.size, i.mtime) for i in items if i.size is not None}
+    for key in zip(errors["anon_id"], errors["level"].astype(float), strict=True):
+        if key in retry or key[0] not in now_seen or key not in private.index:
+            continue
+        size, mtime = private.loc[key, ["source_size", "source_mtime"]]
+        if (size, mtime) != now_seen[key[0]]:
+            retry.add(key)
+    return {(a, float(level)) for a, level in retry}
+
+
 def _write_problems(job: Job, problems: list[tuple[InputItem, float]]) -> None:
     """Inputs known bad before reading (bad names, duplicate ids) still get their rows."""
     rows = [
-        {
-            "anon_id": job.anon_ids[item.image_id],
-            "image_id": item.image_id,
-            "source": item.source,
-            "level": level,
-            "status": "error",
-            "error": item.problem,
-        }
-        for item, level in problems
+        error_row({"anon_id": job.anon_ids[item.image_id]}, level, problem(item.problem)) for item, level in problems
     ]
     distance_rows = None
     if job.evaluated:
@@ -255,7 +334,7 @@ def _plan(job: Job, work: list[dict]):
         AnonymizeStage,
         fn_constructor_args=(
             settings.sampler,
-            AnonymizeConfig(str(job.layout.root), settings.seed, settings.max_pixels, threads),
+            AnonymizeConfig(str(job.layout.root), settings.seed, job.secret, settings.max_pixels, threads),
         ),
         batch_size=settings.batch_size,
         batch_format="pandas",
@@ -294,4 +373,5 @@ def _attach_work(batch, work: dict, id_column: str, image_column: str):
     ids = batch[id_column].astype(str)
     keep = ids.isin(work.keys())
     rows = [dict(work[i], image=img) for i, img in zip(ids[keep], batch[image_column][keep], strict=True)]
-    return pd.DataFrame(rows, columns=["image_id", "anon_id", "source", "problem", "levels", "image"])
+    columns = ["image_id", "anon_id", "source", "source_size", "source_mtime", "problem", "levels", "image"]
+    return pd.DataFrame(rows, columns=columns)

@@ -1,18 +1,20 @@
-"""The output folder of a run: where every file goes, and the run's secret salt.
+"""The output folder of a run: where every file goes, and how private files are written.
 
 See product-spec section 5. Parquet "files" are folders of part files, each written atomically by the
-stage that produced the rows, so a half-written part never exists under its final name.
+stage that produced the rows, so a half-written part never exists under its final name. `private/` is
+0700 and every file in it 0600 from the moment it exists (created with that mode, never chmod-ed later).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import contextlib
 import os
-import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 
 class OutputError(ValueError):
@@ -25,6 +27,10 @@ def level_dirname(level: float) -> str:
     if float(text) != level:
         text = f"{level:.6f}".rstrip("0")
     return f"level={text}"
+
+
+# What a run writes at the top of its folder; --overwrite removes exactly these.
+RUN_ENTRIES = ("run.json", "images", "manifest.parquet", "evaluation", "report", "private", "release")
 
 
 @dataclass(frozen=True)
@@ -40,9 +46,13 @@ class RunLayout:
                 f"--out {out!r}: write to a local or mounted shared folder (NFS, FUSE-mounted bucket); "
                 "object-store URIs are read-only inputs for now"
             )
-        return cls(Path(out.removeprefix("file://")).expanduser().resolve())
+        root = Path(out.removeprefix("file://")).expanduser().resolve()
+        if root.exists() and not root.is_dir():
+            raise OutputError(f"--out {out!r} is a file; give a folder (new, or one that holds a boomerang run)")
+        return cls(root)
 
     run_json = property(lambda self: self.root / "run.json")
+    lock_file = property(lambda self: self.root / ".boomerang.lock")
     images = property(lambda self: self.root / "images")
     manifest = property(lambda self: self.root / "manifest.parquet")
     evaluation = property(lambda self: self.root / "evaluation")
@@ -50,8 +60,10 @@ class RunLayout:
     summary = property(lambda self: self.root / "evaluation" / "summary.parquet")
     report = property(lambda self: self.root / "report")
     private = property(lambda self: self.root / "private")
+    secret_file = property(lambda self: self.root / "private" / "secret")
     identities = property(lambda self: self.root / "private" / "identities.parquet")
-    salt_file = property(lambda self: self.root / "private" / "salt")
+    outputs = property(lambda self: self.root / "private" / "outputs.parquet")
+    failure_file = property(lambda self: self.root / "private" / "failure.txt")
     release = property(lambda self: self.root / "release")
 
     def image_path(self, level: float, anon_id: str) -> Path:
@@ -60,38 +72,71 @@ class RunLayout:
     def relative(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
 
+    def holds_run(self) -> bool:
+        return self.run_json.is_file()
+
+    def has_outputs(self) -> bool:
+        """True once any (image, level) row or image exists: from then on the secret must not change."""
+        return any(self.manifest.glob("part-*.parquet")) or any(self.images.rglob("*.png"))
+
     def prepare(self, overwrite: bool) -> None:
-        """Create the folder; with overwrite, remove what an earlier run wrote there first."""
+        """Create the folder; with overwrite, remove what an earlier run wrote there first.
+
+        --overwrite only ever deletes a boomerang run's own entries, and only in a folder that holds a
+        run (run.json): a mistyped --out must not cost anyone their files.
+        """
         if overwrite and self.root.exists():
-            for child in (
-                "run.json",
-                "images",
-                "manifest.parquet",
-                "evaluation",
-                "report",
-                "private",
-                "release",
-            ):
+            if not self.holds_run() and any(p.name != self.lock_file.name for p in self.root.iterdir()):
+                raise OutputError(
+                    f"--overwrite refused: {self.root} is not empty and holds no boomerang run (no run.json)"
+                )
+            for child in RUN_ENTRIES:
                 target = self.root / child
                 if target.is_dir():
                     shutil.rmtree(target)
                 elif target.exists():
                     target.unlink()
-        for folder in (self.root, self.manifest, self.distances, self.identities, self.private):
+        for folder in (self.root, self.manifest, self.distances):
             folder.mkdir(parents=True, exist_ok=True)
-
-    def salt(self) -> bytes:
-        """The run's secret salt: made once, kept in private/, reused on resume."""
-        if self.salt_file.exists():
-            return bytes.fromhex(self.salt_file.read_text().strip())
-        value = secrets.token_bytes(32)
-        tmp = self.salt_file.with_suffix(".tmp")
-        tmp.write_text(value.hex())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self.salt_file)
-        return value
+        make_private_dir(self.private)
+        make_private_dir(self.outputs)
 
 
-def anon_id(salt: bytes, image_id: str) -> str:
-    """Pseudonymous output name: a keyed hash of the image id (never the file name, which may be a person's)."""
-    return hmac.new(salt, image_id.encode("utf-8"), hashlib.sha256).hexdigest()[:24]
+def make_private_dir(folder: Path) -> None:
+    """Create `folder` 0700 (no window in which it is readable by others)."""
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700)
+    os.chmod(folder, 0o700)  # an existing folder from an older run, or one made under a loose umask
+
+
+def write_private_bytes(path: Path, data: bytes) -> None:
+    """Write a file of private/ atomically, 0600 from creation, fsync-ed (file and folder)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_folder(path.parent)
+
+
+def write_private_table(table: pa.Table, path: Path) -> None:
+    """A Parquet file of private/, written like `write_private_bytes`."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    write_private_bytes(path, sink.getvalue().to_pybytes())
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable (not possible, nor needed, on every platform)."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

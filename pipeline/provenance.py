@@ -1,4 +1,10 @@
-"""What produced a run: software versions, model identity, and run.json."""
+"""What produced a run: software versions, model and recognizer identity, and run.json.
+
+run.json's `determines_outputs` holds every setting that changes output bytes or distances. A rerun on
+the same folder with a different value would leave outputs of one setting under a record naming
+another, so it is refused (exit 2) before anything is written; thresholds are not among them: a new
+threshold restates `cleared` everywhere (pipeline.finalize).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from anonymize import SamplerSettings, resolve_model, weights_sha256
+from anonymize import SamplerSettings, made_by_boomerang, resolve_model, weights_sha256
 
 PACKAGES = (
     "boomerang-anonymize",
@@ -35,7 +41,7 @@ def versions() -> dict[str, str]:
     return found
 
 
-def model_identity(settings: SamplerSettings) -> dict[str, str | None]:
+def model_identity(settings: SamplerSettings) -> dict[str, str | bool | None]:
     """Model id plus what pins its bytes: the hub snapshot commit, or a content hash of a local folder."""
     folder, commit = resolve_model(settings)
     return {
@@ -43,7 +49,120 @@ def model_identity(settings: SamplerSettings) -> dict[str, str | None]:
         "revision": settings.revision,
         "commit": commit,
         "weights_sha256": None if commit else weights_sha256(folder, settings.allow_pickle),
+        "random_weights": made_by_boomerang(folder),
     }
+
+
+def recognizer_identity(settings) -> dict[str, dict]:
+    """Per recognizer: the sha256 of its deepface weight file, and whether boomerang made it (random)."""
+    from evaluation import is_random_weights, weight_file_sha256
+
+    return {
+        name: {
+            "weights_sha256": weight_file_sha256(name, settings.engine),
+            "random_weights": is_random_weights(name, settings.engine),
+        }
+        for name in settings.recognizers
+    }
+
+
+def made_here(model: dict | None, recognizers: dict | None) -> bool:
+    """True when any model of the run has weights that boomerang generated (tests, the demo)."""
+    return bool(model and model.get("random_weights")) or any(
+        r.get("random_weights") for r in (recognizers or {}).values()
+    )
+
+
+# Setting -> the flag a user changes it with (for the one-line refusal).
+FLAGS = {
+    "model_weights": "--model",
+    "prompt": "--prompt",
+    "negative_prompt": "--negative-prompt",
+    "guidance_scale": "--guidance-scale",
+    "steps": "--steps",
+    "scheduler": "--scheduler",
+    "resolution": "--resolution",
+    "latent": "--latent",
+    "dtype": "--dtype",
+    "model_batch": "--model-batch",
+    "seed": "--seed",
+    "recognizers": "--recognizers",
+    "recognizer_weights": "recognizer weights (DEEPFACE_HOME)",
+    "detector": "--detector",
+    "engine": "--engine",
+    "align": "align",
+    "metric": "metric",
+    "no_face_anonymized": "--no-face-anonymized",
+}
+
+
+def output_settings(settings, mode: str, model: dict | None, recognizers: dict | None) -> dict:
+    """The settings that determine this job's outputs (sampler ones unless evaluate-only, and so on)."""
+    found: dict = {}
+    if mode != "evaluate" and model is not None:
+        s = settings.sampler
+        found |= {
+            # What pins the weights' bytes; the name only where nothing else does (a folder may move).
+            "model_weights": model.get("commit") or model.get("weights_sha256") or model.get("model"),
+            "prompt": s.prompt,
+            "negative_prompt": s.negative_prompt,
+            "guidance_scale": s.guidance_scale,
+            "steps": s.steps,
+            "scheduler": s.scheduler,
+            "resolution": s.resolution,
+            "latent": s.latent,
+            "dtype": s.dtype,
+            "model_batch": s.model_batch,
+            "seed": settings.seed,
+        }
+    if mode != "anonymize" and recognizers is not None:
+        e = settings.evaluation
+        found |= {
+            "recognizers": list(e.recognizers),
+            "recognizer_weights": {name: r["weights_sha256"] for name, r in recognizers.items()},
+            "detector": e.detector,
+            "engine": e.engine,
+            "align": e.align,
+            "metric": e.metric,
+            "no_face_anonymized": e.no_face_anonymized,
+        }
+    return found
+
+
+class RefusedRerun(ValueError):
+    """A rerun whose settings would change what the folder's outputs were made with (exit status 2)."""
+
+
+def check_rerun(record: dict, determining: dict, *, has_outputs: bool) -> None:
+    """Refuse a rerun that changes a setting recorded in run.json, naming the setting and both values."""
+    recorded = dict(record.get("determines_outputs") or {})
+    if not has_outputs:
+        return
+    if "recognizers" in recorded:
+        # Runs from before the setting existed compared a faceless anonymized image on the whole image.
+        recorded.setdefault("no_face_anonymized", "whole_image")
+    for key, value in determining.items():
+        if key not in recorded or _same(recorded[key], value):
+            continue
+        if key == "recognizer_weights":
+            names = [n for n in value if n in recorded[key] and recorded[key][n] != value[n]]
+            if not names:
+                continue  # a recognizer added: its rows are new, nothing recorded changes
+            old, new = recorded[key][names[0]], value[names[0]]
+            what = f"the {names[0]} weight file (DEEPFACE_HOME)"
+            old, new = f"sha256 {str(old)[:12]}", f"sha256 {str(new)[:12]}"
+        else:
+            what, old, new = FLAGS.get(key, key), recorded[key], value
+        raise RefusedRerun(
+            f"{what} differs from the run in this folder (recorded {old!r}, now {new!r}): rerun with the recorded "
+            "value to resume, use another --out, or pass --overwrite to start afresh"
+        )
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return float(a) == float(b)
+    return json.loads(json.dumps(a, default=str)) == json.loads(json.dumps(b, default=str))
 
 
 def now() -> str:

@@ -2,14 +2,16 @@
 
 Each actor loads its model once in `__init__`. A bad image never raises out of a stage: it becomes a
 row with status "error", so one file cannot abort the job (Ray would otherwise fail the whole block).
+Error rows carry a public reason and a private detail (pipeline.errors).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -27,38 +29,43 @@ from anonymize import (
     to_model_input,
 )
 
+from .errors import RowError, classify, problem, scrub
 from .inputs import read_bytes
 from .layout import RunLayout
-from .records import write_batch
+from .records import finish_batch
 
 OUTPUT_COLUMNS = (
     "anon_id",
     "image_id",
-    "source",
-    "source_sha256",
     "level",
     "t_boom",
     "n_steps",
     "seed",
     "status",
     "error",
+    "error_kind",
+    "error_detail",
     "output_path",
     "sha256_output",
     "seconds",
+    "source_sha256",
+    "source_size",
+    "source_mtime",
     "original",
     "anonymized",
 )
 
 
-INTEGER_COLUMNS = {"seed": "Int64", "t_boom": "Int32", "n_steps": "Int32"}
+INTEGER_COLUMNS = {"seed": "Int64", "t_boom": "Int32", "n_steps": "Int32", "source_size": "Int64"}
 
 
 @dataclass(frozen=True)
 class AnonymizeConfig:
-    """What an anonymize actor needs besides the sampler settings."""
+    """What an anonymize actor needs besides the sampler settings. `secret` keys every output's seed."""
 
     out: str
     seed: int
+    secret: bytes
     max_pixels: int
     threads: int | None = None
 
@@ -78,18 +85,19 @@ class AnonymizeStage:
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         rows: list[dict] = []
-        decoded = []  # (row, source bytes, placement, model input) for images that decoded
-        for item in batch.itertuples(index=False):
-            levels = [float(level) for level in item.levels]
-            base = {"anon_id": item.anon_id, "image_id": item.image_id, "source": item.source}
+        decoded = []  # (row, source bytes, placement, model input, levels) for images that decoded
+        for item in batch.to_dict("records"):
+            levels = [float(level) for level in item["levels"]]
+            base = {key: item.get(key) for key in ("anon_id", "image_id", "source_size", "source_mtime")}
+            if item.get("problem"):
+                rows += [self._error(base, level, problem(item["problem"])) for level in levels]
+                continue
             try:
-                if item.problem:
-                    raise ImageError(item.problem)
-                image_bytes = getattr(item, "image", None)
-                data = image_bytes if image_bytes is not None else read_bytes(item.source)
+                image_bytes = item.get("image")
+                data = image_bytes if image_bytes is not None else read_bytes(item["source"])
                 image = decode_image(data, max_pixels=self.config.max_pixels)
             except (ImageError, OSError) as err:
-                rows += [self._error(base, level, err, self._seed(item.image_id, level)) for level in levels]
+                rows += [self._error(base, level, classify(err)) for level in levels]
                 continue
             base["source_sha256"] = hashlib.sha256(data).hexdigest()
             model_input, placement = to_model_input(image, self.model.resolution)
@@ -104,12 +112,12 @@ class AnonymizeStage:
 
     def _sample(self, chunk: list, level: float) -> list[dict]:
         seeds = [self._seed(base["image_id"], level) for base, *_ in chunk]
-        generators = [make_generator(seed, self.model.device) for seed in seeds]
         started = time.perf_counter()
         try:
-            result = self.sampler([entry[3] for entry in chunk], level, generators)
-        except (ValueError, RuntimeError) as err:  # e.g. a level too small for the grid, CUDA OOM
-            return [self._error(base, level, err, seed) for (base, *_), seed in zip(chunk, seeds, strict=True)]
+            result = self._run_sampler([entry[3] for entry in chunk], level, seeds)
+        except (ValueError, RuntimeError, MemoryError) as err:  # e.g. a level too small for the grid, OOM
+            error = classify(err)
+            return [self._error(base, level, error) for base, *_ in chunk]
         seconds = (time.perf_counter() - started) / len(chunk)
         rows = []
         for (base, data, placement, _, _), seed, image in zip(chunk, seeds, result.images, strict=True):
@@ -124,7 +132,6 @@ class AnonymizeStage:
                     "n_steps": result.n_steps,
                     "seed": seed,
                     "status": "ok",
-                    "error": None,
                     "output_path": self.layout.relative(path),
                     "sha256_output": hashlib.sha256(png).hexdigest(),
                     "seconds": seconds,
@@ -134,13 +141,47 @@ class AnonymizeStage:
             )
         return rows
 
-    def _seed(self, image_id: str, level: float) -> int:
-        return output_seed(self.config.seed, image_id, level)
+    def _run_sampler(self, images: list, level: float, seeds: list[int]):
+        """The sampler call; on out-of-memory, again with half the model batch, down to 1."""
+        while True:
+            generators = [make_generator(seed, self.model.device) for seed in seeds]
+            try:
+                return self.sampler(images, level, generators)
+            except (RuntimeError, MemoryError) as err:
+                model_batch = self.sampler.settings.model_batch or len(images)
+                if not is_out_of_memory(err) or model_batch <= 1:
+                    raise
+                _free_accelerator_memory()
+                self.sampler.settings = replace(self.sampler.settings, model_batch=model_batch // 2)
 
-    @staticmethod
-    def _error(base: dict, level: float, err: Exception, seed: int | None) -> dict:
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        return {**base, "level": level, "seed": seed, "status": "error", "error": message}
+    def _seed(self, image_id: str, level: float) -> int:
+        return output_seed(self.config.secret, self.config.seed, image_id, level)
+
+    def _error(self, base: dict, level: float, error: RowError) -> dict:
+        return error_row(base, level, error) | {"seed": self._seed(base["image_id"], level)}
+
+
+def error_row(base: dict, level: float, error: RowError) -> dict:
+    """An (image, level) row that failed: the public reason, its kind, and the detail for private/."""
+    return {
+        **base,
+        "level": level,
+        "status": "error",
+        "error": error.public,
+        "error_kind": error.kind,
+        "error_detail": error.detail or None,
+    }
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    return isinstance(err, MemoryError) or "out of memory" in str(err).lower()
+
+
+def _free_accelerator_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _write_atomic(path, data: bytes) -> None:
@@ -189,34 +230,26 @@ class EvaluateStage:
         pairs = []
         for row in rows:
             row["t_boom"] = None if pd.isna(row["t_boom"]) else int(row["t_boom"])
+            # No level (another tool's output): Arrow may carry an all-NaN column as nulls.
+            row["level"] = math.nan if pd.isna(row["level"]) else float(row["level"])
             if row["status"] != "ok":
                 continue
             try:
                 original = np.asarray(decode_image(row["original"], max_pixels=self.config.max_pixels))
                 anonymized = np.asarray(decode_image(row["anonymized"], max_pixels=self.config.max_pixels))
             except ImageError as err:  # only reachable for another tool's files (boomerang evaluate)
-                row.update(status="error", error=str(err))
+                row.update(error_row({}, row["level"], classify(err)))
                 continue
             pairs.append(Pair(row["anon_id"], row["level"], row["t_boom"], row["source_sha256"], original, anonymized))
         distance_rows = self.evaluator.evaluate(pairs)
         for row in rows:
             if row["status"] != "ok":
                 distance_rows += error_rows(row["anon_id"], row["level"], row["t_boom"], row["error"], self.settings)
+        # deepface's words are not ours: no path or id may reach a shareable table through them.
+        ids = tuple(str(row.get("image_id") or "") for row in rows)
+        for distance_row in distance_rows:
+            distance_row["error"] = scrub(distance_row["error"], ids)
         return finish_batch(self.layout, rows, distance_rows)
-
-
-def finish_batch(layout: RunLayout, rows: list[dict], distance_rows: list[dict] | None) -> pd.DataFrame:
-    """Write a batch's parts and return the small rows the driver counts progress with."""
-    identities = {row["anon_id"]: row for row in rows}.values()
-    write_batch(layout, rows, list(identities), distance_rows)
-    progress = pd.DataFrame(
-        {
-            "anon_id": [r["anon_id"] for r in rows],
-            "level": [r["level"] for r in rows],
-            "status": [r["status"] for r in rows],
-        }
-    )
-    return progress
 
 
 class WriteStage:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import pytest
 from samples import write_faces
 
-from pipeline.cli import make_parser, settings_from_args
-from pipeline.config import SettingsError
+from pipeline.cli import make_parser
+from pipeline.config import SettingsError, settings_from_flags
 from pipeline.inputs import InputError, discover
-from pipeline.layout import RunLayout, anon_id, level_dirname
+from pipeline.layout import RunLayout, level_dirname
+from pipeline.secret import anon_id, load_secret
 
 
 def settings(*argv):
-    return settings_from_args(make_parser().parse_args(["run", "in", "--out", "out", *argv]))
+    return settings_from_flags(vars(make_parser().parse_args(["run", "in", "--out", "out", *argv])))
 
 
 @pytest.mark.parametrize("suffix", [".toml", ".yaml"])
@@ -85,10 +86,10 @@ def test_missing_or_empty_inputs_are_clear_errors(tmp_path):
 def test_output_names_are_keyed_and_levels_are_stable_folder_names(tmp_path):
     layout = RunLayout.at(str(tmp_path))
     layout.prepare(overwrite=False)
-    salt = layout.salt()
-    assert layout.salt() == salt and oct((layout.salt_file.stat().st_mode) & 0o777) == "0o600"
-    name = anon_id(salt, "Jane_Doe/Jane_Doe_0001.jpg")
-    assert name != anon_id(b"other salt", "Jane_Doe/Jane_Doe_0001.jpg") and "Jane" not in name
+    secret = load_secret(layout)
+    assert load_secret(layout) == secret and len(secret) == 32
+    name = anon_id(secret, "Jane_Doe/Jane_Doe_0001.jpg")
+    assert name != anon_id(b"another secret of 32 bytes......", "Jane_Doe/Jane_Doe_0001.jpg") and "Jane" not in name
     assert level_dirname(0.7) == "level=0.70" and level_dirname(0.725) == "level=0.725"
 
 

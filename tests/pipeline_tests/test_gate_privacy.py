@@ -1,7 +1,12 @@
-"""The release gate and privacy hygiene, checked against distances.parquet and every byte written."""
+"""The release gate and privacy, checked as the attackers of docs/privacy.md would: every byte and cell
+outside private/, the images in the public page, and a regeneration attack with every public setting."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import stat
 from pathlib import Path
 
 import pandas as pd
@@ -9,13 +14,18 @@ import pytest
 from jobs import kill_job_when
 from PIL import ExifTags, Image, ImageCms
 from samples import write_faces
+from scans import embedded_images, leaks
 
 pytestmark = pytest.mark.slow
 
-PEOPLE = ("Jane_Doe", "John_Roe")
+PEOPLE = ("Jane_Doe", "Zoë_Müller")
 LADDER = (0.2, 0.5, 0.9)
-# Near the random recognizers' median distances, so some images clear low and some climb.
-THRESHOLDS = "Facenet=0.6,VGG-Face=0.65"
+# Near the random recognizers' median distances (Facenet about 0.55, VGG-Face about 0.65), so some images
+# clear low and some climb. VGG-Face's gate threshold is lowered explicitly below deepface's 0.68, which
+# the public report must then say first.
+THRESHOLDS = ("--thresholds", "Facenet=0.55", "--gate-thresholds", "VGG-Face=0.645")
+GATE = {"Facenet": 0.55, "VGG-Face": 0.645}
+COMMON = ["--steps", "10", "--detector", "skip"]
 
 
 def write_faces_with_metadata(folder: Path, n: int) -> list[str]:
@@ -35,101 +45,227 @@ def write_faces_with_metadata(folder: Path, n: int) -> list[str]:
     return ids
 
 
-def expected_release(distances: pd.DataFrame, recognizers: list[str]) -> dict[str, float]:
-    """Independently: each image's lowest ladder level at which every recognizer's distance > threshold."""
+def write_bad_files_of(folder: Path, person: str) -> list[str]:
+    """Bad inputs under a person's folder whose OS or decoder errors would quote the path."""
+    (folder / person).mkdir(parents=True, exist_ok=True)
+    (folder / person / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (folder / "elsewhere").mkdir(exist_ok=True)
+    os.symlink(folder / "elsewhere", folder / person / f"{person}_0099.jpg")  # reading it: IsADirectoryError
+    return [f"{person}/bad.jpg", f"{person}/{person}_0099.jpg"]
+
+
+def deepface_thresholds() -> dict[str, float]:
+    from deepface.config.threshold import thresholds
+
+    return {name: thresholds[name]["cosine"] for name in ("Facenet", "VGG-Face")}
+
+
+def expected_release(distances: pd.DataFrame, thresholds: dict[str, float]) -> dict[str, float]:
+    """Independently: each image's lowest level at which every recognizer's distance > its gate threshold."""
     lowest: dict[str, float] = {}
     for (anon_id, level), group in distances.groupby(["anon_id", "level"]):
         ok = group[group["status"] == "ok"]
-        if set(ok["recognizer"]) == set(recognizers) and (ok["distance"] > ok["threshold"]).all():
+        if set(ok["recognizer"]) == set(thresholds) and (ok["distance"] > ok["recognizer"].map(thresholds)).all():
             lowest[anon_id] = min(level, lowest.get(anon_id, 2.0))
     return lowest
 
 
-def gate_argv(
-    data: Path, out: Path, thresholds: tuple[str, ...] = ("--thresholds", THRESHOLDS), ladder=LADDER
-) -> list[str]:
-    return [
-        "run",
-        str(data),
-        "--out",
-        str(out),
-        "--gate",
-        "--ladder",
-        ",".join(map(str, ladder)),
-        *thresholds,
-        "--recognizers",
-        "Facenet,VGG-Face",
-    ]
+def gate_argv(data: Path, out: Path, thresholds=THRESHOLDS, ladder=LADDER) -> list[str]:
+    return ["run", str(data), "--out", str(out), "--gate", "--ladder", ",".join(map(str, ladder)), *thresholds]
 
 
 @pytest.fixture(scope="module")
 def gate_run(ray_runtime, deepface_home, tiny_sd, tmp_path_factory):
-    """One gate job over faces named after people and carrying metadata, shared by the checks below."""
+    """One gate job over faces named after people, with metadata and bad files, shared by the checks below."""
     from pipeline.cli import main
 
     root = tmp_path_factory.mktemp("gate")
-    data, out = root / "in", root / "out"
+    data, out = root / "Family_Photos_Smith", root / "out"
     ids = write_faces_with_metadata(data, 6)
+    bad = write_bad_files_of(data, PEOPLE[0])
     argv = [
         *gate_argv(data, out),
+        "--recognizers",
+        "Facenet,VGG-Face",
         "--model",
         str(tiny_sd),
-        "--steps",
-        "10",
-        "--detector",
-        "skip",
+        *COMMON,
         "--deepface-home",
         str(deepface_home),
     ]
     assert main(argv) == 0
-    return data, out, ids
+    return data, out, ids, bad
 
 
 def test_gate_releases_each_image_at_its_lowest_clearing_level(gate_run):
-    data, out, ids = gate_run
+    data, out, ids, bad = gate_run
     distances = pd.read_parquet(out / "evaluation" / "distances.parquet")
     manifest = pd.read_parquet(out / "manifest.parquet")
-    expected = expected_release(distances, ["Facenet", "VGG-Face"])
+    expected = expected_release(distances, GATE)
     release = pd.read_parquet(out / "release" / "manifest.parquet")
     assert dict(zip(release["anon_id"], release["level"], strict=True)) == expected
     # An image went up a level only if the level below did not clear it.
-    for anon_id, rows in manifest.groupby("anon_id"):
+    ok = manifest[manifest["status"] == "ok"]
+    for anon_id, rows in ok.groupby("anon_id"):
         tried = sorted(rows["level"])
         assert tried == list(LADDER[: len(tried)])
-        if anon_id in expected:
-            assert tried[-1] == expected[anon_id]
-        else:
-            assert tried == list(LADDER)
+        assert tried[-1] == expected[anon_id] if anon_id in expected else tried == list(LADDER)
+    # A bad file is one row at the first rung and no more rungs are spent on it.
+    assert (manifest["status"] != "ok").sum() == len(bad)
+    assert set(manifest.loc[manifest["status"] != "ok", "level"]) == {LADDER[0]}
     assert sorted(p.name for p in (out / "release" / "images").iterdir()) == sorted(f"{a}.png" for a in expected)
     withheld = pd.read_parquet(out / "private" / "withheld.parquet")
     assert set(withheld["anon_id"]) == set(manifest["anon_id"]) - set(expected)
-    assert len(expected) + len(withheld) == len(ids)
-    assert manifest["level"].nunique() > 1  # the ladder was climbed, not trivially cleared at the bottom
-    report = (out / "release" / "report" / "index.html").read_text()
-    assert "Release gate" in report and "model evaluations" in report
+    assert len(expected) + len(withheld) == len(ids) + len(bad)
+    assert ok["level"].nunique() > 1  # the ladder was climbed, not trivially cleared at the bottom
+    # The lowered gate threshold is said first, in both reports.
+    for report in (out / "report" / "index.html", out / "release" / "report" / "index.html"):
+        text = report.read_text()
+        assert "lowers the gate below deepface" in text[: text.index("<h2")]
+    assert "Release gate" in text and "model evaluations" in text
 
 
-def test_no_metadata_and_no_names_in_release_or_report(gate_run):
-    data, out, ids = gate_run
+def test_by_default_the_gate_never_releases_what_deepface_calls_the_same_person(cli, tmp_path):
+    """Random VGG-Face distances lie near 0.65: above the paper's 0.4, at or below deepface's own 0.68."""
+    data = tmp_path / "in"
+    write_faces(data, 3, size=(64, 64))
+    out = tmp_path / "out"
 
-    needles = [p.encode() for p in PEOPLE] + [p.split("_")[0].encode() for p in PEOPLE]
-    needles += [str(data).encode(), b"_0001", b"taken at home"]
-    checked = 0
-    for folder in (out / "release", out / "report"):
-        for path in folder.rglob("*"):
-            if path.is_file():
-                blob = path.read_bytes()
-                assert not [n for n in needles if n in blob], path
-                checked += 1
-    assert checked >= 3
-    assert b"ORIGINAL" not in (out / "report" / "index.html").read_bytes()  # not without --report-originals
+    status, stdout, _ = cli(*gate_argv(data, out, thresholds=(), ladder=(0.5,)), "--recognizers", "VGG-Face")
+
+    assert status == 0
+    distances = pd.read_parquet(out / "evaluation" / "distances.parquet")
+    assert len(distances) == 3 and distances["distance"].between(0.4, deepface_thresholds()["VGG-Face"]).all()
+    summary = pd.read_parquet(out / "evaluation" / "summary.parquet")
+    assert summary["fraction_cleared"].item() == 1.0  # the paper's measure at 0.4 ...
+    assert not list((out / "release" / "images").iterdir())  # ... but deepface would match them: withheld
+    assert (
+        stdout.strip().splitlines()[-1] == "released 0, withheld 3 (no level on the ladder cleared every recognizer 3)"
+    )
+
+
+def test_the_public_report_shows_only_released_images_byte_for_byte(gate_run):
+    data, out, ids, bad = gate_run
+    released = {p.read_bytes() for p in (out / "release" / "images").iterdir()}
+    assert released, "nothing was released: the check would be vacuous"
+    shown = embedded_images((out / "release" / "report" / "index.html").read_text())
+    assert shown and all(kind == "png" for kind, _ in shown)
+    assert all(png in released for _, png in shown)
+    # The internal report may show any output, and says which were released.
+    internal = (out / "report" / "index.html").read_text()
+    assert "withheld" in internal and "released" in internal
+
+
+def test_nothing_outside_private_names_a_person_a_file_or_a_path(gate_run):
+    data, out, ids, bad = gate_run
+    needles = [*PEOPLE, "Jane", "Müller", "bad.jpg", "_0001", "_0099", "taken at home", str(data), data.name]
+    assert not leaks(out, needles)
     for path in list((out / "images").rglob("*.png")) + list((out / "release").rglob("*.png")):
         image = Image.open(path)
         assert not image.getexif() and "icc_profile" not in image.info and not image.text, path
-        assert not any(name in path.name for name in PEOPLE)
-    # The link back to identities exists, in private/ only.
+    # Errors are a reason and a fixed text; the OS's words (with the path) are kept in private/ only.
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    errors = manifest.loc[manifest["status"] != "ok"].set_index("anon_id")
+    assert set(errors["error_kind"]) == {"input", "transient"}
+    details = pd.read_parquet(out / "private" / "outputs.parquet").set_index("anon_id")["error_detail"]
+    assert any(PEOPLE[0] in str(details[a]) for a in errors.index)
+    # No per-image seed outside private/; each output's seed is kept there.
+    assert "seed" not in manifest.columns
+    assert pd.read_parquet(out / "private" / "outputs.parquet")["seed"].notna().all()
+    # The link back to identities exists, in private/ only, each image once.
     identities = pd.read_parquet(out / "private" / "identities.parquet")
-    assert set(identities["image_id"]) == set(ids)
+    assert sorted(identities["image_id"]) == sorted(ids + bad)
+
+
+def test_private_is_0700_and_its_files_0600(gate_run):
+    _, out, _, _ = gate_run
+    private = out / "private"
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700
+    entries = list(private.rglob("*"))
+    assert {"secret", "identities.parquet", "withheld.parquet"} <= {p.name for p in entries}
+    for path in entries:
+        assert stat.S_IMODE(path.stat().st_mode) == (0o700 if path.is_dir() else 0o600), path
+
+
+def test_released_bytes_cannot_be_regenerated_without_the_secret_and_can_with_it(gate_run, cli, tmp_path):
+    data, out, ids, _ = gate_run
+    public = json.loads((out / "run.json").read_text())["settings"]
+    released = pd.read_parquet(out / "release" / "manifest.parquet")
+    levels = ",".join(str(v) for v in public["ladder"])
+    # The linker: every public setting (model, prompt, steps, scheduler, run seed, levels), a fresh folder.
+    flags = [
+        "--levels",
+        levels,
+        "--seed",
+        str(public["seed"]),
+        "--prompt",
+        public["sampler"]["prompt"],
+        "--scheduler",
+        public["sampler"]["scheduler"],
+        "--steps",
+        str(public["sampler"]["steps"]),
+    ]
+    status, _, _ = cli("anonymize", str(data), "--out", str(tmp_path / "attack"), *flags)
+    assert status == 0
+    attack = pd.read_parquet(tmp_path / "attack" / "manifest.parquet")
+    assert (attack["status"] == "ok").sum() == len(ids) * len(public["ladder"])
+    assert not set(attack["sha256_output"]) & set(released["sha256_output"])
+    assert not set(attack["anon_id"]) & set(released["anon_id"])
+
+    # The owner, with the run's secret: the same names and the same bytes.
+    secret = out / "private" / "secret"
+    copy = tmp_path / "copy"
+    status, _, _ = cli("anonymize", str(data), "--out", str(copy), *flags, "--secret-file", str(secret))
+    assert status == 0
+    again = pd.read_parquet(copy / "manifest.parquet").set_index(["anon_id", "level"])["sha256_output"]
+    for row in released.itertuples():
+        assert again[(row.anon_id, row.level)] == row.sha256_output
+        assert hashlib.sha256((out / "release" / row.output_path).read_bytes()).hexdigest() == row.sha256_output
+
+    # A started run whose secret is lost or cut short stops in one line and changes nothing.
+    before = _snapshot(copy)
+    for damage in (lambda p: p.write_text(p.read_text()[:10]), lambda p: p.unlink()):
+        damage(copy / "private" / "secret")
+        status, _, err = cli("anonymize", str(data), "--out", str(copy), *flags)
+        assert status == 2 and len(err.strip().splitlines()) == 1 and "secret" in err and "restore" in err
+        after = _snapshot(copy)
+        assert {k: v for k, v in after.items() if k != "private/secret"} == {
+            k: v for k, v in before.items() if k != "private/secret"
+        }
+        before = after
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {
+        p.relative_to(folder).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+        if p.is_file() and p.name != ".boomerang.lock"
+    }
+
+
+def test_an_original_without_a_face_is_withheld_after_one_rung(cli, tmp_path):
+    from pipeline.demo import write_sample_faces
+
+    faces = write_sample_faces(tmp_path / "faces")
+    data = tmp_path / "in"
+    (data / "p").mkdir(parents=True)
+    (data / "p" / "face.jpg").write_bytes((faces / "Sample_Person_A" / "Sample_Person_A_0001.jpg").read_bytes())
+    (data / "p" / "cup.jpg").write_bytes((faces / "No_Face" / "coffee_cup.jpg").read_bytes())
+    out = tmp_path / "out"
+
+    status, stdout, _ = cli(
+        *gate_argv(data, out, thresholds=("--threshold", "1.9"), ladder=(0.2, 0.5)), "--detector", "opencv"
+    )
+
+    assert status == 0
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    withheld = pd.read_parquet(out / "private" / "withheld.parquet")
+    reasons = dict(zip(withheld["image_id"], withheld["reason"], strict=True))
+    assert reasons["p/cup.jpg"] == "no face found in the original"
+    cup = withheld.loc[withheld["image_id"] == "p/cup.jpg", "anon_id"].item()
+    assert list(manifest.loc[manifest["anon_id"] == cup, "level"]) == [0.2]  # no rung spent after the first
+    assert reasons["p/face.jpg"] == "no level on the ladder cleared every recognizer"
+    assert stdout.strip().splitlines()[-1].startswith("released 0, withheld 2")
 
 
 def test_gate_killed_between_rounds_resumes_without_redoing_rounds(cli, tmp_path, tiny_sd, deepface_home):
@@ -138,17 +274,15 @@ def test_gate_killed_between_rounds_resumes_without_redoing_rounds(cli, tmp_path
     out = tmp_path / "out"
     ladder = LADDER[:2]
     argv = [
-        *gate_argv(data, out, thresholds=(), ladder=ladder),
+        *gate_argv(data, out, thresholds=("--threshold", "1.5"), ladder=ladder),
         "--batch-size",
         "1",
         "--eval-batch-size",
         "1",
-        "--threshold",
-        "1.5",
         "--recognizers",
         "Facenet",
     ]
-    options = ["--model", str(tiny_sd), "--steps", "10", "--detector", "skip", "--deepface-home", str(deepface_home)]
+    options = ["--model", str(tiny_sd), *COMMON, "--deepface-home", str(deepface_home)]
     manifest = out / "manifest.parquet"
 
     def second_round_started() -> bool:

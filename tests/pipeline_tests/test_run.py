@@ -67,8 +67,10 @@ def test_run_good_and_bad_images_at_two_levels(cli, tmp_path):
     report = (out / "report" / "index.html").read_text()
     assert "Facenet" in report and "<table" in report
     assert "ORIGINAL" in report  # asked for with --report-originals
+    assert "NOT meaningful" in report  # made with the project's random-weight models
     record = json.loads((out / "run.json").read_text())
     assert record["status"] == "finished" and record["counts"]["rows"] == len(manifest)
+    assert "not meaningful" in stdout
     assert record["versions"]["diffusers"] and record["model"]["weights_sha256"]
     assert "cleared" in stdout and "Report:" in stdout
 
@@ -77,7 +79,8 @@ def test_same_bytes_whatever_the_batch_size_and_worker_count(cli, tmp_path):
     data = tmp_path / "in"
     write_faces(data, 5, size=(64, 64))
     hashes = []
-    for name, flags in (("b1w1", ["--batch-size", "1"]), ("b4w2", ["--batch-size", "4", "--workers", "2"])):
+    secret = ["--secret-file", str(tmp_path / "b1w1" / "private" / "secret")]  # the same run, elsewhere
+    for name, flags in (("b1w1", ["--batch-size", "1"]), ("b4w2", ["--batch-size", "4", "--workers", "2", *secret])):
         out = tmp_path / name
         status, _, _ = cli("anonymize", str(data), "--out", str(out), "--levels", "0.5", *flags)
         assert status == 0
@@ -123,21 +126,29 @@ def test_evaluate_another_tools_output(cli, tmp_path):
     originals = tmp_path / "orig"
     ids = write_faces(originals, 3, size=(64, 64))
     theirs = tmp_path / "theirs"
-    for rel in ids:
+    for rel in ids[:2]:  # the tool skipped the third image
         target = theirs / rel.replace(".jpg", ".png")
         target.parent.mkdir(parents=True, exist_ok=True)
         Image.open(originals / rel).filter(ImageFilter.GaussianBlur(3)).save(target)
     out = tmp_path / "out"
 
-    status, _, _ = cli(
-        "evaluate", "--originals", str(originals), "--anonymized", str(theirs), "--out", str(out), "--levels", "1.0"
+    status, stdout, _ = cli(
+        "evaluate", "--originals", str(originals), "--anonymized", str(theirs), "--out", str(out), "--label", "blur-3"
     )
 
     assert status == 0
     distances = pd.read_parquet(out / "evaluation" / "distances.parquet")
-    assert len(distances) == 3 and (distances["status"] == "ok").all()
-    assert (distances["distance"] > 0).all()
-    assert (out / "report" / "index.html").exists()
+    assert len(distances) == 3 and distances["level"].isna().all()  # another tool's output has no level
+    assert sorted(distances["status"]) == ["missing_output", "ok", "ok"]
+    assert (distances.loc[distances["status"] == "ok", "distance"] > 0).all()
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    assert len(manifest) == 3 and manifest["error"].str.startswith("missing_output").sum() == 1
+    summary = pd.read_parquet(out / "evaluation" / "summary.parquet").iloc[0]
+    assert summary["label"] == "blur-3" and summary["n_missing_output"] == 1
+    # The skipped image counts as not cleared: the fraction is over all three originals.
+    assert summary["fraction_cleared"] == pytest.approx(summary["n_cleared"] / 3)
+    report = (out / "report" / "index.html").read_text()
+    assert "blur-3" in report and "level 0.7" not in report
 
     # The same originals as rows of a Parquet dataset give the same distances.
     import pyarrow as pa
@@ -146,19 +157,11 @@ def test_evaluate_another_tools_output(cli, tmp_path):
     pq.write_table(pa.table({"id": ids, "image": [(originals / i).read_bytes() for i in ids]}), tmp_path / "o.parquet")
     out2 = tmp_path / "out2"
     status, _, _ = cli(
-        "evaluate",
-        "--originals",
-        str(tmp_path / "o.parquet"),
-        "--anonymized",
-        str(theirs),
-        "--out",
-        str(out2),
-        "--levels",
-        "1.0",
+        "evaluate", "--originals", str(tmp_path / "o.parquet"), "--anonymized", str(theirs), "--out", str(out2)
     )
     assert status == 0
     again = pd.read_parquet(out2 / "evaluation" / "distances.parquet")
-    assert sorted(again["distance"]) == pytest.approx(sorted(distances["distance"]), abs=1e-9)
+    assert sorted(again["distance"].dropna()) == pytest.approx(sorted(distances["distance"].dropna()), abs=1e-9)
 
 
 @pytest.mark.parametrize(
