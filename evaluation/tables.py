@@ -92,7 +92,7 @@ def write_parquet_atomic(table: pa.Table, path: str | os.PathLike) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
-    _fsync_folder(target_path.parent)
+    fsync_folder(target_path.parent)
 
 
 def read_distances(path: str | os.PathLike) -> pd.DataFrame:
@@ -117,7 +117,7 @@ def _read(path: str | os.PathLike, schema: pa.Schema) -> pd.DataFrame:
     return table.to_pandas()
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
     # Makes the rename itself durable; not possible (nor needed) on every platform.
     if not hasattr(os, "O_DIRECTORY"):
         return

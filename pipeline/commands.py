@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from dataclasses import replace
 
 from anonymize import WeightsNotFound
 from evaluation import MissingWeights
@@ -50,44 +52,46 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate_only import evaluate_folder
+    from .evaluate_only import evaluate_pass
 
-    settings = settings_from_flags(vars(args))
-    return _finish(settings, lambda: evaluate_folder(settings, originals=args.originals, anonymized=args.anonymized))
-
-
-def run_job(settings: JobSettings, mode: str) -> int:
-    def work() -> JobResult:
-        job = prepare(settings, mode)
-        try:
-            if settings.gate:
-                from .gate import run_gate
-
-                return run_gate(job)
-            run_pass(job, settings.levels)
-            return finalize(job)
-        except CANNOT_RUN:
-            raise
-        except KeyboardInterrupt as err:
-            record_failure(job, err, status="interrupted")
-            raise
-        except ClusterUnavailable as err:  # its message already says what to do; nothing ran
-            record_failure(job, err)
-            raise
-        except Exception as err:  # a failure mid-job (disk full, a cluster gone): one line, resumable
-            raise JobFailed(record_failure(job, err)) from err
-        finally:
-            job.close()
-
-    return _finish(settings, work)
+    settings = replace(settings_from_flags(vars(args)), input=args.originals)
+    return run_job(settings, "evaluate", lambda job: evaluate_pass(job, args.anonymized))
 
 
-def _finish(settings: JobSettings, work) -> int:
-    result = work()
+def run_job(settings: JobSettings, mode: str, work: Callable[[Job], JobResult] | None = None) -> int:
+    """Prepare the job, do `work` (by default: the gate, or one pass over --levels), print the closing lines.
+
+    A failure after the start is recorded in run.json (the trace in private/) and is one line; an
+    interruption is recorded as such; the folder's lock is released in every case.
+    """
+    job = prepare(settings, mode)
+    try:
+        result = (work or _default_work)(job)
+    except CANNOT_RUN:
+        raise
+    except KeyboardInterrupt as err:
+        record_failure(job, err, status="interrupted")
+        raise
+    except ClusterUnavailable as err:  # its message already says what to do; nothing ran
+        record_failure(job, err)
+        raise
+    except Exception as err:  # a failure mid-job (disk full, a cluster gone): one line, resumable
+        raise JobFailed(record_failure(job, err)) from err
+    finally:
+        job.close()
     print("\n".join(closing_lines(result)))
     if settings.strict and result.failed_rows:
         return EXIT_STRICT
     return 0
+
+
+def _default_work(job: Job) -> JobResult:
+    if job.settings.gate:
+        from .gate import run_gate
+
+        return run_gate(job)
+    run_pass(job, job.settings.levels)
+    return finalize(job)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

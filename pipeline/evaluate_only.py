@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import replace
 
 import fsspec
 import pandas as pd
 
-from .cluster import ClusterUnavailable
 from .errors import MISSING_OUTPUT, classify
 from .finalize import JobResult, finalize
 from .inputs import InputError, discover, read_bytes
-from .job import Job, JobFailed, ensure_cluster, prepare, record_failure
+from .job import Job, ensure_cluster
 from .layout import RunLayout
 from .progress import Progress
 from .records import finish_batch, read_manifest, remove_orphans
@@ -125,59 +123,47 @@ def missing_outputs(job: Job, pairs: list[dict]) -> list[dict]:
     return rows
 
 
-def evaluate_folder(settings, *, originals: str, anonymized: str) -> JobResult:
+def evaluate_pass(job: Job, anonymized: str) -> JobResult:
+    """Evaluate every (original, anonymized) pair not yet done, record missing outputs, finalize."""
     import ray.data
     from ray.data import ActorPoolStrategy
 
-    job = prepare(replace(settings, input=originals), "evaluate")
-    try:
-        remove_orphans(job.layout, evaluated=True)
-        manifest = read_manifest(job.layout)
-        done = {_key(a, level) for a, level in zip(manifest["anon_id"], manifest["level"], strict=True)}
-        matched = match_pairs(job, anonymized)
-        if not matched and not done:
-            raise InputError(f"no anonymized image under {anonymized!r} matches an original in {originals!r}")
-        pairs = [p for p in matched if _key(p["anon_id"], p["level"]) not in done]
-        missing = [r for r in missing_outputs(job, matched) if _key(r["anon_id"], r["level"]) not in done]
-        if missing:
-            from evaluation import error_rows
+    settings = job.settings
+    remove_orphans(job.layout, evaluated=True)
+    manifest = read_manifest(job.layout)
+    done = {_key(a, level) for a, level in zip(manifest["anon_id"], manifest["level"], strict=True)}
+    matched = match_pairs(job, anonymized)
+    if not matched and not done:
+        raise InputError(f"no anonymized image under {anonymized!r} matches an original in {settings.input!r}")
+    pairs = [p for p in matched if _key(p["anon_id"], p["level"]) not in done]
+    missing = [r for r in missing_outputs(job, matched) if _key(r["anon_id"], r["level"]) not in done]
+    if missing:
+        from evaluation import error_rows
 
-            distance_rows = [
-                d for r in missing for d in error_rows(r["anon_id"], r["level"], None, r["error"], settings.evaluation)
-            ]
-            finish_batch(job.layout, missing, [dict(d, status="missing_output") for d in distance_rows])
-            job.pairs_done_now += len(missing)
-        if pairs:
-            ensure_cluster(job)
-            progress = Progress(len(pairs), "evaluate")
-            inputs = job.inputs
-            parquet = (inputs.uri, inputs.id_column, inputs.image_column) if inputs.kind == "parquet" else None
-            ds = ray.data.from_items(pairs).map_batches(_load, fn_kwargs={"parquet": parquet}, batch_format="pandas")
-            ds = ds.map_batches(
-                EvaluateStage,
-                fn_constructor_args=(
-                    settings.evaluation,
-                    EvaluateConfig(str(job.layout.root), settings.max_pixels, settings.deepface_home, 1),
-                ),
-                batch_size=settings.eval_batch_size,
-                batch_format="pandas",
-                compute=ActorPoolStrategy(size=settings.eval_workers),
-                num_cpus=0.5,
-            )
-            for batch in ds.iter_batches(batch_format="pandas", batch_size=None):
-                progress.update(len(batch), int((batch["status"] != "ok").sum()))
-            progress.close()
-            job.pairs_done_now += progress.done
-        return finalize(job)
-    except InputError:
-        raise
-    except KeyboardInterrupt as err:
-        record_failure(job, err, status="interrupted")
-        raise
-    except ClusterUnavailable as err:
-        record_failure(job, err)
-        raise
-    except Exception as err:  # a failure mid-job: one line, resumable
-        raise JobFailed(record_failure(job, err)) from err
-    finally:
-        job.close()
+        distance_rows = [
+            d for r in missing for d in error_rows(r["anon_id"], r["level"], None, r["error"], settings.evaluation)
+        ]
+        finish_batch(job.layout, missing, [dict(d, status="missing_output") for d in distance_rows])
+        job.pairs_done_now += len(missing)
+    if pairs:
+        ensure_cluster(job)
+        progress = Progress(len(pairs), "evaluate")
+        inputs = job.inputs
+        parquet = (inputs.uri, inputs.id_column, inputs.image_column) if inputs.kind == "parquet" else None
+        ds = ray.data.from_items(pairs).map_batches(_load, fn_kwargs={"parquet": parquet}, batch_format="pandas")
+        ds = ds.map_batches(
+            EvaluateStage,
+            fn_constructor_args=(
+                settings.evaluation,
+                EvaluateConfig(str(job.layout.root), settings.max_pixels, settings.deepface_home, 1),
+            ),
+            batch_size=settings.eval_batch_size,
+            batch_format="pandas",
+            compute=ActorPoolStrategy(size=settings.eval_workers),
+            num_cpus=0.5,
+        )
+        for batch in ds.iter_batches(batch_format="pandas", batch_size=None):
+            progress.update(len(batch), int((batch["status"] != "ok").sum()))
+        progress.close()
+        job.pairs_done_now += progress.done
+    return finalize(job)

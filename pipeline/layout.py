@@ -16,6 +16,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from evaluation.tables import fsync_folder
+
 
 class OutputError(ValueError):
     """The output folder cannot be used."""
@@ -129,14 +131,3 @@ def write_private_table(table: pa.Table, path: Path) -> None:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     write_private_bytes(path, sink.getvalue().to_pybytes())
-
-
-def fsync_folder(folder: Path) -> None:
-    """Make a rename in `folder` durable (not possible, nor needed, on every platform)."""
-    if not hasattr(os, "O_DIRECTORY"):
-        return
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
