@@ -1,9 +1,11 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionImg2ImgPipeline
 
-from anonymize import encode_png, make_generator
+from anonymize import BoomerangSampler, encode_png, make_generator
 
 
 def record_unet_timesteps(unet):
@@ -163,11 +165,12 @@ def test_same_seed_same_bytes_other_seed_other_bytes(sampler_for, random_image, 
 
 
 def test_latent_mode_and_sample_differ(sampler_for, random_image):
-    outputs = []
-    for latent in ("mode", "sample"):
-        sampler, _ = sampler_for("latent", scheduler="ddim", latent=latent)
-        outputs.append(sampler([random_image()], 0.3, [make_generator(0)]).arrays)
-    assert not np.array_equal(*outputs)
+    # One loaded model for both settings: outputs of two loads may differ by float noise (~2e-6) whatever
+    # the setting, so only one model's outputs can show that the setting itself changes the result.
+    mode, settings = sampler_for("latent", scheduler="ddim", latent="mode")
+    sample = BoomerangSampler(mode.model, dataclasses.replace(settings, latent="sample"))
+    outputs = [s([random_image()], 0.3, [make_generator(0)]).arrays for s in (mode, sample)]
+    assert np.abs(outputs[0] - outputs[1]).mean() > 1e-2  # far above float noise
 
 
 @pytest.mark.parametrize(("scheduler", "latent"), [("dpm++", "mode"), ("ddpm", "sample")])
@@ -187,10 +190,11 @@ def test_a_fixed_model_batch_gives_the_same_bytes_alone_or_in_any_batch(sampler_
     sampler, _ = sampler_for("latent", scheduler=scheduler, model_batch=4)
     images = [random_image(seed=40 + i) for i in range(5)]
     seeds = [2000 + i for i in range(5)]
-    together = sampler(images, 0.5, [make_generator(s) for s in seeds]).images  # calls of 4 and 1 (+3 pad)
-    reordered = sampler(images[::-1], 0.5, [make_generator(s) for s in seeds[::-1]]).images[::-1]
+    # Level 0.3: three model calls per batch, each of which would show a batch dependence as well as five.
+    together = sampler(images, 0.3, [make_generator(s) for s in seeds]).images  # calls of 4 and 1 (+3 pad)
+    reordered = sampler(images[::-1], 0.3, [make_generator(s) for s in seeds[::-1]]).images[::-1]
     for i in (0, 4):
-        alone = sampler([images[i]], 0.5, [make_generator(seeds[i])]).images[0]
+        alone = sampler([images[i]], 0.3, [make_generator(seeds[i])]).images[0]
         assert encode_png(alone) == encode_png(together[i]) == encode_png(reordered[i])
 
 

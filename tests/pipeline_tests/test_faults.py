@@ -6,11 +6,12 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from jobs import kill_job_when
+from jobs import Gate, alive, command_name, descendants, kill_job_when, manifest_parts, wait_for
 from samples import write_faces
 
 pytestmark = pytest.mark.slow
@@ -21,12 +22,11 @@ def test_killed_driver_resumes_with_every_row_once(cli, tmp_path, tiny_sd, deepf
     data = tmp_path / "in"
     ids = write_faces(data, 8, size=(64, 64))
     out = tmp_path / "out"
-    argv = ["run", str(data), "--out", str(out), "--levels", "0.5", "--batch-size", "1", "--eval-batch-size", "1"]
+    argv = ["run", str(data), "--out", str(out), "--levels", "0.5", "--steps", "4", "--batch-size", "1"]
+    argv += ["--eval-batch-size", "1"]
     options = [
         "--model",
         str(tiny_sd),
-        "--steps",
-        "10",
         "--recognizers",
         "Facenet",
         "--detector",
@@ -34,20 +34,50 @@ def test_killed_driver_resumes_with_every_row_once(cli, tmp_path, tiny_sd, deepf
         "--deepface-home",
         str(deepface_home),
     ]
-    manifest = out / "manifest.parquet"
-    kill_job_when([*argv, *options], lambda: manifest.is_dir() and len(list(manifest.glob("part-*.parquet"))) >= 2)
+    # The job blocks on the 6th image (input order), so the kill lands with 2 to 5 rows done, on any machine.
+    gate_id = sorted(ids)[5]
+    with Gate.replacing(data / gate_id) as gate:
+        kill_job_when([*argv, *options], lambda: gate.held() and len(manifest_parts(out)) >= 2)
     partial = pd.read_parquet(out / "manifest.parquet")
-    assert 2 <= len(partial) < len(ids)
+    assert 2 <= len(partial) <= sorted(ids).index(gate_id) < len(ids)
 
-    status, stdout, _ = cli(*argv)
+    status, _, stderr = cli(*argv)
 
-    assert status == 0
+    assert status == 0, stderr
     manifest = pd.read_parquet(out / "manifest.parquet")
     assert len(manifest) == len(ids) and manifest["anon_id"].is_unique
     assert (manifest["status"] == "ok").all()
     distances = pd.read_parquet(out / "evaluation" / "distances.parquet")
     assert len(distances) == len(ids) and distances["anon_id"].is_unique
-    assert f"({len(ids) - len(partial)} processed in this run)" in stdout
+    assert json.loads((out / "run.json").read_text())["pairs_done_this_run"] == len(ids) - len(partial)
+
+
+class NodeLossGate(threading.Thread):
+    """Hold the job on ``gate`` until Ray has lost a node (a raylet under ``pid`` has exited), then release it.
+
+    cluster_job.py removes the worker node once the first manifest part lands. Holding the gate until
+    then means the node is lost while the gate's image and those after it are still to do, whatever the
+    machine's speed; without it, a fast run could finish before the loss.
+    """
+
+    def __init__(self, pid: int, gate: Gate, timeout: float = 500) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.gate, self.timeout = pid, gate, timeout
+        self.raylets: set[int] = set()
+        self.error: BaseException | None = None
+
+    def node_lost(self) -> bool:
+        self.raylets |= {p for p in descendants(self.pid) if command_name(p).endswith("/raylet")}
+        return len(self.raylets) >= 2 and not all(alive(p) for p in self.raylets)
+
+    def run(self) -> None:
+        try:
+            lost_on_gate = lambda: self.node_lost() and self.gate.held()  # noqa: E731
+            wait_for(lost_on_gate, "the node loss, with the job on the gate", self.timeout, every=0.1)
+        except BaseException as err:  # noqa: BLE001 - reported by the test
+            self.error = err
+        finally:
+            self.gate.release()
 
 
 def test_losing_the_worker_node_loses_nothing(tmp_path, tiny_sd, deepface_home):
@@ -55,18 +85,32 @@ def test_losing_the_worker_node_loses_nothing(tmp_path, tiny_sd, deepface_home):
     ids = write_faces(data, 6, size=(64, 64))
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(HERE)}
-    proc = subprocess.run(
-        [sys.executable, str(HERE / "cluster_job.py"), str(data), str(out), str(tiny_sd), str(deepface_home)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith('{"status"')]
-    assert lines, proc.stdout[-2000:] + proc.stderr[-3000:]
+    gate_id = sorted(ids)[3]
+    with Gate.replacing(data / gate_id) as gate:
+        proc = subprocess.Popen(
+            [sys.executable, str(HERE / "cluster_job.py"), str(data), str(out), str(tiny_sd), str(deepface_home)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        watcher = NodeLossGate(proc.pid, gate)
+        watcher.start()
+        try:
+            stdout, stderr = proc.communicate(timeout=600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+            gate.release()
+            watcher.join()
+    lines = [line for line in stdout.splitlines() if line.startswith('{"status"')]
+    assert lines, stdout[-2000:] + stderr[-3000:]
     result = json.loads(lines[-1])
-    assert result["status"] == 0 and not result["alive"], proc.stderr[-3000:]
-    assert 1 <= result["parts_before_loss"] < len(ids)
+    if watcher.error is not None:
+        raise watcher.error
+    assert result["status"] == 0 and not result["alive"], stderr[-3000:]
+    assert 1 <= result["parts_before_loss"] <= sorted(ids).index(gate_id) < len(ids)
     manifest = pd.read_parquet(out / "manifest.parquet")
     assert len(manifest) == len(ids) and manifest["anon_id"].is_unique and (manifest["status"] == "ok").all()
     record = json.loads((out / "run.json").read_text())

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import signal
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from bad_inputs import duplicate_id_parquet, write_corpus
+from jobs import Gate, alive, command_name, descendants, manifest_parts, wait_for
 from PIL import Image
 from samples import write_faces
 
@@ -58,89 +59,98 @@ def test_bad_input_corpus_gives_one_row_each(cli, tmp_path):
 
 
 def test_duplicate_ids_in_parquet_are_error_rows(cli, tmp_path):
+    # `anonymize`, not `run`: the twins are refused before any stage, on the path that the bad corpus
+    # above (a name that is not UTF-8) already follows through evaluation; no evaluate actor is needed.
     expected = duplicate_id_parquet(tmp_path / "in.parquet")
-    status, _, stderr = cli("run", str(tmp_path / "in.parquet"), "--out", str(tmp_path / "out"), *FAST)
+    status, _, stderr = cli("anonymize", str(tmp_path / "in.parquet"), "--out", str(tmp_path / "out"), *FAST)
     assert status == 0, stderr
-    check_exactly_once(tmp_path / "out", expected)
+    check_exactly_once(tmp_path / "out", expected, evaluated=False)
 
 
 # ---- fault injection -------------------------------------------------------------------------------
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process under ``pid`` (this test's Ray runtime lives under the test process)."""
-    children: dict[int, list[int]] = {}
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    stack, out = [pid], []
-    while stack:
-        for child in children.get(stack.pop(), []):
-            out.append(child)
-            stack.append(child)
-    return out
-
-
 def actor_pids(stage: str) -> list[int]:
     """Pids of this session's Ray Data actors of ``stage``; Ray titles them ray::MapWorker(MapBatches(Stage))."""
-    pids = []
-    for pid in descendants(os.getpid()):
-        try:
-            title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-        except OSError:
-            continue
-        if title.startswith("ray::") and f"({stage})" in title:
-            pids.append(pid)
-    return pids
+    return [
+        pid
+        for pid in descendants(os.getpid())
+        if (title := command_name(pid)).startswith("ray::") and f"({stage})" in title
+    ]
+
+
+def manifest_rows(out: Path) -> int:
+    return sum(len(pd.read_parquet(part)) for part in manifest_parts(out))
 
 
 class Killer(threading.Thread):
-    """Once ``out`` has ``after`` manifest parts, SIGKILL every live actor of ``stage`` (once)."""
+    """Kill every actor of a stage at chosen states of the job, not at moments.
 
-    def __init__(self, stage: str, out: Path, after: int = 1, timeout: float = 180) -> None:
+    For each (stage, gate) in turn: wait until the anonymize actor is blocked on the gate (an input image
+    in the input order) and a batch has been finished since the last kill (a manifest part: the job, and
+    after a kill the restarted actors, are working). Nothing at or after the gate can be done then, so
+    the stage has work left whatever the machine's speed. Then SIGKILL the stage's actors, wait until they
+    are gone, note the rows done, and release the gate: the job can only finish through restarted actors.
+    """
+
+    def __init__(self, out: Path, steps: list[tuple[str, Gate]], timeout: float = 300) -> None:
         super().__init__(daemon=True)
-        self.stage, self.out, self.after, self.timeout = stage, out, after, timeout
-        self.killed: list[int] = []
-        self.parts_at_kill = 0
-        self.stop = threading.Event()
+        self.out, self.steps, self.timeout = out, steps, timeout
+        self.killed: dict[str, list[int]] = {}
+        self.rows_at_kill: list[int] = []
+        self.error: BaseException | None = None
 
     def run(self) -> None:
-        deadline = time.monotonic() + self.timeout
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            parts = len(list((self.out / "manifest.parquet").glob("part-*.parquet")))
-            pids = actor_pids(self.stage)
-            if parts >= self.after and pids:
+        try:
+            rows = 0
+            for stage, gate in self.steps:
+                wait_for(gate.held, f"the anonymize actor to reach {gate.path.name}", self.timeout, every=0.1)
+                wait_for(lambda rows=rows: manifest_rows(self.out) > rows, "a finished batch", self.timeout)
+                pids = actor_pids(stage)
+                assert pids, f"no {stage} actor was found to kill"
                 for pid in pids:
                     os.kill(pid, signal.SIGKILL)
-                self.killed, self.parts_at_kill = pids, parts
-                return
-            time.sleep(0.05)
+                wait_for(lambda pids=pids: not any(alive(pid) for pid in pids), "the killed actors to exit", 60)
+                rows = manifest_rows(self.out)
+                self.killed[stage], self.rows_at_kill = pids, [*self.rows_at_kill, rows]
+                gate.release()
+        except BaseException as err:  # noqa: BLE001 - reported by the test
+            self.error = err
+        finally:
+            for _, gate in self.steps:
+                gate.release()  # never leave the job blocked
 
 
-@pytest.mark.parametrize("stage", ["AnonymizeStage", "EvaluateStage"])
-def test_killed_actor_is_restarted_and_nothing_is_lost(cli, tmp_path, stage):
+def test_killed_actors_are_restarted_and_nothing_is_lost(cli, tmp_path):
+    # One run, two kills: the evaluate actors while the job waits on the 5th image, then the anonymize
+    # actor while it waits on the 9th (12 images, batches of 2). Each kill leaves work that only a
+    # restarted actor of that stage can do, and the restarted evaluate actor works before the second kill.
     ids = write_faces(tmp_path / "in", 12, size=(64, 64))
+    order = sorted(ids)
     out = tmp_path / "out"
     argv = ["run", str(tmp_path / "in"), "--out", str(out), *FAST, "--batch-size", "2", "--model-batch", "2"]
     argv += ["--eval-batch-size", "2"]
-    killer = Killer(stage, out)
-    killer.start()
-    try:
-        status, _, stderr = cli(*argv)
-    finally:
-        killer.stop.set()
-        killer.join()
-    assert killer.killed, f"no {stage} actor was found to kill"
+    with Gate.replacing(tmp_path / "in" / order[4]) as first, Gate.replacing(tmp_path / "in" / order[8]) as second:
+        killer = Killer(out, [("EvaluateStage", first), ("AnonymizeStage", second)])
+        killer.start()
+        try:
+            status, _, stderr = cli(*argv)
+        finally:
+            first.release()
+            second.release()
+            killer.join()
+    if killer.error is not None:
+        raise killer.error
+    assert set(killer.killed) == {"EvaluateStage", "AnonymizeStage"}
     assert status == 0, stderr
     expected = {i: (64, 64) for i in ids}
     check_exactly_once(out, expected)
-    assert killer.parts_at_kill < len(ids) / 2, "the kill came too late to test a restart"
+    # Each kill landed mid-job: rows were done before it, and the gate's batch and those after were not.
+    assert 1 <= killer.rows_at_kill[0] <= 4 and killer.rows_at_kill[0] < killer.rows_at_kill[1] <= 8 < len(ids)
     # A rerun has nothing left to do and changes nothing.
-    status, stdout, _ = cli(*argv)
-    assert status == 0 and "(0 processed in this run)" in stdout
+    status, _, stderr = cli(*argv)
+    assert status == 0, stderr
+    assert json.loads((out / "run.json").read_text())["pairs_done_this_run"] == 0
     check_exactly_once(out, expected)
 
 
