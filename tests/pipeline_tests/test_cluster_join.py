@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 from samples import write_faces
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # a real `ray start` head per module
 
 REPO = Path(__file__).resolve().parents[2]
 AUTH_VARS = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")

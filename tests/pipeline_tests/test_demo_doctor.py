@@ -13,6 +13,7 @@ from pipeline.cli import main
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.heavy
 def test_demo_runs_offline_and_says_its_numbers_are_not_meaningful(
     ray_runtime, model_cache, tmp_path, capsys, monkeypatch
 ):

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.slow
 HERE = Path(__file__).parent
 
 
+@pytest.mark.heavy
 def test_killed_driver_resumes_with_every_row_once(cli, tmp_path, tiny_sd, deepface_home):
     data = tmp_path / "in"
     ids = write_faces(data, 8, size=(64, 64))
@@ -80,6 +81,7 @@ class NodeLossGate(threading.Thread):
             self.gate.release()
 
 
+@pytest.mark.heavy
 def test_losing_the_worker_node_loses_nothing(tmp_path, tiny_sd, deepface_home):
     data = tmp_path / "in"
     ids = write_faces(data, 6, size=(64, 64))

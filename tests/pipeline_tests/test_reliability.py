@@ -121,6 +121,7 @@ class Killer(threading.Thread):
                 gate.release()  # never leave the job blocked
 
 
+@pytest.mark.heavy
 def test_killed_actors_are_restarted_and_nothing_is_lost(cli, tmp_path):
     # One run, two kills: the evaluate actors while the job waits on the 5th image, then the anonymize
     # actor while it waits on the 9th (12 images, batches of 2). Each kill leaves work that only a
@@ -166,6 +167,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.heavy
 def test_full_disk_fails_clearly_and_a_rerun_completes(cli, tmp_path, small_disk):
     # 24 noise-like 96x96 PNGs (about 25 kB each) and their Parquet parts do not fit in 320 KiB.
     ids = write_faces(tmp_path / "in", 24, size=(96, 96))

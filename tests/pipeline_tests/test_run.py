@@ -75,6 +75,7 @@ def test_run_good_and_bad_images_at_two_levels(cli, tmp_path):
     assert "cleared" in stdout and "Report:" in stdout
 
 
+@pytest.mark.heavy
 def test_same_bytes_whatever_the_batch_size_and_worker_count(cli, tmp_path):
     data = tmp_path / "in"
     write_faces(data, 5, size=(64, 64))
@@ -88,36 +89,6 @@ def test_same_bytes_whatever_the_batch_size_and_worker_count(cli, tmp_path):
         hashes.append(dict(zip(manifest["image_id"], manifest["sha256_output"], strict=True)))
     assert hashes[0] == hashes[1]
     assert len(set(hashes[0].values())) == 5
-
-
-def test_finished_job_run_again_does_no_model_work(cli, tmp_path):
-    data = tmp_path / "in"
-    write_faces(data, 3, size=(64, 64))
-    out = tmp_path / "out"
-    assert cli("run", str(data), "--out", str(out), "--levels", "0.4")[0] == 0
-    parts = sorted(p.name for p in (out / "manifest.parquet").iterdir())
-    mtimes = {p: p.stat().st_mtime_ns for p in (out / "images").rglob("*.png")}
-
-    status, stdout, _ = cli("run", str(data), "--out", str(out), "--levels", "0.4")
-
-    assert status == 0 and "(0 processed in this run)" in stdout
-    assert sorted(p.name for p in (out / "manifest.parquet").iterdir()) == parts
-    assert {p: p.stat().st_mtime_ns for p in (out / "images").rglob("*.png")} == mtimes
-    assert json.loads((out / "run.json").read_text())["pairs_done_this_run"] == 0
-
-    # A new level on the same folder does only that level; --overwrite starts afresh.
-    assert cli("run", str(data), "--out", str(out), "--levels", "0.4,0.8")[0] == 0
-    manifest = pd.read_parquet(out / "manifest.parquet")
-    assert len(manifest) == 6 and manifest.groupby(["anon_id", "level"]).size().eq(1).all()
-    assert cli("run", str(data), "--out", str(out), "--levels", "0.8", "--overwrite")[0] == 0
-    assert len(pd.read_parquet(out / "manifest.parquet")) == 3
-
-    # `boomerang report` rebuilds the summary and report from the Parquet files alone.
-    (out / "report" / "index.html").unlink()
-    (out / "evaluation" / "summary.parquet").unlink()
-    status, stdout, _ = cli("report", str(out))
-    assert status == 0 and (out / "report" / "index.html").exists()
-    assert len(pd.read_parquet(out / "evaluation" / "summary.parquet")) == 1
 
 
 def test_evaluate_another_tools_output(cli, tmp_path):

@@ -35,6 +35,13 @@ def test_a_rerun_never_changes_what_the_outputs_were_made_with(cli, tmp_path, ti
     out = tmp_path / "out"
     assert cli("run", str(data), "--out", str(out), *FAST)[0] == 0
     before = snapshot(out)
+    # The same command again finds everything done: no model work, nothing rewritten but run.json.
+    status, stdout, _ = cli("run", str(data), "--out", str(out), *FAST)
+    assert status == 0 and json.loads((out / "run.json").read_text())["pairs_done_this_run"] == 0
+    assert {
+        k: v for k, v in snapshot(out).items() if not k.startswith(("run.json", "report/", "evaluation/summary"))
+    } == {k: v for k, v in before.items() if not k.startswith(("run.json", "report/", "evaluation/summary"))}
+    before = snapshot(out)
 
     other_model = build_tiny_latent_pipeline(tmp_path / "other-model", seed=1)
     for flags, named in (
@@ -67,6 +74,10 @@ def test_a_rerun_never_changes_what_the_outputs_were_made_with(cli, tmp_path, ti
     record = json.loads((out / "run.json").read_text())
     assert record["determines_outputs"]["seed"] == 0 and record["recognizers"]["Facenet"]["weights_sha256"]
     assert "NOT meaningful" in record["notice"]  # random-weight models, whichever command made it
+    # --overwrite is the way to start afresh with other settings.
+    assert cli("run", str(data), "--out", str(out), *FAST, "--seed", "1", "--overwrite")[0] == 0
+    assert len(pd.read_parquet(out / "manifest.parquet")) == 3
+    assert json.loads((out / "run.json").read_text())["determines_outputs"]["seed"] == 1
 
 
 def test_the_output_folder_is_guarded(cli, tmp_path):
@@ -159,6 +170,7 @@ def test_failed_rows_are_retried_when_they_can_succeed(cli, tmp_path):
     assert len(pd.read_parquet(out / "manifest.parquet")) == 4
 
 
+@pytest.mark.heavy
 def test_sigterm_is_recorded_as_interrupted_and_the_rerun_completes(cli, tmp_path, tiny_sd):
     data = tmp_path / "in"
     ids = write_faces(data, 3, size=(64, 64))
