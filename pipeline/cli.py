@@ -25,6 +25,14 @@ def _add_job_flags(parser: argparse.ArgumentParser, *, sampler: bool, evaluation
     parser.add_argument("--overwrite", action="store_true", default=None, help="start afresh in --out")
     parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
     parser.add_argument("--levels", "--level", dest="levels", help="anonymity level(s) t_boom/T, e.g. 0.5,0.7")
+    parser.add_argument(
+        "--shard-size",
+        type=int,
+        dest="shard_size",
+        help="images per shard, the unit of the output tables: one file per shard per table (default 4096: "
+        "10^6 images make about 245 files per table, each compacted from a few hundred batch parts); "
+        "fixed by the folder's first run, images added later join the shard of their keyed id",
+    )
     parser.add_argument("--seed", type=int, help="run seed (each output's seed derives from it; default 0)")
     parser.add_argument("--max-pixels", type=int, dest="max_pixels", help="refuse larger images (default 50e6)")
     parser.add_argument("--id-column", dest="id_column", help="Parquet input: id column (default id)")

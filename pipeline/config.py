@@ -20,6 +20,9 @@ DEFAULT_LADDER = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 DEFAULT_MAX_PIXELS = 50_000_000
 
 
+DEFAULT_SHARD_SIZE = 4096
+
+
 class SettingsError(ValueError):
     """A bad setting; its message names the flag (or config key) and the bad value."""
 
@@ -37,6 +40,10 @@ class JobSettings:
     gpus_per_worker: float | None = None  # None: 1 where the cluster has GPUs, else 0
     eval_workers: int = 1
     eval_batch_size: int = 8
+    # Images per shard (pipeline.shards): one file per shard per table, so 10^6 images make 245 files, not
+    # 250,000 batch parts; small enough that a shard's compaction reads a few hundred parts and holds a few
+    # MB. Fixed by the folder's first run.
+    shard_size: int = DEFAULT_SHARD_SIZE
     address: str | None = None
     overwrite: bool = False
     gate: bool = False
@@ -70,7 +77,7 @@ class JobSettings:
             raise SettingsError(f"--levels has duplicates: {list(levels)}")
         if self.gate and list(self.ladder) != sorted(self.ladder):
             raise SettingsError(f"--ladder must increase, got {list(self.ladder)}")
-        for name in ("batch_size", "workers", "eval_workers", "eval_batch_size", "max_pixels"):
+        for name in ("batch_size", "workers", "eval_workers", "eval_batch_size", "max_pixels", "shard_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SettingsError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 
 import fsspec
 import pandas as pd
@@ -21,7 +22,9 @@ from .inputs import InputError, discover, read_bytes
 from .job import Job, ensure_cluster
 from .layout import RunLayout
 from .progress import Progress
-from .records import finish_batch, read_manifest, remove_orphans
+from .records import compact_finished, finish_batch, read_manifest, remove_orphans
+from .resume import ShardCompactor, done_by_shard
+from .shards import plan_shards
 from .stages import EvaluateConfig, EvaluateStage, error_row
 
 _LEVEL = re.compile(r"(?:^|/)level=([0-9.]+)/")
@@ -129,21 +132,26 @@ def evaluate_pass(job: Job, anonymized: str) -> JobResult:
     from ray.data import ActorPoolStrategy
 
     settings = job.settings
+    shards = plan_shards(job.layout, job.anon_ids.values(), settings.shard_size)
     remove_orphans(job.layout, evaluated=True)
-    manifest = read_manifest(job.layout)
-    done = {_key(a, level) for a, level in zip(manifest["anon_id"], manifest["level"], strict=True)}
+    compact_finished(job.layout)
+    done = set()
+    for _, rows in done_by_shard(job.layout, range(shards.count), evaluated=True):
+        done |= {_key(a, level) for a, level in zip(rows["anon_id"], rows["level"], strict=True)}
     matched = match_pairs(job, anonymized)
     if not matched and not done:
         raise InputError(f"no anonymized image under {anonymized!r} matches an original in {settings.input!r}")
     pairs = [p for p in matched if _key(p["anon_id"], p["level"]) not in done]
     missing = [r for r in missing_outputs(job, matched) if _key(r["anon_id"], r["level"]) not in done]
+    planned = Counter(shards.of(p["anon_id"]) for p in [*pairs, *missing])
+    compactor = ShardCompactor(job.layout, planned)
     if missing:
         from evaluation import error_rows
 
         distance_rows = [
             d for r in missing for d in error_rows(r["anon_id"], r["level"], None, r["error"], settings.evaluation)
         ]
-        finish_batch(job.layout, missing, [dict(d, status="missing_output") for d in distance_rows])
+        compactor.update(finish_batch(job.layout, missing, [dict(d, status="missing_output") for d in distance_rows]))
         job.pairs_done_now += len(missing)
     if pairs:
         ensure_cluster(job)
@@ -164,6 +172,8 @@ def evaluate_pass(job: Job, anonymized: str) -> JobResult:
         )
         for batch in ds.iter_batches(batch_format="pandas", batch_size=None):
             progress.update(len(batch), int((batch["status"] != "ok").sum()))
+            compactor.update(batch)
         progress.close()
         job.pairs_done_now += progress.done
+    compactor.finish()
     return finalize(job)

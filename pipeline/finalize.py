@@ -11,7 +11,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from evaluation import summarize, summary_table, write_parquet_atomic, write_report
+from evaluation import summary_table, write_parquet_atomic, write_report
+from evaluation.summary import merge_partials, partial_stats, summary_from_partials
 
 from .provenance import now, read_json, write_json_atomic
 from .records import read_manifest
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from .job import Job
 
 SAMPLE_IMAGES = 12
+# What finalize, the report and the closing lines read of the manifest (not hashes, timings, step counts).
+MANIFEST_COLUMNS = ["anon_id", "level", "t_boom", "status", "error", "output_path"]
 
 
 @dataclass
@@ -41,12 +44,12 @@ def finalize(job: Job, sections=(), extra: dict | None = None, released: set | N
     `released` (gate runs): the (anon_id, level) pairs in release/, for the captions of the internal report.
     """
     layout = job.layout
-    manifest = read_manifest(layout)
+    manifest = read_manifest(layout, MANIFEST_COLUMNS)
     summary = None
     report = None
     if job.evaluated or any(layout.distances.glob("part-*.parquet")):
-        distances = restate_thresholds(layout.distances, job.settings.evaluation)
-        summary = summarize(distances, job.settings.evaluation, job.settings.label)
+        partials, distances = restate_thresholds(layout.distances, job.settings.evaluation)
+        summary = summary_from_partials(partials, job.settings.evaluation, job.settings.label)
         write_parquet_atomic(summary_table(summary), layout.summary)
         samples = internal_samples(job, manifest, released)
         report = str(build_report(job, manifest, summary, distances, samples, sections))
@@ -64,13 +67,18 @@ def finalize(job: Job, sections=(), extra: dict | None = None, released: set | N
     return JobResult(job, manifest, summary, report, extra or {})
 
 
-def restate_thresholds(folder: Path, settings) -> pd.DataFrame:
-    """Every distance part with the run's current thresholds; parts written under others are rewritten.
+def restate_thresholds(folder: Path, settings) -> tuple[dict, pd.DataFrame]:
+    """Every distance file with the run's current thresholds; returns the summary's partial statistics
+    and the error rows (the report's failures), shard by shard: no more than one shard's rows at a time.
 
     A rerun may change --threshold: distances are kept, and `threshold` and `cleared` in
     distances.parquet follow the new values, so the tables, the summary, the report and the gate agree.
+    Files written under other thresholds are rewritten.
     """
-    frames = []
+    from evaluation import DISTANCES_SCHEMA
+
+    partials: list[dict] = []
+    errors = [DISTANCES_SCHEMA.empty_table().to_pandas()]
     for part in sorted(folder.glob("part-*.parquet")):
         table = pq.read_table(part)
         frame = table.to_pandas()
@@ -82,12 +90,17 @@ def restate_thresholds(folder: Path, settings) -> pd.DataFrame:
             frame["threshold"] = wanted
             frame["cleared"] = cleared
             write_parquet_atomic(pa.Table.from_pandas(frame, schema=table.schema, preserve_index=False), part)
-        frames.append(frame)
-    if not frames:
-        from evaluation import DISTANCES_SCHEMA
+        partials.append(partial_stats(frame, settings))
+        errors.append(frame[frame["status"] == "error"])
+    return _merge_pairwise(partials), pd.concat(errors, ignore_index=True)
 
-        return DISTANCES_SCHEMA.empty_table().to_pandas()
-    return pd.concat(frames, ignore_index=True)
+
+def _merge_pairwise(partials: list[dict]) -> dict:
+    """Merge in a balanced tree: each merge copies its distances (kept for the exact median), so merging
+    shard after shard into one would copy them once per shard."""
+    while len(partials) > 1:
+        partials = [merge_partials(*partials[i : i + 2]) for i in range(0, len(partials), 2)]
+    return partials[0] if partials else {}
 
 
 def counts(manifest: pd.DataFrame) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -35,14 +36,17 @@ from .provenance import (
 )
 from .records import (
     OUTPUTS_SCHEMA,
+    compact_finished,
     finish_batch,
     forget_pairs,
-    read_manifest,
     read_parts,
+    read_shard,
     remove_orphans,
     write_identities,
 )
+from .resume import ShardCompactor, done_by_shard
 from .secret import anon_id, load_secret
+from .shards import plan_shards
 from .stages import AnonymizeConfig, AnonymizeStage, EvaluateConfig, EvaluateStage, WriteStage, error_row
 
 
@@ -215,76 +219,110 @@ def ensure_cluster(job: Job) -> ClusterInfo:
 def run_pass(job: Job, levels: tuple[float, ...], image_ids: set[str] | None = None, label: str = "") -> int:
     """Anonymize (and evaluate) every (image, level) pair not yet done; returns pairs done.
 
-    Done means a manifest row, except error rows that a rerun retries (pipeline.errors): transient
-    ones, input errors whose file has changed since, and every error with --retry-errors.
+    Done means a manifest row (and, for evaluated jobs, distance rows), except error rows that a rerun
+    retries (pipeline.errors): transient ones, input errors whose file has changed since, and every
+    error with --retry-errors. Planning reads one shard at a time (pipeline.resume).
     """
-    remove_orphans(job.layout, evaluated=job.evaluated)
-    items = [i for i in job.inputs.items if image_ids is None or i.image_id in image_ids]
-    scope = {(job.anon_ids[i.image_id], float(level)) for i in items for level in levels}
-    manifest = read_manifest(job.layout)
-    redo = pairs_to_retry(job, manifest, items) & scope
-    forget_pairs(job.layout, redo)
-    done = set(zip(manifest["anon_id"], manifest["level"].astype(float), strict=True)) - redo
+    layout = job.layout
+    shards = plan_shards(layout, job.anon_ids.values(), job.settings.shard_size)
+    remove_orphans(layout, evaluated=job.evaluated)
+    compact_finished(layout)  # a killed run's finished batches: from here on each shard is one file
+    by_shard: dict[int, list[InputItem]] = defaultdict(list)
+    for item in job.inputs.items:
+        if image_ids is None or item.image_id in image_ids:
+            by_shard[shards.of(job.anon_ids[item.image_id])].append(item)
+    done: dict[int, set] = {}
+    redo: set[tuple[str, float]] = set()
+    for shard, rows in done_by_shard(layout, sorted(by_shard), evaluated=job.evaluated):
+        scope = {(job.anon_ids[i.image_id], float(level)) for i in by_shard[shard] for level in levels}
+        retry = pairs_to_retry(job, rows, by_shard[shard], shard) & scope
+        redo |= retry
+        done[shard] = set(zip(rows["anon_id"].tolist(), rows["level"].tolist(), strict=True)) & scope - retry
+    forget_pairs(layout, redo)
     work: list[dict] = []
     problems: list[tuple[InputItem, float]] = []
-    for item in items:
-        aid = job.anon_ids[item.image_id]
-        todo = [level for level in levels if (aid, level) not in done]
-        if not todo:
-            continue
-        if item.problem:
-            problems += [(item, level) for level in todo]
-        else:
-            work.append(
-                {
-                    "image_id": item.image_id,
-                    "anon_id": aid,
-                    "source": item.source,
-                    "source_size": item.size,
-                    "source_mtime": item.mtime,
-                    "problem": None,
-                    "levels": todo,
-                }
-            )
-    total = sum(len(w["levels"]) for w in work) + len(problems)
+    planned: Counter = Counter()
+    for shard, items in by_shard.items():
+        finished = done.get(shard, set())
+        for item in items:
+            aid = job.anon_ids[item.image_id]
+            todo = [level for level in levels if (aid, float(level)) not in finished]
+            if not todo:
+                continue
+            planned[shard] += len(todo)
+            if item.problem:
+                problems += [(item, level) for level in todo]
+            else:
+                work.append(
+                    {
+                        "image_id": item.image_id,
+                        "anon_id": aid,
+                        "source": item.source,
+                        "source_size": item.size,
+                        "source_mtime": item.mtime,
+                        "problem": None,
+                        "levels": todo,
+                    }
+                )
+    del done
+    total = sum(planned.values())
     if total == 0:
         return 0
     if work:
         ensure_cluster(job)
+        # Shard by shard, so that shards finish (and are compacted) one after another instead of all at the
+        # end; within a shard in input order, as before sharding.
+        order = {item.image_id: i for i, item in enumerate(job.inputs.items)}
+        work.sort(key=lambda w: (shards.of(w["anon_id"]), order[w["image_id"]]))
+    compactor = ShardCompactor(layout, planned)
     progress = Progress(total, label or job.mode, stream=job.stream)
     if problems:
-        _write_problems(job, problems)
+        compactor.update(_write_problems(job, problems))
         progress.update(len(problems), len(problems))
     if work:
         for batch in _plan(job, work).iter_batches(batch_format="pandas", batch_size=None):
             progress.update(len(batch), int((batch["status"] != "ok").sum()))
+            compactor.update(batch)
+    compactor.finish()
     progress.close()
     job.pairs_done_now += progress.done
     job.errors_now += progress.errors
     return progress.done
 
 
-def pairs_to_retry(job: Job, manifest, items: list[InputItem]) -> set[tuple[str, float]]:
-    """Error rows a rerun redoes: transient ones, changed inputs, or all with --retry-errors."""
+def pairs_to_retry(job: Job, manifest, items: list[InputItem], shard: int | None = None) -> set[tuple[str, float]]:
+    """Error rows a rerun redoes: transient ones, changed inputs, or all with --retry-errors.
+
+    `manifest`: done rows (of one shard, `shard`, whose private rows are read only when needed).
+    """
     errors = manifest[manifest["status"] != "ok"]
     if errors.empty:
         return set()
     if job.settings.retry_errors:
         return set(zip(errors["anon_id"], errors["level"].astype(float), strict=True))
     retry = set(zip(*(errors.loc[errors["error_kind"] == TRANSIENT, c] for c in ("anon_id", "level")), strict=True))
+    if len(retry) == len(errors):
+        return {(a, float(level)) for a, level in retry}
     # An input error is worth another try only if the file is no longer what failed.
-    private = read_parts(job.layout.outputs, OUTPUTS_SCHEMA).set_index(["anon_id", "level"])
+    if shard is None:
+        private = read_parts(job.layout.outputs, OUTPUTS_SCHEMA)
+    else:
+        private = read_shard(job.layout.outputs, shard, ["anon_id", "level", "source_size", "source_mtime"])
+    if private is None or private.empty:
+        return {(a, float(level)) for a, level in retry}
+    # Plain dicts and lists: a pandas lookup per error row costs milliseconds, i.e. minutes at 10^6 images.
+    columns = [private[c].tolist() for c in ("anon_id", "level", "source_size", "source_mtime")]
+    seen_then = {(a, float(lv)): (size, mtime) for a, lv, size, mtime in zip(*columns, strict=True)}
     now_seen = {job.anon_ids[i.image_id]: (i.size, i.mtime) for i in items if i.size is not None}
-    for key in zip(errors["anon_id"], errors["level"].astype(float), strict=True):
-        if key in retry or key[0] not in now_seen or key not in private.index:
+    for key in zip(errors["anon_id"].tolist(), errors["level"].astype(float).tolist(), strict=True):
+        if key in retry or key[0] not in now_seen or key not in seen_then:
             continue
-        size, mtime = private.loc[key, ["source_size", "source_mtime"]]
-        if (size, mtime) != now_seen[key[0]]:
+        if seen_then[key] != now_seen[key[0]]:
             retry.add(key)
     return {(a, float(level)) for a, level in retry}
 
 
-def _write_problems(job: Job, problems: list[tuple[InputItem, float]]) -> None:
+def _write_problems(job: Job, problems: list[tuple[InputItem, float]]):
     """Inputs known bad before reading (bad names, duplicate ids) still get their rows."""
     rows = [
         error_row({"anon_id": job.anon_ids[item.image_id]}, level, problem(item.problem)) for item, level in problems
@@ -296,7 +334,7 @@ def _write_problems(job: Job, problems: list[tuple[InputItem, float]]) -> None:
         distance_rows = [
             d for r in rows for d in error_rows(r["anon_id"], r["level"], None, r["error"], job.settings.evaluation)
         ]
-    finish_batch(job.layout, rows, distance_rows)
+    return finish_batch(job.layout, rows, distance_rows)
 
 
 CPU_THREADS_PER_ACTOR = 1

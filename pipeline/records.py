@@ -1,15 +1,16 @@
-"""The run's row files: manifest, private outputs and identities; per-batch part files; what is done.
+"""The run's row files: manifest, private outputs and identities, one file per shard per table; what is done.
 
-One batch of work writes its parts under one part name: first the distances (if evaluated), then the
-private outputs (seeds, source hashes, full error texts), and the manifest part last. A manifest part is
-the "done" marker: resume reads the manifest parts and skips the (image, level) pairs in them. Parts of
-an interrupted batch that never got its manifest part are orphans and are deleted before a resumed run
+Rows are kept per shard of the input (pipeline.shards). While a shard is worked on, each Ray batch writes
+small batch parts in it: first the distances (if evaluated), then the private outputs (seeds, source
+hashes, full error texts), and the manifest part last, the batch's "done" marker. When a shard's pairs are
+all done the driver compacts its parts into one file per table, the manifest's last: a shard's manifest
+file is its marker, and resume reads shard files (a killed run's finished parts are compacted first).
+Parts of an interrupted batch that never got its manifest part are orphans, deleted before a resumed run
 starts. private/identities.parquet (anon_id -> image id, source) is one file the driver writes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ import pyarrow.parquet as pq
 from evaluation import distances_table, write_parquet_atomic
 
 from .layout import RunLayout, write_private_table
+from .shards import batch_name, batch_parts, load_shards, shard_files, shard_name
 
 # Shareable: no source id, no path, no per-image seed; `error` is a reason code and a fixed text.
 MANIFEST_SCHEMA = pa.schema(
@@ -61,31 +63,38 @@ IDENTITY_SCHEMA = pa.schema(
 )
 
 
-def part_name(manifest_rows: Sequence[dict]) -> str:
-    """A batch's part name, from the (anon_id, level) pairs it holds: a retried task (Ray retries the
-    tasks of a lost actor) rewrites its own files instead of adding a second copy of its rows."""
-    pairs = sorted(f"{row['anon_id']}@{float(row['level']):.9g}" for row in manifest_rows)
-    return f"part-{hashlib.sha256(chr(10).join(pairs).encode()).hexdigest()[:32]}.parquet"
+def write_batch(layout: RunLayout, rows: Sequence[dict], distance_rows: Sequence[dict] | None = None) -> list[str]:
+    """Write one batch's parts, one set per shard its rows fall in, each manifest part last; returns the names.
 
-
-def write_batch(layout: RunLayout, rows: Sequence[dict], distance_rows: Sequence[dict] | None = None) -> str:
-    """Write one batch's parts, the manifest last; returns the part name."""
-    name = part_name(rows)
-    if distance_rows is not None:
-        write_parquet_atomic(distances_table(distance_rows), layout.distances / name)
-    write_private_table(table(rows, OUTPUTS_SCHEMA), layout.outputs / name)
-    write_parquet_atomic(table(rows, MANIFEST_SCHEMA), layout.manifest / name)
-    return name
+    Ray batches ignore shard boundaries, so a batch across two shards leaves a part in each.
+    """
+    shards = load_shards(layout)
+    by_shard: dict[int, list[dict]] = {}
+    for row in rows:
+        by_shard.setdefault(shards.of(row["anon_id"]) if shards else 0, []).append(row)
+    names = []
+    for shard, group in sorted(by_shard.items()):
+        name = batch_name(shard, group)
+        if distance_rows is not None:
+            ids = {row["anon_id"] for row in group}
+            mine = [d for d in distance_rows if d["anon_id"] in ids]
+            write_parquet_atomic(distances_table(mine), layout.distances / name)
+        write_private_table(table(group, OUTPUTS_SCHEMA), layout.outputs / name)
+        write_parquet_atomic(table(group, MANIFEST_SCHEMA), layout.manifest / name)
+        names.append(name)
+    return names
 
 
 def finish_batch(layout: RunLayout, rows: list[dict], distance_rows: list[dict] | None) -> pd.DataFrame:
-    """Write a batch's parts and return the small rows the driver counts progress with."""
+    """Write a batch's parts and return the small rows the driver counts progress (and finished shards) with."""
     write_batch(layout, rows, distance_rows)
+    shards = load_shards(layout)
     return pd.DataFrame(
         {
             "level": [r["level"] for r in rows],
             "status": [r["status"] for r in rows],
             "reason": [(r.get("error") or "").split(":", 1)[0] for r in rows],
+            "shard": [shards.of(r["anon_id"]) if shards else 0 for r in rows],
         }
     )
 
@@ -105,43 +114,46 @@ def _plain(value):
     return value
 
 
-def read_parts(folder: Path, schema: pa.Schema | None = None) -> pd.DataFrame:
+def read_parts(folder: Path, schema: pa.Schema | None = None, columns: list[str] | None = None) -> pd.DataFrame:
     """All part files of a Parquet folder as one frame (empty with the schema's columns if none)."""
     parts = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
     if not parts:
-        return schema.empty_table().to_pandas() if schema is not None else pd.DataFrame()
-    return pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default").to_pandas()
+        empty = schema.empty_table().to_pandas() if schema is not None else pd.DataFrame()
+        return empty[columns] if columns and schema is not None else empty
+    return pa.concat_tables([pq.read_table(p, columns=columns) for p in parts], promote_options="default").to_pandas()
 
 
-def read_manifest(layout: RunLayout) -> pd.DataFrame:
-    return read_parts(layout.manifest, MANIFEST_SCHEMA)
+def read_manifest(layout: RunLayout, columns: list[str] | None = None) -> pd.DataFrame:
+    return read_parts(layout.manifest, MANIFEST_SCHEMA, columns)
 
 
 def write_identities(layout: RunLayout, items: Iterable[tuple[str, str, str]]) -> None:
     """private/identities.parquet: each image once, (anon_id, image id, source), merged with earlier runs'."""
     fresh = pd.DataFrame(list(items), columns=IDENTITY_SCHEMA.names)
-    if layout.identities.is_file():
-        old = pd.read_parquet(layout.identities)
-        fresh = pd.concat([old[~old["anon_id"].isin(fresh["anon_id"])], fresh], ignore_index=True)
+    old = pd.read_parquet(layout.identities) if layout.identities.is_file() else fresh.iloc[0:0]
+    fresh = pd.concat([old[~old["anon_id"].isin(fresh["anon_id"])], fresh], ignore_index=True)
     fresh = fresh.sort_values("anon_id", ignore_index=True)
+    if fresh.equals(old):  # a resume of the same inputs: leave the file (and its mtime) alone
+        return
     write_private_table(pa.Table.from_pandas(fresh, schema=IDENTITY_SCHEMA, preserve_index=False), layout.identities)
 
 
 def remove_orphans(layout: RunLayout, *, evaluated: bool) -> int:
-    """Delete parts of batches that did not finish; returns how many files went.
+    """Delete batch parts of batches that did not finish; returns how many files went.
 
-    With `evaluated`, a manifest part without its distances part is also unfinished (an `anonymize`
-    run's rows are re-done with evaluation, giving the same image bytes).
+    A batch part is finished once its manifest part exists. With `evaluated`, a manifest part without
+    its distances part is also unfinished (an `anonymize` run's rows are re-done with evaluation, giving
+    the same image bytes). Compacted shard files are never orphans: they only ever hold finished rows.
     """
-    manifest = {p.name for p in layout.manifest.glob("part-*.parquet")}
+    manifest = {p.name for p in batch_parts(layout.manifest)}
     if evaluated:
-        distances = {p.name for p in layout.distances.glob("part-*.parquet")}
+        distances = {p.name for p in batch_parts(layout.distances)}
         for name in manifest - distances:
             (layout.manifest / name).unlink()
         manifest &= distances
     removed = 0
     for folder in (layout.distances, layout.outputs):
-        for part in folder.glob("part-*.parquet"):
+        for part in batch_parts(folder):
             if part.name not in manifest:
                 part.unlink()
                 removed += 1
@@ -151,29 +163,101 @@ def remove_orphans(layout: RunLayout, *, evaluated: bool) -> int:
     return removed
 
 
+# (table folder, key columns of one row, private) in the order a shard's files are written: manifest last.
+def _tables(layout: RunLayout) -> tuple[tuple[Path, tuple[str, ...], bool], ...]:
+    return (
+        (layout.distances, ("anon_id", "level", "recognizer"), False),
+        (layout.outputs, ("anon_id", "level"), True),
+        (layout.manifest, ("anon_id", "level"), False),
+    )
+
+
+def compact_shard(layout: RunLayout, shard: int) -> bool:
+    """Merge a shard's finished batch parts into its one file per table, then delete the parts.
+
+    Each table's shard file is rewritten whole (atomically), the manifest's last; the parts go only
+    after that, so a kill at any point leaves every finished row in a part or a shard file. A pair in
+    several sources keeps the rows of the newest (a retried pair ends with one row).
+    """
+    done = {p.name for p in batch_parts(layout.manifest, shard)}
+    if not done:
+        return False
+    name = shard_name(shard)
+    for folder, keys, private in _tables(layout):
+        sources = [folder / name] if (folder / name).is_file() else []
+        sources += [folder / n for n in sorted(done) if (folder / n).is_file()]
+        if not sources:
+            continue
+        merged = _newest_rows([pq.read_table(p) for p in sources])
+        merged = merged.sort_by([(k, "ascending") for k in keys])
+        (write_private_table if private else write_parquet_atomic)(merged, folder / name)
+    for folder, _, _ in _tables(layout):
+        for n in done:
+            (folder / n).unlink(missing_ok=True)
+    return True
+
+
+def _newest_rows(tables: list[pa.Table]) -> pa.Table:
+    """Concatenate; where an (anon_id, level) pair is in several tables, keep only the last table's rows."""
+    merged = pa.concat_tables(tables, promote_options="default")
+    if len(tables) == 1:
+        return merged
+    source = np.concatenate([np.full(len(t), i) for i, t in enumerate(tables)])
+    # No level (another tool's output) is null/NaN: one key, as in evaluate_only._key.
+    frame = pd.DataFrame({"a": merged.column("anon_id").to_numpy(zero_copy_only=False), "s": source})
+    frame["l"] = pd.Series(merged.column("level").to_numpy(zero_copy_only=False), dtype=float).fillna(-1.0)
+    newest = frame.groupby(["a", "l"])["s"].transform("max")
+    return merged.filter(pa.array((frame["s"] == newest).to_numpy()))
+
+
+def compact_finished(layout: RunLayout) -> list[int]:
+    """Compact every shard that has finished batch parts (a killed run's); returns those shards."""
+    shards = sorted({int(p.name[5:].split("-", 1)[0]) for p in batch_parts(layout.manifest)})
+    return [s for s in shards if compact_shard(layout, s)]
+
+
+def read_shard(folder: Path, shard: int, columns: list[str] | None = None, schema: pa.Schema | None = None):
+    """One shard's rows of a table (its compacted file and any batch parts), or None if it has none."""
+    paths = [folder / shard_name(shard)] if (folder / shard_name(shard)).is_file() else []
+    paths += batch_parts(folder, shard)
+    if not paths:
+        return None
+    tables = [pq.read_table(p, columns=columns) for p in paths]
+    return pa.concat_tables(tables, promote_options="default").to_pandas()
+
+
+def shards_with_rows(layout: RunLayout) -> set[int]:
+    """Shards that have a manifest file or part: the others have nothing done."""
+    found = set(shard_files(layout.manifest))
+    found |= {int(p.name[5:].split("-", 1)[0]) for p in batch_parts(layout.manifest)}
+    return found
+
+
 def forget_pairs(layout: RunLayout, pairs: set[tuple[str, float]]) -> int:
-    """Remove these (anon_id, level) rows from every part, so that a rerun redoes them; returns parts changed.
+    """Remove these (anon_id, level) rows from their shards' files, so that a rerun redoes them; returns
+    files changed.
 
     Distances and private rows go first and the manifest last: a job killed in between leaves the pair
     "done" with an error row that the next run retries again.
     """
     if not pairs:
         return 0
-    changed = set()
-    for folder, private in ((layout.distances, False), (layout.outputs, True), (layout.manifest, False)):
-        for part in sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []:
-            data = pq.read_table(part)
-            keys = zip(data.column("anon_id").to_pylist(), data.column("level").to_pylist(), strict=True)
-            keep = [(a, float(lv)) not in pairs for a, lv in keys]
-            if all(keep):
-                continue
-            changed.add(part.name)
-            if not any(keep):
-                part.unlink()
-                continue
-            kept = data.filter(pa.array(keep))
-            if private:
-                write_private_table(kept, part)
-            else:
-                write_parquet_atomic(kept, part)
-    return len(changed)
+    shards = load_shards(layout)
+    touched = sorted({shards.of(a) if shards else 0 for a, _ in pairs})
+    changed = 0
+    for folder, _, private in _tables(layout):
+        for shard in touched:
+            paths = [folder / shard_name(shard)] if (folder / shard_name(shard)).is_file() else []
+            for part in paths + batch_parts(folder, shard):
+                data = pq.read_table(part)
+                keys = zip(data.column("anon_id").to_pylist(), data.column("level").to_pylist(), strict=True)
+                keep = [(a, float(lv)) not in pairs for a, lv in keys]
+                if all(keep):
+                    continue
+                changed += 1
+                if not any(keep):
+                    part.unlink()
+                    continue
+                kept = data.filter(pa.array(keep))
+                (write_private_table if private else write_parquet_atomic)(kept, part)
+    return changed

@@ -123,6 +123,9 @@ def test_gate_releases_each_image_at_its_lowest_clearing_level(gate_run):
         text = report.read_text()
         assert "lowers the gate below deepface" in text[: text.index("<h2")]
     assert "Release gate" in text and "model evaluations" in text
+    # Every input is 72x72: sizes cannot link a released image to its source, and the report says so.
+    assert "sizes do not link them" in text
+    assert json.loads((out / "run.json").read_text())["gate"]["released_with_a_unique_size"] == 0
 
 
 def test_by_default_the_gate_never_releases_what_deepface_calls_the_same_person(cli, tmp_path):
@@ -151,6 +154,13 @@ def test_the_public_report_shows_only_released_images_byte_for_byte(gate_run):
     shown = embedded_images((out / "release" / "report" / "index.html").read_text())
     assert shown and all(kind == "png" for kind, _ in shown)
     assert all(png in released for _, png in shown)
+    # `boomerang report` rebuilds both reports from the tables alone, with the same rule.
+    from pipeline.cli import main
+
+    (out / "release" / "report" / "index.html").unlink()
+    assert main(["report", str(out)]) == 0
+    rebuilt = embedded_images((out / "release" / "report" / "index.html").read_text())
+    assert sorted(png for _, png in rebuilt) == sorted(png for _, png in shown)
     # The internal report may show any output, and says which were released.
     internal = (out / "report" / "index.html").read_text()
     assert "withheld" in internal and "released" in internal

@@ -1,0 +1,36 @@
+"""What a linker holding the originals could still use in a release besides the pixels: image sizes.
+
+Outputs keep their input's width and height (product spec). In a dataset of one size that says nothing;
+in a dataset of mixed sizes, a released image whose size no other input has is matched to its source by
+its size alone. The gate counts those and says so in both reports.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR chunk, without decoding the image."""
+    with open(path, "rb") as handle:
+        head = handle.read(24)
+    if len(head) < 24 or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", head[16:24])
+
+
+def unique_size_ids(root: Path, manifest: pd.DataFrame, released: pd.DataFrame) -> list[str]:
+    """anon_ids of released images whose width and height no other decoded input has.
+
+    Every image that decoded has an ok output of its own size; one per image is enough to know the sizes.
+    """
+    ok = manifest[(manifest["status"] == "ok") & manifest["output_path"].notna()].drop_duplicates("anon_id")
+    sizes = {row.anon_id: png_size(root / row.output_path) for row in ok.itertuples()}
+    counts = Counter(size for size in sizes.values() if size is not None)
+    return sorted(a for a in released["anon_id"] if sizes.get(a) is not None and counts[sizes[a]] == 1)
