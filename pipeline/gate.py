@@ -116,11 +116,12 @@ def finish_gate(job: Job) -> JobResult:
             "images may be ones that DeepFace.verify calls the same person as their original."
         )
         job.notice = f"{warning} {job.notice}" if job.notice else warning
-    released, withheld = decide(job)
+    manifest = read_manifest(job.layout)  # once, for the decision, the size check and the section
+    released, withheld = decide(job, manifest)
     gate = build_release(job, released, withheld)
-    by_size = unique_size_ids(job.layout.root, read_manifest(job.layout), released)
+    by_size = unique_size_ids(job.layout.root, manifest, released)
     gate["released_with_a_unique_size"] = len(by_size)
-    section = gate_section(job, released, withheld, len(by_size))
+    section = gate_section(job, manifest, released, withheld, len(by_size))
     pairs = set(zip(released["anon_id"], released["level"].astype(float), strict=True))
     result = finalize(job, sections=[section], extra={"gate": gate}, released=pairs)
     # The public report travels with the release: only released images, byte for byte as released.
@@ -141,10 +142,9 @@ def finish_gate(job: Job) -> JobResult:
     return result
 
 
-def decide(job: Job) -> tuple[pd.DataFrame, pd.DataFrame]:
+def decide(job: Job, manifest: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(released rows at their lowest clearing ladder level, withheld anon_ids with the reason)."""
     ladder = [float(v) for v in job.settings.ladder]
-    manifest = read_manifest(job.layout)
     manifest = manifest[manifest["level"].astype(float).isin(ladder)]
     status = cleared_levels(read_distances(job.layout.distances), gate_thresholds(job.settings))
     ok = manifest[manifest["status"] == "ok"].merge(status, on=["anon_id", "level"], how="left")
@@ -202,13 +202,14 @@ def build_release(job: Job, released: pd.DataFrame, withheld: pd.DataFrame) -> d
     }
 
 
-def gate_section(job: Job, released: pd.DataFrame, withheld: pd.DataFrame, unique_sizes: int = 0) -> tuple[str, str]:
+def gate_section(
+    job: Job, manifest: pd.DataFrame, released: pd.DataFrame, withheld: pd.DataFrame, unique_sizes: int = 0
+) -> tuple[str, str]:
     """The report's gate section: thresholds, levels needed, withheld reasons, cost against a fixed top level."""
     from anonymize import planned_steps
 
     settings = job.settings
     ladder = [float(v) for v in settings.ladder]
-    manifest = read_manifest(job.layout)
     gated = manifest[manifest["level"].astype(float).isin(ladder)]
     per_level = released.groupby("level").size().reindex(ladder, fill_value=0)
     spent = int(gated.loc[gated["status"] == "ok", "n_steps"].sum())
