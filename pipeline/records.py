@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from evaluation import distances_table, write_parquet_atomic
 
 from .layout import RunLayout, write_private_table
-from .shards import batch_name, batch_parts, load_shards, shard_files, shard_name
+from .shards import batch_name, batch_parts, load_shards, shard_files, shard_name, shard_of_name
 
 # Shareable: no source id, no path, no per-image seed; `error` is a reason code and a fixed text.
 MANIFEST_SCHEMA = pa.schema(
@@ -212,24 +212,29 @@ def _newest_rows(tables: list[pa.Table]) -> pa.Table:
 
 def compact_finished(layout: RunLayout) -> list[int]:
     """Compact every shard that has finished batch parts (a killed run's); returns those shards."""
-    shards = sorted({int(p.name[5:].split("-", 1)[0]) for p in batch_parts(layout.manifest)})
+    shards = sorted({shard_of_name(p.name) for p in batch_parts(layout.manifest)})
     return [s for s in shards if compact_shard(layout, s)]
 
 
 def read_shard(folder: Path, shard: int, columns: list[str] | None = None, schema: pa.Schema | None = None):
     """One shard's rows of a table (its compacted file and any batch parts), or None if it has none."""
-    paths = [folder / shard_name(shard)] if (folder / shard_name(shard)).is_file() else []
-    paths += batch_parts(folder, shard)
+    paths = shard_sources(folder, shard)
     if not paths:
         return None
     tables = [pq.read_table(p, columns=columns) for p in paths]
     return pa.concat_tables(tables, promote_options="default").to_pandas()
 
 
+def shard_sources(folder: Path, shard: int) -> list[Path]:
+    """A shard's files in a table folder: its compacted file (if any), then its batch parts."""
+    compacted = folder / shard_name(shard)
+    return ([compacted] if compacted.is_file() else []) + batch_parts(folder, shard)
+
+
 def shards_with_rows(layout: RunLayout) -> set[int]:
     """Shards that have a manifest file or part: the others have nothing done."""
     found = set(shard_files(layout.manifest))
-    found |= {int(p.name[5:].split("-", 1)[0]) for p in batch_parts(layout.manifest)}
+    found |= {shard_of_name(p.name) for p in batch_parts(layout.manifest)}
     return found
 
 
@@ -247,8 +252,7 @@ def forget_pairs(layout: RunLayout, pairs: set[tuple[str, float]]) -> int:
     changed = 0
     for folder, _, private in _tables(layout):
         for shard in touched:
-            paths = [folder / shard_name(shard)] if (folder / shard_name(shard)).is_file() else []
-            for part in paths + batch_parts(folder, shard):
+            for part in shard_sources(folder, shard):
                 data = pq.read_table(part)
                 keys = zip(data.column("anon_id").to_pylist(), data.column("level").to_pylist(), strict=True)
                 keep = [(a, float(lv)) not in pairs for a, lv in keys]
