@@ -35,11 +35,9 @@ from .provenance import (
     write_json_atomic,
 )
 from .records import (
-    OUTPUTS_SCHEMA,
     compact_finished,
     finish_batch,
     forget_pairs,
-    read_parts,
     read_shard,
     remove_orphans,
     write_identities,
@@ -290,7 +288,7 @@ def run_pass(job: Job, levels: tuple[float, ...], image_ids: set[str] | None = N
     return progress.done
 
 
-def pairs_to_retry(job: Job, manifest, items: list[InputItem], shard: int | None = None) -> set[tuple[str, float]]:
+def pairs_to_retry(job: Job, manifest, items: list[InputItem], shard: int) -> set[tuple[str, float]]:
     """Error rows a rerun redoes: transient ones, changed inputs, or all with --retry-errors.
 
     `manifest`: done rows (of one shard, `shard`, whose private rows are read only when needed).
@@ -304,10 +302,7 @@ def pairs_to_retry(job: Job, manifest, items: list[InputItem], shard: int | None
     if len(retry) == len(errors):
         return {(a, float(level)) for a, level in retry}
     # An input error is worth another try only if the file is no longer what failed.
-    if shard is None:
-        private = read_parts(job.layout.outputs, OUTPUTS_SCHEMA)
-    else:
-        private = read_shard(job.layout.outputs, shard, ["anon_id", "level", "source_size", "source_mtime"])
+    private = read_shard(job.layout.outputs, shard, ["anon_id", "level", "source_size", "source_mtime"])
     if private is None or private.empty:
         return {(a, float(level)) for a, level in retry}
     # Plain dicts and lists: a pandas lookup per error row costs milliseconds, i.e. minutes at 10^6 images.
