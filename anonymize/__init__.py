@@ -17,6 +17,21 @@ Typical use::
 
 from anonymize.imaging import ImageError, Placement, decode_image, encode_png, from_model_output, to_model_input
 from anonymize.loading import LoadedModel, PickleRefused, WeightsNotFound, load_model, resolve_model, weights_sha256
+from anonymize.regions import (
+    DEFAULT_FEATHER,
+    DEFAULT_MARGIN,
+    FACE_DETECTORS,
+    FaceBox,
+    FaceJob,
+    Region,
+    blend_mask,
+    cut_region,
+    detect_faces,
+    face_jobs,
+    pack_faces,
+    paste_regions,
+    region_for,
+)
 from anonymize.sampler import BoomerangOutput, BoomerangSampler, planned_steps
 from anonymize.seeding import make_generator, output_seed
 from anonymize.settings import SamplerSettings, validate_level
@@ -25,22 +40,35 @@ from anonymize.tiny_models import build_tiny_latent_pipeline, build_tiny_pixel_d
 __all__ = [
     "BoomerangOutput",
     "BoomerangSampler",
+    "DEFAULT_FEATHER",
+    "DEFAULT_MARGIN",
+    "FACE_DETECTORS",
+    "FaceBox",
+    "FaceJob",
     "ImageError",
     "LoadedModel",
     "PickleRefused",
     "Placement",
+    "Region",
     "SamplerSettings",
     "WeightsNotFound",
+    "blend_mask",
     "build_tiny_latent_pipeline",
     "build_tiny_pixel_ddpm",
+    "cut_region",
     "decode_image",
+    "detect_faces",
     "encode_png",
+    "face_jobs",
     "from_model_output",
     "load_model",
     "made_by_boomerang",
     "make_generator",
     "output_seed",
+    "pack_faces",
+    "paste_regions",
     "planned_steps",
+    "region_for",
     "resolve_model",
     "to_model_input",
     "validate_level",
