@@ -5,7 +5,7 @@ written shard by shard with the product's own writers, then each pass the driver
 process, with its peak memory (ru_maxrss above the process's after imports):
 
   plan      resume planning of a finished job: pipeline.job.run_pass up to "nothing to do"
-  summary   finalize's summary: pipeline.finalize.restate_thresholds + summary_from_partials
+  finalize  finalize of the finished job: thresholds restated, summary, report, run.json (pipeline.finalize)
   gate      the gate's decision pass: pipeline.gate.decide
   compact   compacting one shard of 4096 images from batch parts of 4 (pipeline.records.compact_shard)
 
@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from evaluation import DISTANCES_SCHEMA, write_parquet_atomic  # noqa: E402
 from pipeline.config import DEFAULT_SHARD_SIZE, JobSettings  # noqa: E402
 from pipeline.layout import RunLayout, write_private_table  # noqa: E402
-from pipeline.records import MANIFEST_SCHEMA, OUTPUTS_SCHEMA, write_batch  # noqa: E402
+from pipeline.records import MANIFEST_SCHEMA, OUTPUTS_SCHEMA, with_marker, write_batch  # noqa: E402
 from pipeline.shards import plan_shards, shard_name  # noqa: E402
 
 LEVEL = 0.7
@@ -109,7 +109,9 @@ def write_shard(layout: RunLayout, shard: int, aids: list[str], rng) -> None:
     name = shard_name(shard)
     write_parquet_atomic(pa.Table.from_pydict(distances, schema=DISTANCES_SCHEMA), layout.distances / name)
     write_private_table(pa.Table.from_pydict(outputs, schema=OUTPUTS_SCHEMA), layout.outputs / name)
-    write_parquet_atomic(pa.Table.from_pydict(manifest, schema=MANIFEST_SCHEMA), layout.manifest / name)
+    # The manifest last, with the marker compaction writes (every row here has its distances).
+    manifest_table = with_marker(pa.Table.from_pydict(manifest, schema=MANIFEST_SCHEMA), evaluated=True)
+    write_parquet_atomic(manifest_table, layout.manifest / name)
 
 
 def fake_job(out: Path, n: int):
@@ -138,7 +140,7 @@ def _evaluation():
 
 def child(what: str, out: Path, n: int) -> dict:
     """One measurement in this (fresh) process: seconds and peak memory above the baseline."""
-    job = fake_job(out, n) if what in ("plan", "gate") else None
+    job = fake_job(out, n) if what in ("plan", "finalize", "gate") else None
     if what == "gate":  # deepface's threshold table: imported before the baseline
         from pipeline.gate import gate_thresholds
 
@@ -149,18 +151,15 @@ def child(what: str, out: Path, n: int) -> dict:
         from pipeline.job import run_pass
 
         assert run_pass(job, (LEVEL,)) == 0
-    elif what == "summary":
-        from evaluation.summary import summary_from_partials
-        from pipeline.finalize import restate_thresholds
+    elif what == "finalize":
+        from pipeline.finalize import finalize
 
-        partials, _ = restate_thresholds(RunLayout.at(str(out)).distances, _evaluation())
-        summary_from_partials(partials, _evaluation())
+        assert finalize(job).counts["images"] == n
     elif what == "gate":
         from pipeline.gate import decide
-        from pipeline.records import read_manifest
 
-        released, withheld = decide(job, read_manifest(job.layout))
-        assert len(released) + len(withheld) == n
+        decision = decide(job)
+        assert len(decision.released) + len(decision.withheld) == n
     elif what == "compact":
         seconds = compact_one(out)
         return {"seconds": seconds, "peak_mib": 0.0}
@@ -228,7 +227,7 @@ def main() -> None:
                 )
             }
             row = {"n": n, "shard_size": args.shard_size, "build_s": round(built, 1), "files": files}
-            for what in ("plan", "summary", "gate", "compact"):
+            for what in ("plan", "finalize", "gate", "compact"):
                 row[what] = measure(what, out, n, args.repeats if what != "compact" else 1)
             print(json.dumps(row), flush=True)
 

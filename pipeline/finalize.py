@@ -15,7 +15,7 @@ from evaluation import summary_table, write_parquet_atomic, write_report
 from evaluation.summary import merge_partials, partial_stats, summary_from_partials
 
 from .provenance import now, read_json, write_json_atomic
-from .records import read_manifest
+from .records import read_shard, shards_with_rows
 
 if TYPE_CHECKING:
     from .job import Job
@@ -26,16 +26,52 @@ MANIFEST_COLUMNS = ["anon_id", "level", "t_boom", "status", "error", "output_pat
 
 
 @dataclass
+class ManifestOverview:
+    """What finalize needs of the manifest, gathered shard by shard (one shard's rows in memory at a time):
+    the counts, the failed rows (the report's failures) and the rows the report samples."""
+
+    counts: dict
+    failures: pd.DataFrame  # anon_id, level, error of every failed row
+    samples: pd.DataFrame  # the first SAMPLE_IMAGES ok rows by (level, anon_id)
+
+    @classmethod
+    def read(cls, layout) -> ManifestOverview:
+        totals = {"images": 0, "rows": 0, "ok": 0, "errors": 0}
+        levels: set[float] = set()
+        failures = [pd.DataFrame(columns=["anon_id", "level", "error"])]
+        samples = pd.DataFrame(columns=MANIFEST_COLUMNS)
+        for shard in sorted(shards_with_rows(layout)):
+            rows = read_shard(layout.manifest, shard, MANIFEST_COLUMNS)
+            ok = rows["status"] == "ok"
+            # Shards split the anon_ids: an image's rows are all in one shard, so images add up.
+            totals["images"] += int(rows["anon_id"].nunique())
+            totals["rows"] += len(rows)
+            totals["ok"] += int(ok.sum())
+            totals["errors"] += int((~ok).sum())
+            levels |= {float(v) for v in rows["level"].dropna().unique()}
+            failures.append(rows.loc[~ok, ["anon_id", "level", "error"]])
+            shown = rows[ok & rows["output_path"].notna()]
+            samples = pd.concat([samples, shown]) if len(samples) else shown
+            samples = samples.sort_values(["level", "anon_id"]).head(SAMPLE_IMAGES)
+        counts = {"images": totals.pop("images"), "levels": sorted(levels), **totals}
+        return cls(counts, pd.concat(failures, ignore_index=True), samples)
+
+
+@dataclass
 class JobResult:
     job: Job
-    manifest: pd.DataFrame
+    overview: ManifestOverview
     summary: pd.DataFrame | None
     report: str | None
     extra: dict = field(default_factory=dict)
 
     @property
+    def counts(self) -> dict:
+        return self.overview.counts
+
+    @property
     def failed_rows(self) -> int:
-        return int((self.manifest["status"] != "ok").sum())
+        return self.overview.counts["errors"]
 
 
 def finalize(job: Job, sections=(), extra: dict | None = None, released: set | None = None) -> JobResult:
@@ -44,27 +80,27 @@ def finalize(job: Job, sections=(), extra: dict | None = None, released: set | N
     `released` (gate runs): the (anon_id, level) pairs in release/, for the captions of the internal report.
     """
     layout = job.layout
-    manifest = read_manifest(layout, MANIFEST_COLUMNS)
+    overview = ManifestOverview.read(layout)
     summary = None
     report = None
     if job.evaluated or any(layout.distances.glob("part-*.parquet")):
         partials, distances = restate_thresholds(layout.distances, job.settings.evaluation)
         summary = summary_from_partials(partials, job.settings.evaluation, job.settings.label)
         write_parquet_atomic(summary_table(summary), layout.summary)
-        samples = internal_samples(job, manifest, released)
-        report = str(build_report(job, manifest, summary, distances, samples, sections))
+        samples = internal_samples(job, overview.samples, released)
+        report = str(build_report(job, overview.failures, summary, distances, samples, sections))
     record = read_json(layout.run_json)
     record.update(
         {
             "finished": now(),
             "status": "finished",
-            "counts": counts(manifest),
+            "counts": overview.counts,
             "pairs_done_this_run": job.pairs_done_now,
             **(extra or {}),
         }
     )
     write_json_atomic(layout.run_json, record)
-    return JobResult(job, manifest, summary, report, extra or {})
+    return JobResult(job, overview, summary, report, extra or {})
 
 
 def restate_thresholds(folder: Path, settings) -> tuple[dict, pd.DataFrame]:
@@ -80,19 +116,34 @@ def restate_thresholds(folder: Path, settings) -> tuple[dict, pd.DataFrame]:
     partials: list[dict] = []
     errors = [DISTANCES_SCHEMA.empty_table().to_pandas()]
     for part in sorted(folder.glob("part-*.parquet")):
-        table = pq.read_table(part)
+        table = pq.read_table(part, columns=[c for c in DISTANCES_SCHEMA.names if c in _SUMMARY_READS])
         frame = table.to_pandas()
-        wanted = frame["recognizer"].map(settings.threshold_for).astype(float)
+        # One lookup per recognizer name, not per row (2 * 10^6 calls at 10^6 images).
+        thresholds = {name: settings.threshold_for(name) for name in frame["recognizer"].unique()}
+        wanted = frame["recognizer"].map(thresholds).astype(float)
         ok = frame["status"] == "ok"
         cleared = pd.Series(pd.NA, index=frame.index, dtype="boolean")
         cleared[ok] = frame.loc[ok, "distance"].astype(float) > wanted[ok]
         if not (frame["threshold"].astype(float).equals(wanted) and frame["cleared"].astype("boolean").equals(cleared)):
-            frame["threshold"] = wanted
-            frame["cleared"] = cleared
-            write_parquet_atomic(pa.Table.from_pandas(frame, schema=table.schema, preserve_index=False), part)
+            _rewrite_thresholds(part, wanted, cleared)
+            frame["threshold"], frame["cleared"] = wanted, cleared
         partials.append(partial_stats(frame, settings))
-        errors.append(frame[frame["status"] == "error"])
+        failed = frame["status"] == "error"
+        if failed.any():
+            rows = pq.read_table(part, columns=["anon_id", "error"]).to_pandas()[failed.to_numpy()]
+            errors.append(frame[failed].assign(anon_id=rows["anon_id"].to_numpy(), error=rows["error"].to_numpy()))
     return _merge_pairwise(partials), pd.concat(errors, ignore_index=True)
+
+
+# What the summary reads of each distance row (anon_id and error only for failed rows, the report's failures).
+_SUMMARY_READS = ("level", "recognizer", "distance", "threshold", "cleared", "status", "face_anonymized", "compared_at")
+
+
+def _rewrite_thresholds(part: Path, wanted: pd.Series, cleared: pd.Series) -> None:
+    table = pq.read_table(part)
+    frame = table.to_pandas()
+    frame["threshold"], frame["cleared"] = wanted.to_numpy(), cleared.to_numpy()
+    write_parquet_atomic(pa.Table.from_pandas(frame, schema=table.schema, preserve_index=False), part)
 
 
 def _merge_pairwise(partials: list[dict]) -> dict:
@@ -103,23 +154,11 @@ def _merge_pairwise(partials: list[dict]) -> dict:
     return partials[0] if partials else {}
 
 
-def counts(manifest: pd.DataFrame) -> dict:
-    return {
-        "images": int(manifest["anon_id"].nunique()),
-        "levels": sorted(float(v) for v in manifest["level"].dropna().unique()),
-        "rows": int(len(manifest)),
-        "ok": int((manifest["status"] == "ok").sum()),
-        "errors": int((manifest["status"] != "ok").sum()),
-    }
-
-
-def internal_samples(job: Job, manifest: pd.DataFrame, released: set | None = None) -> list[tuple[str, bytes]]:
-    """(caption, PNG) for the internal report: any outputs, captioned released / withheld in gate runs.
+def internal_samples(job: Job, chosen: pd.DataFrame, released: set | None = None) -> list[tuple[str, bytes]]:
+    """(caption, PNG) for the internal report of these ok rows, captioned released / withheld in gate runs.
 
     Originals only with --report-originals, re-encoded so no metadata travels.
     """
-    ok = manifest[(manifest["status"] == "ok") & manifest["output_path"].notna()].sort_values(["level", "anon_id"])
-    chosen = ok.head(SAMPLE_IMAGES)
     originals = _original_thumbnails(job, chosen) if job.settings.report_originals else {}
     samples = []
     for row in chosen.itertuples():
@@ -141,16 +180,18 @@ def _level_text(level, t_boom) -> str:
     return f"level {level:.2f}" + ("" if pd.isna(t_boom) else f" (t_boom {int(t_boom)})")
 
 
-def build_report(job: Job, manifest, summary, distances, samples, sections=(), report_dir=None):
-    """Write the HTML report (to report/ unless `report_dir`) with exactly the given sample images."""
+def build_report(job: Job, failed, summary, distances, samples, sections=(), report_dir=None):
+    """Write the HTML report (to report/ unless `report_dir`) with exactly the given sample images.
+
+    `failed`: the manifest's failed rows (anon_id, level, error); `distances`: the evaluation's error rows.
+    """
     layout = job.layout
-    failed = manifest["status"] != "ok"
     failures = pd.concat(
         [
-            manifest.loc[failed, ["anon_id", "level", "error"]].assign(stage="anonymize"),
+            failed[["anon_id", "level", "error"]].assign(stage="anonymize"),
             distances.loc[distances["status"] == "error", ["anon_id", "level", "error", "recognizer"]]
             .assign(stage="evaluate")
-            .loc[lambda d: ~d["anon_id"].isin(manifest.loc[failed, "anon_id"])],
+            .loc[lambda d: ~d["anon_id"].isin(failed["anon_id"])],
         ],
         ignore_index=True,
     )
@@ -194,7 +235,7 @@ def _original_thumbnails(job: Job, rows: pd.DataFrame) -> dict[str, bytes]:
 def closing_lines(result: JobResult) -> list[str]:
     """A few short lines for the terminal: outputs, failures by reason, cleared at the top level, where."""
     job = result.job
-    c = counts(result.manifest)
+    c = result.counts
     levels = ", ".join(f"{v:g}" for v in c["levels"])
     where = f"at level(s) {levels}" if levels else f"({job.settings.label or 'no level'})"
     lines = [
@@ -202,7 +243,7 @@ def closing_lines(result: JobResult) -> list[str]:
         f"({job.pairs_done_now} processed in this run)."
     ]
     if c["errors"]:
-        reasons = result.manifest.loc[result.manifest["status"] != "ok", "error"].fillna("error").str.split(":").str[0]
+        reasons = result.overview.failures["error"].fillna("error").str.split(":").str[0]
         top = ", ".join(f"{reason} {n}" for reason, n in reasons.value_counts().head(3).items())
         lines.append(f"Failed: {top}. Details: {job.layout.root / 'manifest.parquet'}")
     summary = result.summary

@@ -18,7 +18,7 @@ from typing import TextIO
 
 from .cluster import ClusterInfo, connect, disconnect
 from .config import JobSettings
-from .errors import TRANSIENT, problem, scrub
+from .errors import problem, scrub
 from .inputs import InputItem, InputSet, discover
 from .layout import RunLayout, write_private_bytes
 from .lock import RunLock
@@ -38,11 +38,10 @@ from .records import (
     compact_finished,
     finish_batch,
     forget_pairs,
-    read_shard,
     remove_orphans,
     write_identities,
 )
-from .resume import ShardCompactor, done_by_shard
+from .resume import ShardCompactor, shard_todo
 from .secret import anon_id, load_secret
 from .shards import plan_shards
 from .stages import AnonymizeConfig, AnonymizeStage, EvaluateConfig, EvaluateStage, WriteStage, error_row
@@ -229,22 +228,18 @@ def run_pass(job: Job, levels: tuple[float, ...], image_ids: set[str] | None = N
     for item in job.inputs.items:
         if image_ids is None or item.image_id in image_ids:
             by_shard[shards.of(job.anon_ids[item.image_id])].append(item)
-    done: dict[int, set] = {}
-    redo: set[tuple[str, float]] = set()
-    for shard, rows in done_by_shard(layout, sorted(by_shard), evaluated=job.evaluated):
-        scope = {(job.anon_ids[i.image_id], float(level)) for i in by_shard[shard] for level in levels}
-        retry = pairs_to_retry(job, rows, by_shard[shard], shard) & scope
-        redo |= retry
-        done[shard] = set(zip(rows["anon_id"].tolist(), rows["level"].tolist(), strict=True)) & scope - retry
-    forget_pairs(layout, redo)
     work: list[dict] = []
     problems: list[tuple[InputItem, float]] = []
     planned: Counter = Counter()
-    for shard, items in by_shard.items():
-        finished = done.get(shard, set())
-        for item in items:
+    for shard, items in sorted(by_shard.items()):
+        seen_now = {job.anon_ids[i.image_id]: (i.size, i.mtime) if i.size is not None else None for i in items}
+        todo_by_id, retry = shard_todo(
+            layout, shard, seen_now, levels, evaluated=job.evaluated, retry_errors=job.settings.retry_errors
+        )
+        forget_pairs(layout, retry)
+        for item in items if todo_by_id else ():
             aid = job.anon_ids[item.image_id]
-            todo = [level for level in levels if (aid, float(level)) not in finished]
+            todo = todo_by_id.get(aid)
             if not todo:
                 continue
             planned[shard] += len(todo)
@@ -262,7 +257,6 @@ def run_pass(job: Job, levels: tuple[float, ...], image_ids: set[str] | None = N
                         "levels": todo,
                     }
                 )
-    del done
     total = sum(planned.values())
     if total == 0:
         return 0
@@ -286,35 +280,6 @@ def run_pass(job: Job, levels: tuple[float, ...], image_ids: set[str] | None = N
     job.pairs_done_now += progress.done
     job.errors_now += progress.errors
     return progress.done
-
-
-def pairs_to_retry(job: Job, manifest, items: list[InputItem], shard: int) -> set[tuple[str, float]]:
-    """Error rows a rerun redoes: transient ones, changed inputs, or all with --retry-errors.
-
-    `manifest`: done rows (of one shard, `shard`, whose private rows are read only when needed).
-    """
-    errors = manifest[manifest["status"] != "ok"]
-    if errors.empty:
-        return set()
-    if job.settings.retry_errors:
-        return set(zip(errors["anon_id"], errors["level"].astype(float), strict=True))
-    retry = set(zip(*(errors.loc[errors["error_kind"] == TRANSIENT, c] for c in ("anon_id", "level")), strict=True))
-    if len(retry) == len(errors):
-        return {(a, float(level)) for a, level in retry}
-    # An input error is worth another try only if the file is no longer what failed.
-    private = read_shard(job.layout.outputs, shard, ["anon_id", "level", "source_size", "source_mtime"])
-    if private is None or private.empty:
-        return {(a, float(level)) for a, level in retry}
-    # Plain dicts and lists: a pandas lookup per error row costs milliseconds, i.e. minutes at 10^6 images.
-    columns = [private[c].tolist() for c in ("anon_id", "level", "source_size", "source_mtime")]
-    seen_then = {(a, float(lv)): (size, mtime) for a, lv, size, mtime in zip(*columns, strict=True)}
-    now_seen = {job.anon_ids[i.image_id]: (i.size, i.mtime) for i in items if i.size is not None}
-    for key in zip(errors["anon_id"].tolist(), errors["level"].astype(float).tolist(), strict=True):
-        if key in retry or key[0] not in now_seen or key not in seen_then:
-            continue
-        if seen_then[key] != now_seen[key[0]]:
-            retry.add(key)
-    return {(a, float(level)) for a, level in retry}
 
 
 def _write_problems(job: Job, problems: list[tuple[InputItem, float]]):

@@ -1,7 +1,9 @@
-"""What a pass still has to do, read shard by shard; and compacting shards as the stream finishes them.
+"""What a pass still has to do, shard by shard; and compacting shards as the stream finishes them.
 
-The driver never holds a whole table: it reads one shard's manifest keys (and, for evaluated jobs, its
-distance keys) at a time, and keeps only the pairs still to do and the error rows it may retry.
+The driver never holds a whole table. A shard whose manifest marker (pipeline.records.shard_marker) says
+it holds exactly this pass's images at every level it asks for is done without being read, but for its
+error rows (a filtered read), which a rerun may retry. Any other shard is read: its manifest keys and, for
+evaluated jobs, its distance keys.
 """
 
 from __future__ import annotations
@@ -10,9 +12,12 @@ from collections import Counter
 from collections.abc import Iterable
 
 import pandas as pd
+import pyarrow.parquet as pq
 
+from .errors import TRANSIENT
 from .layout import RunLayout
-from .records import compact_finished, compact_shard, read_shard, shards_with_rows
+from .records import compact_finished, compact_shard, ids_digest, read_marker, read_shard, shards_with_rows
+from .shards import shard_name
 
 DONE_COLUMNS = ["anon_id", "level", "status", "error_kind"]
 
@@ -42,6 +47,97 @@ def done_by_shard(layout: RunLayout, shards: Iterable[int], *, evaluated: bool):
     for shard in shards:
         if shard in has_rows:
             yield shard, shard_done(layout, shard, evaluated=evaluated)
+
+
+def shard_todo(
+    layout: RunLayout,
+    shard: int,
+    seen_now: dict[str, tuple | None],
+    levels: Iterable[float],
+    *,
+    evaluated: bool,
+    retry_errors: bool = False,
+) -> tuple[dict[str, list[float]], set[tuple[str, float]]]:
+    """The levels each of this shard's images still needs, by anon_id (images with none left are absent),
+    and the error rows among them to forget before they are redone.
+
+    `seen_now`: the shard's images in this pass, anon_id -> (size, mtime) of the input now (None if not
+    known), so that an input error is retried once the file has changed. Call after `compact_finished`:
+    each shard is then at most one file per table.
+    """
+    levels = [float(level) for level in levels]
+    marker = read_marker(layout, shard)
+    if _complete(marker, seen_now, levels, evaluated):
+        if not marker["transient_errors"] and not (marker["other_errors"] and (retry_errors or _any_known(seen_now))):
+            return {}, set()
+        path = layout.manifest / shard_name(shard)
+        rows = pq.read_table(path, columns=DONE_COLUMNS, filters=[("status", "!=", "ok")]).to_pandas()
+        rows["level"] = rows["level"].astype(float)
+        retry = {(a, lv) for a, lv in pairs_to_retry(layout, shard, rows, seen_now, retry_errors) if a in seen_now}
+        retry = {(a, lv) for a, lv in retry if lv in levels}
+        todo: dict[str, list[float]] = {}
+        for aid, level in sorted(retry):
+            todo.setdefault(aid, []).append(level)
+        return todo, retry
+    rows = shard_done(layout, shard, evaluated=evaluated)
+    if rows.empty:
+        return {aid: list(levels) for aid in seen_now}, set()
+    retry = {(a, lv) for a, lv in pairs_to_retry(layout, shard, rows, seen_now, retry_errors) if a in seen_now}
+    retry = {(a, lv) for a, lv in retry if lv in levels}
+    done = set(zip(rows["anon_id"].tolist(), rows["level"].tolist(), strict=True)) - retry
+    todo = {}
+    for aid in seen_now:
+        need = [level for level in levels if (aid, level) not in done]
+        if need:
+            todo[aid] = need
+    return todo, retry
+
+
+def _complete(marker: dict | None, seen_now: dict, levels: list[float], evaluated: bool) -> bool:
+    """Whether the marked shard has a row for every one of these images at every one of these levels."""
+    return (
+        marker is not None
+        and marker["grid"]
+        and marker["ids"] == len(seen_now)
+        and (marker["evaluated"] or not evaluated)
+        and set(levels) <= set(marker["levels"])
+        and marker["ids_sha256"] == ids_digest(sorted(seen_now))
+    )
+
+
+def _any_known(seen_now: dict) -> bool:
+    return any(v is not None for v in seen_now.values())
+
+
+def pairs_to_retry(
+    layout: RunLayout, shard: int, manifest: pd.DataFrame, seen_now: dict[str, tuple | None], retry_errors: bool
+) -> set[tuple[str, float]]:
+    """Error rows of a shard that a rerun redoes: transient ones, those of inputs that changed since, or
+    all with --retry-errors. `manifest`: the shard's done rows (or just its error rows)."""
+    errors = manifest[manifest["status"] != "ok"]
+    if errors.empty:
+        return set()
+    keys = list(zip(errors["anon_id"].tolist(), errors["level"].astype(float).tolist(), strict=True))
+    if retry_errors:
+        return set(keys)
+    transient = (errors["error_kind"] == TRANSIENT).tolist()
+    retry = {key for key, t in zip(keys, transient, strict=True) if t}
+    # An input error is worth another try only if the file is no longer what failed.
+    check = [key for key, t in zip(keys, transient, strict=True) if not t and seen_now.get(key[0]) is not None]
+    if not check:
+        return retry
+    ids = sorted({aid for aid, _ in check})
+    private = read_shard(
+        layout.outputs, shard, ["anon_id", "level", "source_size", "source_mtime"], filters=[("anon_id", "in", ids)]
+    )
+    if private is None or private.empty:
+        return retry
+    columns = [private[c].tolist() for c in ("anon_id", "level", "source_size", "source_mtime")]
+    seen_then = {(a, float(lv)): (size, mtime) for a, lv, size, mtime in zip(*columns, strict=True)}
+    for key in check:
+        if key in seen_then and seen_then[key] != seen_now[key[0]]:
+            retry.add(key)
+    return retry
 
 
 class ShardCompactor:
