@@ -80,7 +80,12 @@ def _add_job_flags(parser: argparse.ArgumentParser, *, sampler: bool, evaluation
             dest="model_batch",
             help="images per model call, padded to this fixed size so bytes never depend on batching (default 4)",
         )
-        group.add_argument("--workers", type=int, help="anonymize actors (default 1)")
+        group.add_argument(
+            "--workers",
+            type=int,
+            help="anonymize actors (default: fill the machine: one per GPU, or with evaluation three quarters "
+            "of the CPUs, one torch thread each; `boomerang doctor` prints the plan)",
+        )
         group.add_argument(
             "--gpus-per-worker",
             type=float,
@@ -101,7 +106,12 @@ def _add_job_flags(parser: argparse.ArgumentParser, *, sampler: bool, evaluation
             help="where an anonymized image with no detected face is compared: at the original's face box "
             "(default; an attacker knows where the face was) or on the whole image (deepface's fallback)",
         )
-        group.add_argument("--eval-workers", type=int, dest="eval_workers")
+        group.add_argument(
+            "--eval-workers",
+            type=int,
+            dest="eval_workers",
+            help="evaluation actors (default: the CPUs the anonymize actors leave, at least one)",
+        )
         group.add_argument("--eval-batch-size", type=int, dest="eval_batch_size")
         group.add_argument("--report-originals", action="store_true", default=None, dest="report_originals")
     if sampler and evaluation:

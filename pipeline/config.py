@@ -36,9 +36,9 @@ class JobSettings:
     levels: tuple[float, ...] = (0.7,)
     seed: int = 0
     batch_size: int = 4
-    workers: int = 1
+    workers: int | None = None  # None: fill the machine (pipeline.plan)
     gpus_per_worker: float | None = None  # None: 1 where the cluster has GPUs, else 0
-    eval_workers: int = 1
+    eval_workers: int | None = None  # None: fill the machine (pipeline.plan)
     eval_batch_size: int = 8
     # Images per shard (pipeline.shards): one file per shard per table, so 10^6 images make 245 files, not
     # 250,000 batch parts; small enough that a shard's compaction reads a few hundred parts and holds a few
@@ -79,6 +79,8 @@ class JobSettings:
             raise SettingsError(f"--ladder must increase, got {list(self.ladder)}")
         for name in ("batch_size", "workers", "eval_workers", "eval_batch_size", "max_pixels", "shard_size"):
             value = getattr(self, name)
+            if value is None and name in ("workers", "eval_workers"):
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SettingsError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
         for name, value in self.gate_thresholds:
@@ -230,6 +232,12 @@ def build_settings(values: Mapping[str, Any]) -> JobSettings:
         evaluation["thresholds"] = tuple((str(k), float(v)) for k, v in evaluation["thresholds"].items())
     if isinstance(job.get("gate_thresholds"), Mapping):
         job["gate_thresholds"] = tuple((str(k), float(v)) for k, v in job["gate_thresholds"].items())
+    # Workers on other machines (or in another folder) must get the same files: absolute paths or URLs.
+    for key in ("input", "out", "deepface_home", "secret_file"):
+        if isinstance(job.get(key), str) and job[key]:
+            job[key] = absolute(job[key])
+    if isinstance(sampler.get("model"), str) and Path(sampler["model"]).expanduser().exists():
+        sampler["model"] = absolute(sampler["model"])  # a local folder; anything else is a hub id
     sampler.setdefault("model_batch", DEFAULT_MODEL_BATCH)
     try:
         job["sampler"] = SamplerSettings(**sampler)
@@ -243,6 +251,13 @@ def build_settings(values: Mapping[str, Any]) -> JobSettings:
         return JobSettings(**job)
     except TypeError as err:
         raise SettingsError(str(err)) from None
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute (with ~ expanded); URLs (s3://, gs://, ...) as they are."""
+    if "://" in path and not path.startswith("file://"):
+        return path
+    return os.path.abspath(os.path.expanduser(path.removeprefix("file://")))
 
 
 def _float_tuple(name: str, value: Any) -> tuple[float, ...]:

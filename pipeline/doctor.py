@@ -8,6 +8,8 @@ from pathlib import Path
 from anonymize import SamplerSettings
 from evaluation import EvaluationSettings, weight_file
 
+from .plan import plan_actors
+
 
 def report(*, model: str | None, recognizers: str | None, engine: str, address: str | None) -> tuple[str, bool]:
     """The doctor's lines, and whether every required part (model, recognizer weights, cluster) is present."""
@@ -57,16 +59,25 @@ def _ray(address: str | None) -> tuple[list[str], bool]:
 
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:
+        import torch
+
+        cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
         return [
-            f"Ray {ray.__version__}: no cluster given; jobs start an embedded local Ray with {os.cpu_count()} CPUs"
+            f"Ray {ray.__version__}: no cluster given; jobs start an embedded local Ray with {cpus} CPUs",
+            _plan_line(cpus, gpus),
         ], True
     try:
         info = check(address)
     except ClusterUnavailable as err:
         return [f"Ray {ray.__version__}: {err}"], False
     return [
-        f"Ray {ray.__version__} cluster {address}: joined: {info.nodes} nodes, {info.cpus:g} CPUs, {info.gpus:g} GPUs"
+        f"Ray {ray.__version__} cluster {address}: joined: {info.nodes} nodes, {info.cpus:g} CPUs, {info.gpus:g} GPUs",
+        _plan_line(info.cpus, info.gpus),
     ], True
+
+
+def _plan_line(cpus: float, gpus: float) -> str:
+    return f"plan with default flags: {plan_actors(cpus, gpus).describe()}"
 
 
 def _model(model: str) -> tuple[list[str], bool]:

@@ -167,7 +167,8 @@ def evaluate_pass(job: Job, anonymized: str) -> JobResult:
             ),
             batch_size=settings.eval_batch_size,
             batch_format="pandas",
-            compute=ActorPoolStrategy(size=settings.eval_workers),
+            # Nothing else runs: by default every CPU evaluates (one torch thread per actor).
+            compute=ActorPoolStrategy(size=settings.eval_workers or max(1, int(job.cluster.cpus))),
             num_cpus=0.5,
         )
         for batch in ds.iter_batches(batch_format="pandas", batch_size=None):

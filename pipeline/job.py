@@ -22,6 +22,7 @@ from .errors import problem, scrub
 from .inputs import InputItem, InputSet, discover
 from .layout import RunLayout, write_private_bytes
 from .lock import RunLock
+from .plan import ActorPlan, plan_actors
 from .progress import Progress
 from .provenance import (
     check_rerun,
@@ -209,6 +210,8 @@ def ensure_cluster(job: Job) -> ClusterInfo:
         job.cluster = cluster
         record = read_json(job.layout.run_json)
         record["ray"] = {"address": cluster.address, "cpus": cluster.cpus, "gpus": cluster.gpus, "nodes": cluster.nodes}
+        actors = actor_plan(job)
+        record["ray"]["actors"] = {"anonymize": actors.anonymize, "evaluate": actors.evaluate}
         write_json_atomic(job.layout.run_json, record)
     return job.cluster
 
@@ -305,9 +308,8 @@ def _plan(job: Job, work: list[dict]):
     from ray.data import ActorPoolStrategy
 
     settings = job.settings
-    gpus = settings.gpus_per_worker
-    if gpus is None:
-        gpus = 1.0 if job.cluster.gpus > 0 else 0.0
+    actors = actor_plan(job)
+    gpus = actors.gpus_per_anonymize
     if job.inputs.kind == "folder":
         ds = ray.data.from_items(work)
     else:
@@ -336,7 +338,7 @@ def _plan(job: Job, work: list[dict]):
         ),
         batch_size=settings.batch_size,
         batch_format="pandas",
-        compute=ActorPoolStrategy(size=settings.workers),
+        compute=ActorPoolStrategy(size=actors.anonymize),
         num_gpus=gpus,
         num_cpus=cpu_actor,
     )
@@ -349,7 +351,7 @@ def _plan(job: Job, work: list[dict]):
             ),
             batch_size=settings.eval_batch_size,
             batch_format="pandas",
-            compute=ActorPoolStrategy(size=settings.eval_workers),
+            compute=ActorPoolStrategy(size=actors.evaluate),
             num_cpus=0.5,
         )
     else:
@@ -362,6 +364,19 @@ def _plan(job: Job, work: list[dict]):
             num_cpus=0.25,
         )
     return ds
+
+
+def actor_plan(job: Job) -> ActorPlan:
+    """The job's actors on its cluster (pipeline.plan), as `boomerang doctor` prints them."""
+    settings = job.settings
+    return plan_actors(
+        job.cluster.cpus,
+        job.cluster.gpus,
+        workers=settings.workers,
+        eval_workers=settings.eval_workers,
+        gpus_per_worker=settings.gpus_per_worker,
+        evaluated=job.evaluated,
+    )
 
 
 def _attach_work(batch, work: dict, id_column: str, image_column: str):

@@ -53,6 +53,15 @@ def test_doctor_exits_0_when_every_required_part_is_present(capsys, monkeypatch,
 
     out = capsys.readouterr().out
     assert f"model {tiny_sd}: local folder {tiny_sd} present" in out
+    # The actors a job with default flags would start here: the plan the job itself uses (pipeline.plan).
+    import os
+
+    import torch
+
+    from pipeline.plan import plan_actors
+
+    plan = plan_actors(os.cpu_count() or 1, torch.cuda.device_count())
+    assert f"plan with default flags: {plan.describe()}" in out
     assert "MISSING" not in out
     assert out.rstrip().splitlines()[-1] == "ready: every required part is present"
 

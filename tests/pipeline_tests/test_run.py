@@ -75,16 +75,35 @@ def test_run_good_and_bad_images_at_two_levels(cli, tmp_path):
     assert "cleared" in stdout and "Report:" in stdout
 
 
+def _stage_actors(stage: str) -> set[str]:
+    """Ids of the actors Ray has started for a stage class (alive or finished), from Ray's own actor table."""
+    from ray._private.state import actors  # the GCS table, which needs no dashboard
+
+    return {a for a, info in actors().items() if stage in info["ActorClassName"]}
+
+
 @pytest.mark.heavy
 def test_same_bytes_whatever_the_batch_size_and_worker_count(cli, tmp_path):
+    """--workers 1 against the default plan, which fills the machine (one actor per CPU here)."""
+    from pipeline.plan import plan_actors
+
     data = tmp_path / "in"
     write_faces(data, 5, size=(64, 64))
     hashes = []
     secret = ["--secret-file", str(tmp_path / "b1w1" / "private" / "secret")]  # the same run, elsewhere
-    for name, flags in (("b1w1", ["--batch-size", "1"]), ("b4w2", ["--batch-size", "4", "--workers", "2", *secret])):
+    for name, flags in (("b1w1", ["--batch-size", "1", "--workers", "1"]), ("b4", ["--batch-size", "4", *secret])):
         out = tmp_path / name
+        before = _stage_actors("AnonymizeStage")
         status, _, _ = cli("anonymize", str(data), "--out", str(out), "--levels", "0.5", *flags)
         assert status == 0
+        started = len(_stage_actors("AnonymizeStage") - before)
+        ray_record = json.loads((out / "run.json").read_text())["ray"]
+        if name == "b4":  # default flags: the plan doctor prints for this cluster, and Ray started as many
+            plan = plan_actors(ray_record["cpus"], ray_record["gpus"], evaluated=False)
+            assert ray_record["actors"] == {"anonymize": plan.anonymize, "evaluate": 0}
+            assert started == plan.anonymize == int(ray_record["cpus"]) >= 2
+        else:
+            assert started == ray_record["actors"]["anonymize"] == 1
         manifest = pd.read_parquet(out / "manifest.parquet").merge(_identities(out), on="anon_id")
         hashes.append(dict(zip(manifest["image_id"], manifest["sha256_output"], strict=True)))
     assert hashes[0] == hashes[1]

@@ -1,0 +1,54 @@
+"""Defaults that fill the machine, and paths that mean the same on every worker."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pipeline.config import build_settings
+from pipeline.plan import ActorPlan, plan_actors
+
+
+@pytest.mark.parametrize(
+    ("cpus", "gpus", "flags", "expected"),
+    [
+        # CPU-only: one actor per CPU, a quarter (at least one) of them evaluating.
+        (2, 0, {}, ActorPlan(1, 1, 0.0)),
+        (16, 0, {}, ActorPlan(12, 4, 0.0)),
+        (1, 0, {}, ActorPlan(1, 1, 0.0)),
+        (16, 0, {"evaluated": False}, ActorPlan(16, 0, 0.0)),
+        # What is given is kept; the other pool takes the CPUs left.
+        (16, 0, {"workers": 4}, ActorPlan(4, 12, 0.0)),
+        (16, 0, {"eval_workers": 2}, ActorPlan(14, 2, 0.0)),
+        (16, 0, {"workers": 3, "eval_workers": 2}, ActorPlan(3, 2, 0.0)),
+        # GPUs: one anonymize actor per GPU (or per share of one), the CPUs left evaluate.
+        (32, 8, {}, ActorPlan(8, 24, 1.0)),
+        (32, 8, {"gpus_per_worker": 0.5}, ActorPlan(16, 16, 0.5)),
+        (32, 8, {"gpus_per_worker": 0.0}, ActorPlan(24, 8, 0.0)),
+    ],
+)
+def test_the_default_plan_fills_the_machine(cpus, gpus, flags, expected):
+    assert plan_actors(cpus, gpus, **flags) == expected
+
+
+def test_the_plan_reads_as_doctor_prints_it():
+    assert plan_actors(16, 0).describe() == (
+        "12 anonymize actors (1 CPU thread each), 4 evaluation actors (1 CPU thread each)"
+    )
+    assert plan_actors(8, 1).describe() == "1 anonymize actor (1 GPU each), 7 evaluation actors (1 CPU thread each)"
+
+
+def test_local_paths_are_made_absolute_before_anything_reaches_a_worker(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "sd").mkdir(parents=True)
+    settings = build_settings(
+        {"input": "faces", "out": "runs/one", "model": "models/sd", "deepface_home": "~/df", "secret_file": "s"}
+    )
+    assert settings.input == str(tmp_path / "faces") and settings.out == str(tmp_path / "runs" / "one")
+    assert settings.sampler.model == str(tmp_path / "models" / "sd")
+    assert settings.deepface_home == os.path.expanduser("~/df") and settings.secret_file == str(tmp_path / "s")
+    # URLs and hub ids mean the same everywhere: left as they are.
+    remote = build_settings({"input": "s3://bucket/faces", "out": "gs://bucket/run", "model": "org/some-model"})
+    assert (remote.input, remote.out) == ("s3://bucket/faces", "gs://bucket/run")
+    assert remote.sampler.model == "org/some-model"
