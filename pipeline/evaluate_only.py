@@ -19,7 +19,7 @@ import pandas as pd
 from .errors import MISSING_OUTPUT, classify
 from .finalize import JobResult, finalize
 from .inputs import InputError, discover, read_bytes
-from .job import Job, ensure_cluster
+from .job import TASK_CPUS, Job, ensure_cluster
 from .layout import RunLayout
 from .progress import Progress
 from .records import compact_finished, finish_batch, read_manifest, remove_orphans
@@ -155,10 +155,13 @@ def evaluate_pass(job: Job, anonymized: str) -> JobResult:
         job.pairs_done_now += len(missing)
     if pairs:
         ensure_cluster(job)
+        workers = settings.eval_workers or max(1, int(job.cluster.cpus))
         progress = Progress(len(pairs), "evaluate")
         inputs = job.inputs
         parquet = (inputs.uri, inputs.id_column, inputs.image_column) if inputs.kind == "parquet" else None
-        ds = ray.data.from_items(pairs).map_batches(_load, fn_kwargs={"parquet": parquet}, batch_format="pandas")
+        ds = ray.data.from_items(pairs).map_batches(
+            _load, fn_kwargs={"parquet": parquet}, batch_format="pandas", num_cpus=TASK_CPUS
+        )
         ds = ds.map_batches(
             EvaluateStage,
             fn_constructor_args=(
@@ -167,9 +170,10 @@ def evaluate_pass(job: Job, anonymized: str) -> JobResult:
             ),
             batch_size=settings.eval_batch_size,
             batch_format="pandas",
-            # Nothing else runs: by default every CPU evaluates (one torch thread per actor).
-            compute=ActorPoolStrategy(size=settings.eval_workers or max(1, int(job.cluster.cpus))),
-            num_cpus=0.5,
+            # Nothing else runs: by default every CPU evaluates (one torch thread per actor), the actors
+            # reserving at most half the CPUs in Ray's accounting (pipeline.plan).
+            compute=ActorPoolStrategy(size=workers),
+            num_cpus=min(0.5, job.cluster.cpus / 2 / workers),
         )
         for batch in ds.iter_batches(batch_format="pandas", batch_size=None):
             progress.update(len(batch), int((batch["status"] != "ok").sum()))

@@ -301,6 +301,7 @@ def _write_problems(job: Job, problems: list[tuple[InputItem, float]]):
 
 
 CPU_THREADS_PER_ACTOR = 1
+TASK_CPUS = 0.25
 
 
 def _plan(job: Job, work: list[dict]):
@@ -313,7 +314,13 @@ def _plan(job: Job, work: list[dict]):
     if job.inputs.kind == "folder":
         ds = ray.data.from_items(work)
     else:
-        ds = ray.data.read_parquet(job.inputs.uri, columns=[job.inputs.id_column, job.inputs.image_column])
+        # Light tasks, a quarter CPU each: the actors of a machine-filling plan (pipeline.plan) hold the
+        # rest, and a task that asked for a whole CPU would wait for one forever.
+        ds = ray.data.read_parquet(
+            job.inputs.uri,
+            columns=[job.inputs.id_column, job.inputs.image_column],
+            num_cpus=TASK_CPUS,
+        )
         by_id = {w["image_id"]: w for w in work}
         ds = ds.map_batches(
             _attach_work,
@@ -323,9 +330,10 @@ def _plan(job: Job, work: list[dict]):
                 "image_column": job.inputs.image_column,
             },
             batch_format="pandas",
+            num_cpus=TASK_CPUS,
         )
-    # Fractional CPUs: on a small machine whole-CPU actors plus Ray's own tasks can starve each other.
-    cpu_actor = 1.0 if gpus else 0.5
+    # Fractional CPU reservations (pipeline.plan): whole-CPU actors plus Ray's own tasks starve each other.
+    cpu_actor = actors.cpus_per_actor
     # One torch thread per CPU actor; scale with --workers. A thread count that followed the worker
     # count would change float reduction order, so --workers would change the bytes; and more threads
     # than cores across the actors makes OpenMP spin (10x slower on a 2-core machine).
@@ -352,7 +360,7 @@ def _plan(job: Job, work: list[dict]):
             batch_size=settings.eval_batch_size,
             batch_format="pandas",
             compute=ActorPoolStrategy(size=actors.evaluate),
-            num_cpus=0.5,
+            num_cpus=cpu_actor,
         )
     else:
         ds = ds.map_batches(
@@ -361,7 +369,7 @@ def _plan(job: Job, work: list[dict]):
             batch_format="pandas",
             batch_size=settings.eval_batch_size,
             compute=ActorPoolStrategy(size=1),
-            num_cpus=0.25,
+            num_cpus=cpu_actor,
         )
     return ds
 

@@ -18,6 +18,11 @@ class ActorPlan:
     anonymize: int
     evaluate: int  # evaluation actors (0: an anonymize-only job, whose one writer actor is not counted)
     gpus_per_anonymize: float
+    # What each actor reserves in Ray's CPU accounting (each runs one thread whatever this says): the
+    # actors together reserve at most half the cluster's CPUs, so that Ray Data's read and light tasks
+    # always find room. A plan whose actors reserved more hung on 2 CPUs (a Parquet input's read task
+    # never got scheduled).
+    cpus_per_actor: float = 0.5
 
     def describe(self) -> str:
         where = f"{self.gpus_per_anonymize:g} GPU each" if self.gpus_per_anonymize else "1 CPU thread each"
@@ -50,4 +55,6 @@ def plan_actors(
     else:
         evaluate = eval_workers or max(1, cores // 4)
         anonymize = workers or max(1, cores - evaluate)
-    return ActorPlan(anonymize, evaluate if evaluated else 0, float(gpu_share))
+    evaluate = evaluate if evaluated else 0
+    actors = anonymize + max(evaluate, 1)  # an anonymize-only job has one writer actor
+    return ActorPlan(anonymize, evaluate, float(gpu_share), min(0.5, cpus / 2 / actors))

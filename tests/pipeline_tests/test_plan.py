@@ -14,22 +14,27 @@ from pipeline.plan import ActorPlan, plan_actors
     ("cpus", "gpus", "flags", "expected"),
     [
         # CPU-only: one actor per CPU, a quarter (at least one) of them evaluating.
-        (2, 0, {}, ActorPlan(1, 1, 0.0)),
-        (16, 0, {}, ActorPlan(12, 4, 0.0)),
-        (1, 0, {}, ActorPlan(1, 1, 0.0)),
-        (16, 0, {"evaluated": False}, ActorPlan(16, 0, 0.0)),
+        (2, 0, {}, ActorPlan(1, 1, 0.0, 0.5)),
+        (16, 0, {}, ActorPlan(12, 4, 0.0, 0.5)),
+        (1, 0, {}, ActorPlan(1, 1, 0.0, 0.25)),
+        # Anonymize only: every CPU anonymizes, next to one writer actor; all of them together reserve
+        # half the CPUs in Ray's accounting, leaving room for Ray Data's tasks.
+        (2, 0, {"evaluated": False}, ActorPlan(2, 0, 0.0, 1 / 3)),
+        (16, 0, {"evaluated": False}, ActorPlan(16, 0, 0.0, 8 / 17)),
         # What is given is kept; the other pool takes the CPUs left.
-        (16, 0, {"workers": 4}, ActorPlan(4, 12, 0.0)),
-        (16, 0, {"eval_workers": 2}, ActorPlan(14, 2, 0.0)),
-        (16, 0, {"workers": 3, "eval_workers": 2}, ActorPlan(3, 2, 0.0)),
+        (16, 0, {"workers": 4}, ActorPlan(4, 12, 0.0, 0.5)),
+        (16, 0, {"eval_workers": 2}, ActorPlan(14, 2, 0.0, 0.5)),
+        (16, 0, {"workers": 3, "eval_workers": 2}, ActorPlan(3, 2, 0.0, 0.5)),
         # GPUs: one anonymize actor per GPU (or per share of one), the CPUs left evaluate.
-        (32, 8, {}, ActorPlan(8, 24, 1.0)),
-        (32, 8, {"gpus_per_worker": 0.5}, ActorPlan(16, 16, 0.5)),
-        (32, 8, {"gpus_per_worker": 0.0}, ActorPlan(24, 8, 0.0)),
+        (32, 8, {}, ActorPlan(8, 24, 1.0, 0.5)),
+        (32, 8, {"gpus_per_worker": 0.5}, ActorPlan(16, 16, 0.5, 0.5)),
+        (32, 8, {"gpus_per_worker": 0.0}, ActorPlan(24, 8, 0.0, 0.5)),
     ],
 )
 def test_the_default_plan_fills_the_machine(cpus, gpus, flags, expected):
-    assert plan_actors(cpus, gpus, **flags) == expected
+    plan = plan_actors(cpus, gpus, **flags)
+    assert plan == expected
+    assert plan.cpus_per_actor * (plan.anonymize + max(plan.evaluate, 1)) <= cpus / 2 + 1e-9
 
 
 def test_the_plan_reads_as_doctor_prints_it():
