@@ -9,13 +9,14 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from evaluation import summary_table, write_parquet_atomic, write_report
 from evaluation.summary import merge_partials, partial_stats, summary_from_partials
 
 from .provenance import now, read_json, write_json_atomic
-from .records import read_shard, shards_with_rows
+from .records import ROWS_PER_STEP, shards_with_rows, table_files, table_steps
 
 if TYPE_CHECKING:
     from .job import Job
@@ -38,23 +39,35 @@ class ManifestOverview:
     def read(cls, layout) -> ManifestOverview:
         totals = {"images": 0, "rows": 0, "ok": 0, "errors": 0}
         levels: set[float] = set()
-        failures = [pd.DataFrame(columns=["anon_id", "level", "error"])]
-        samples = pd.DataFrame(columns=MANIFEST_COLUMNS)
-        for shard in sorted(shards_with_rows(layout)):
-            rows = read_shard(layout.manifest, shard, MANIFEST_COLUMNS)
-            ok = rows["status"] == "ok"
-            # Shards split the anon_ids: an image's rows are all in one shard, so images add up.
-            totals["images"] += int(rows["anon_id"].nunique())
+        failures = [
+            pa.table(
+                {
+                    "anon_id": pa.array([], pa.string()),
+                    "level": pa.array([], pa.float64()),
+                    "error": pa.array([], pa.string()),
+                }
+            )
+        ]
+        samples: pa.Table | None = None
+        # Arrow, not pandas: at 10^6 rows pandas' per-step conversions cost more than the counting.
+        for rows in table_steps(layout.manifest, sorted(shards_with_rows(layout)), MANIFEST_COLUMNS):
+            ok = pc.equal(rows["status"], "ok")
+            n_ok = int(pc.sum(ok).as_py() or 0)
+            # Steps split the anon_ids (whole shards): an image's rows are all in one, so images add up.
+            totals["images"] += int(pc.count_distinct(rows["anon_id"]).as_py())
             totals["rows"] += len(rows)
-            totals["ok"] += int(ok.sum())
-            totals["errors"] += int((~ok).sum())
-            levels |= {float(v) for v in rows["level"].dropna().unique()}
-            failures.append(rows.loc[~ok, ["anon_id", "level", "error"]])
-            shown = rows[ok & rows["output_path"].notna()]
-            samples = pd.concat([samples, shown]) if len(samples) else shown
-            samples = samples.sort_values(["level", "anon_id"]).head(SAMPLE_IMAGES)
+            totals["ok"] += n_ok
+            totals["errors"] += len(rows) - n_ok
+            levels |= {float(v) for v in pc.unique(rows["level"]).to_pylist() if v is not None and v == v}
+            failures.append(rows.filter(pc.invert(ok)).select(["anon_id", "level", "error"]))
+            shown = rows.filter(pc.and_(ok, pc.is_valid(rows["output_path"])))
+            if samples is not None:
+                shown = pa.concat_tables([samples, shown])
+            samples = shown.sort_by([("level", "ascending"), ("anon_id", "ascending")]).slice(0, SAMPLE_IMAGES)
         counts = {"images": totals.pop("images"), "levels": sorted(levels), **totals}
-        return cls(counts, pd.concat(failures, ignore_index=True), samples)
+        failed = pa.concat_tables(failures, promote_options="default").to_pandas()
+        chosen = samples.to_pandas() if samples is not None else pd.DataFrame(columns=MANIFEST_COLUMNS)
+        return cls(counts, failed, chosen)
 
 
 @dataclass
@@ -114,24 +127,24 @@ def restate_thresholds(folder: Path, settings) -> tuple[dict, pd.DataFrame]:
     from evaluation import DISTANCES_SCHEMA
 
     partials: list[dict] = []
-    errors = [DISTANCES_SCHEMA.empty_table().to_pandas()]
-    for part in sorted(folder.glob("part-*.parquet")):
-        table = pq.read_table(part, columns=[c for c in DISTANCES_SCHEMA.names if c in _SUMMARY_READS])
-        frame = table.to_pandas()
-        # One lookup per recognizer name, not per row (2 * 10^6 calls at 10^6 images).
-        thresholds = {name: settings.threshold_for(name) for name in frame["recognizer"].unique()}
-        wanted = frame["recognizer"].map(thresholds).astype(float)
-        ok = frame["status"] == "ok"
-        cleared = pd.Series(pd.NA, index=frame.index, dtype="boolean")
-        cleared[ok] = frame.loc[ok, "distance"].astype(float) > wanted[ok]
-        if not (frame["threshold"].astype(float).equals(wanted) and frame["cleared"].astype("boolean").equals(cleared)):
-            _rewrite_thresholds(part, wanted, cleared)
-            frame["threshold"], frame["cleared"] = wanted, cleared
-        partials.append(partial_stats(frame, settings))
-        failed = frame["status"] == "error"
-        if failed.any():
-            rows = pq.read_table(part, columns=["anon_id", "error"]).to_pandas()[failed.to_numpy()]
-            errors.append(frame[failed].assign(anon_id=rows["anon_id"].to_numpy(), error=rows["error"].to_numpy()))
+    errors = [DISTANCES_SCHEMA.empty_table().select([*_SUMMARY_READS, "anon_id", "error"]).to_pandas()]
+    pending: list[pa.Table] = []
+    rows = 0
+    for part in table_files(folder):
+        file = pq.ParquetFile(part)
+        # Files from before a column existed (compared_at) lack it: read what there is.
+        columns = [c for c in (*_SUMMARY_READS, "anon_id", "error") if c in file.schema_arrow.names]
+        table = _restated(part, file.read(columns=columns), settings)
+        failed = table.filter(pc.equal(table["status"], "error"))
+        if len(failed):
+            errors.append(failed.to_pandas())
+        pending.append(table.select([c for c in _SUMMARY_READS if c in table.schema.names]))
+        rows += len(table)
+        if rows >= ROWS_PER_STEP:  # several files at once: pandas' per-call cost is per step, not per shard
+            partials.append(partial_stats(_concat(pending), settings))
+            pending, rows = [], 0
+    if pending:
+        partials.append(partial_stats(_concat(pending), settings))
     return _merge_pairwise(partials), pd.concat(errors, ignore_index=True)
 
 
@@ -139,11 +152,35 @@ def restate_thresholds(folder: Path, settings) -> tuple[dict, pd.DataFrame]:
 _SUMMARY_READS = ("level", "recognizer", "distance", "threshold", "cleared", "status", "face_anonymized", "compared_at")
 
 
-def _rewrite_thresholds(part: Path, wanted: pd.Series, cleared: pd.Series) -> None:
-    table = pq.read_table(part)
-    frame = table.to_pandas()
-    frame["threshold"], frame["cleared"] = wanted.to_numpy(), cleared.to_numpy()
-    write_parquet_atomic(pa.Table.from_pandas(frame, schema=table.schema, preserve_index=False), part)
+def _restated(part: Path, table: pa.Table, settings) -> pa.Table:
+    """`table` (some columns of the file `part`) with threshold and cleared as the run's thresholds say;
+    the file is rewritten, whole, only where they differ."""
+    names = pc.unique(table["recognizer"]).to_pylist()
+    # One lookup per recognizer name, not per row (2 * 10^6 calls at 10^6 images).
+    thresholds = pa.array([settings.threshold_for(name) for name in names], pa.float64())
+    wanted = _array(pc.take(thresholds, pc.index_in(table["recognizer"], value_set=pa.array(names, pa.string()))))
+    ok = pc.equal(table["status"], "ok")
+    cleared = _array(pc.if_else(ok, pc.greater(table["distance"], wanted), pa.scalar(None, pa.bool_())))
+    if _array(table["threshold"]).equals(wanted) and _array(table["cleared"]).equals(cleared):
+        return table
+    whole = pq.read_table(part)
+    write_parquet_atomic(_replaced(whole, threshold=wanted, cleared=cleared), part)
+    return _replaced(table, threshold=wanted, cleared=cleared)
+
+
+def _concat(tables: list[pa.Table]) -> pd.DataFrame:
+    return pa.concat_tables(tables, promote_options="default").to_pandas()
+
+
+def _array(values) -> pa.Array:
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+def _replaced(table: pa.Table, **columns: pa.Array) -> pa.Table:
+    for name, values in columns.items():
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, table.schema.field(i), values)
+    return table
 
 
 def _merge_pairwise(partials: list[dict]) -> dict:

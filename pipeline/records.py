@@ -120,7 +120,7 @@ def _plain(value):
 
 def read_parts(folder: Path, schema: pa.Schema | None = None, columns: list[str] | None = None) -> pd.DataFrame:
     """All part files of a Parquet folder as one frame (empty with the schema's columns if none)."""
-    parts = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+    parts = table_files(folder)
     if not parts:
         empty = schema.empty_table().to_pandas() if schema is not None else pd.DataFrame()
         return empty[columns] if columns and schema is not None else empty
@@ -196,6 +196,8 @@ def compact_shard(layout: RunLayout, shard: int) -> bool:
             continue
         merged = _newest_rows(read_files(sources))
         merged = merged.sort_by([(k, "ascending") for k in keys])
+        # The parts it holds, so that until they are deleted no reader counts their rows twice.
+        merged = _with_metadata(merged, {ABSORBED_KEY: json.dumps(sorted(done)).encode()})
         if folder == layout.distances:
             evaluated_pairs = pair_keys(merged)
         elif folder == layout.manifest:
@@ -210,6 +212,8 @@ def compact_shard(layout: RunLayout, shard: int) -> bool:
 
 # A shard's manifest file carries, in its Parquet metadata, what resume planning needs to skip it unread.
 MARKER_KEY = b"boomerang.shard"
+# Every shard file names the batch parts its last compaction merged (deleted right after it is written).
+ABSORBED_KEY = b"boomerang.absorbed"
 
 
 def shard_marker(manifest: pa.Table, evaluated: bool) -> dict:
@@ -234,9 +238,11 @@ def shard_marker(manifest: pa.Table, evaluated: bool) -> dict:
 
 
 def with_marker(manifest: pa.Table, evaluated: bool) -> pa.Table:
-    metadata = dict(manifest.schema.metadata or {})
-    metadata[MARKER_KEY] = json.dumps(shard_marker(manifest, evaluated)).encode()
-    return manifest.replace_schema_metadata(metadata)
+    return _with_metadata(manifest, {MARKER_KEY: json.dumps(shard_marker(manifest, evaluated)).encode()})
+
+
+def _with_metadata(table: pa.Table, entries: dict[bytes, bytes]) -> pa.Table:
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), **entries})
 
 
 def read_marker(layout: RunLayout, shard: int) -> dict | None:
@@ -302,10 +308,50 @@ def read_shard(folder: Path, shard: int, columns: list[str] | None = None, filte
     return pa.concat_tables(tables, promote_options="default").to_pandas()
 
 
+# Rows handled together when a pass goes over a whole table: one shard at a time would spend more on
+# per-call overhead (pandas, Arrow) than on the rows; a fixed number keeps the driver's memory bounded.
+ROWS_PER_STEP = 1 << 18
+
+
+def table_steps(folder: Path, shards: Iterable[int], columns: list[str] | None = None):
+    """A table's rows in Arrow tables of consecutive shards, about ROWS_PER_STEP rows each.
+
+    Shards split the anon_ids, so every row of an image (at every level) comes in the same step.
+    """
+    pending: list[pa.Table] = []
+    rows = 0
+    for shard in shards:
+        tables = read_files(shard_sources(folder, shard), columns)
+        pending += tables
+        rows += sum(len(t) for t in tables)
+        if rows >= ROWS_PER_STEP:
+            yield pa.concat_tables(pending, promote_options="default")
+            pending, rows = [], 0
+    if pending:
+        yield pa.concat_tables(pending, promote_options="default")
+
+
+def table_files(folder: Path) -> list[Path]:
+    """Every file a reader of a table folder should read, each row once: per shard, `shard_sources`."""
+    if not folder.is_dir():
+        return []
+    shards = set(shard_files(folder)) | {shard_of_name(p.name) for p in batch_parts(folder)}
+    # Parts named otherwise (written before shards, or by another tool) are read as they are.
+    others = sorted(p for p in folder.glob("part-*.parquet") if shard_of_name(p.name) is None)
+    return [path for shard in sorted(shards) for path in shard_sources(folder, shard)] + others
+
+
 def shard_sources(folder: Path, shard: int) -> list[Path]:
-    """A shard's files in a table folder: its compacted file (if any), then its batch parts."""
+    """A shard's files in a table folder: its compacted file (if any), then its batch parts not merged into
+    it yet (a job killed between writing a shard file and deleting its parts leaves both)."""
     compacted = folder / shard_name(shard)
-    return ([compacted] if compacted.is_file() else []) + batch_parts(folder, shard)
+    parts = batch_parts(folder, shard)
+    if not compacted.is_file():
+        return parts
+    if parts:
+        absorbed = set(json.loads((pq.read_schema(compacted).metadata or {}).get(ABSORBED_KEY, b"[]")))
+        parts = [p for p in parts if p.name not in absorbed]
+    return [compacted, *parts]
 
 
 def shards_with_rows(layout: RunLayout) -> set[int]:

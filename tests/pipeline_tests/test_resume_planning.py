@@ -10,7 +10,7 @@ import itertools
 import pyarrow.parquet as pq
 import pytest
 
-from evaluation import DISTANCES_SCHEMA
+from evaluation import DISTANCES_SCHEMA, EvaluationSettings
 from pipeline.errors import INPUT, TRANSIENT
 from pipeline.layout import RunLayout
 from pipeline.records import MARKER_KEY, compact_finished, read_marker, write_batch
@@ -122,3 +122,53 @@ def test_error_rows_are_retried_as_their_kind_says(tmp_path, use_marker):
     assert todo == {transient: [0.5], broken: [0.5]} and forget == {(transient, 0.5), (broken, 0.5)}
     todo, _ = shard_todo(layout, 0, seen(), [0.5], evaluated=True, retry_errors=True)
     assert todo == {transient: [0.5], broken: [0.5]}
+
+
+def test_a_kill_between_a_shard_file_and_deleting_its_parts_counts_no_row_twice(tmp_path):
+    """The state a kill leaves after compaction wrote the shard files and before it deleted the parts."""
+    import shutil
+
+    from pipeline.finalize import ManifestOverview, restate_thresholds
+    from pipeline.records import compact_shard, read_shard, table_files
+    from pipeline.shards import batch_parts
+
+    layout = RunLayout.at(str(tmp_path / "out"))
+    layout.prepare(overwrite=False)
+    plan_shards(layout, IDS, 8)
+    for aid in IDS:
+        row = {"anon_id": aid, "level": 0.5, "status": "ok", "output_path": f"images/{aid}.png"}
+        distance = dict.fromkeys(DISTANCES_SCHEMA.names) | {
+            "anon_id": aid,
+            "level": 0.5,
+            "recognizer": "VGG-Face",
+            "metric": "cosine",
+            "distance": 0.5,
+            "threshold": 0.4,
+            "cleared": True,
+            "face_original": True,
+            "status": "ok",
+        }
+        write_batch(layout, [row], [distance])
+    folders = (layout.manifest, layout.outputs, layout.distances)
+    kept = tmp_path / "parts"
+    for folder in folders:
+        (kept / folder.name).mkdir(parents=True)
+        for part in batch_parts(folder):
+            shutil.copy2(part, kept / folder.name / part.name)
+    assert compact_shard(layout, 0)
+    for folder in folders:  # the parts back, as if their deletion never happened
+        for part in (kept / folder.name).iterdir():
+            shutil.copy2(part, folder / part.name)
+        assert len(batch_parts(folder)) == len(IDS)
+
+    # Every reader of the product sees each row once.
+    for folder in folders:
+        assert table_files(folder) == [folder / shard_name(0)]
+        assert sorted(read_shard(folder, 0)["anon_id"]) == IDS
+    assert ManifestOverview.read(layout).counts["rows"] == len(IDS)
+    partials, _ = restate_thresholds(layout.distances, EvaluationSettings(recognizers=("VGG-Face",)))
+    assert partials[(0.5, "VGG-Face")].n_images == len(IDS)
+    # The next run's compaction deletes the parts and leaves the same rows.
+    assert compact_finished(layout) == [0]
+    for folder in folders:
+        assert not batch_parts(folder) and sorted(read_shard(folder, 0)["anon_id"]) == IDS
