@@ -9,6 +9,7 @@ Modules, one job each:
 - ``distances``: cosine distance, minimum over face pairs, the cleared rule (pure numpy).
 - ``evaluator``: :class:`PairEvaluator`, one row per (pair, recognizer).
 - ``summary``: per (level, recognizer) statistics with Wilson intervals (pure pandas/numpy).
+- ``attacks``: linkage and re-identification attack ranks, exact and chunked; hit@k rates.
 - ``tables``: Parquet schemas and atomic writes.
 - ``report``: the self-contained HTML compliance report.
 
@@ -44,6 +45,11 @@ _EXPORTS = {
     "summarize": "summary",
     "summary_from_partials": "summary",
     "wilson_interval": "summary",
+    "rank_of_true": "attacks",
+    "reid_rank": "attacks",
+    "hit_rates": "attacks",
+    "chance_rate": "attacks",
+    "reid_chance_rate": "attacks",
     "DISTANCES_SCHEMA": "tables",
     "SUMMARY_SCHEMA": "tables",
     "distances_table": "tables",
