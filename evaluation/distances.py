@@ -19,6 +19,19 @@ def cosine_distance(a, b) -> float:
         return float(1.0 - np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
+def closest_pair(embeddings_1, embeddings_2) -> tuple[int, int]:
+    """(i, j): the face pair whose distance ``min_pair_distance`` reports (the first such pair)."""
+    e1 = np.atleast_2d(np.asarray(embeddings_1, dtype=np.float64))
+    e2 = np.atleast_2d(np.asarray(embeddings_2, dtype=np.float64))
+    best, smallest = (0, 0), float("inf")
+    for i, a in enumerate(e1):
+        for j, b in enumerate(e2):
+            distance = float(np.round(cosine_distance(a, b), DEEPFACE_DECIMALS))
+            if distance < smallest:
+                best, smallest = (i, j), distance
+    return best
+
+
 def min_pair_distance(embeddings_1, embeddings_2) -> float:
     """The distance ``DeepFace.verify`` reports for two images, from their face embeddings.
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evaluation.distances import is_cleared, min_pair_distance
+from evaluation.distances import closest_pair, is_cleared, min_pair_distance
 from evaluation.engine import use_engine
 from evaluation.recognizers import DETECTED, GIVEN_AREAS, WHOLE_IMAGE, FaceEmbeddings, Recognizer
 from evaluation.settings import EvaluationSettings
@@ -50,6 +50,8 @@ ROW_KEYS = (
 COMPARED_AT = {DETECTED: "detected", GIVEN_AREAS: "original_box", WHOLE_IMAGE: "whole_image"}
 
 DEFAULT_CACHE_SIZE = 4096
+# The key under which a row carries its embeddings until evaluate_with_embeddings takes them out.
+_EMBEDDINGS = "_embeddings"
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,8 +98,28 @@ class PairEvaluator:
 
     def evaluate(self, pairs: Sequence[Pair]) -> list[dict]:
         """One row per (pair, recognizer), pairs in order; never raises for a bad pair."""
+        return self.evaluate_with_embeddings(pairs)[0]
+
+    def evaluate_with_embeddings(self, pairs: Sequence[Pair]) -> tuple[list[dict], list[dict]]:
+        """`evaluate`'s rows, and for each "ok" row the two face embeddings its distance was taken
+        between: {anon_id, level, recognizer, original, anonymized} (float32 vectors). They are what a
+        linkage attacker ranks (evaluation.attacks); embeddings of originals are biometric data."""
         columns = {name: self._evaluate_safely(name, pairs) for name in self.recognizers}
-        return [columns[name][i] for i in range(len(pairs)) for name in self.recognizers]
+        rows = [columns[name][i] for i in range(len(pairs)) for name in self.recognizers]
+        embeddings = []
+        for row in rows:
+            pair = row.pop(_EMBEDDINGS, None)
+            if pair is not None:
+                embeddings.append(
+                    {
+                        "anon_id": row["anon_id"],
+                        "level": row["level"],
+                        "recognizer": row["recognizer"],
+                        "original": pair[0],
+                        "anonymized": pair[1],
+                    }
+                )
+        return rows, embeddings
 
     def _evaluate_safely(self, name: str, pairs: Sequence[Pair]) -> list[dict]:
         # Recognizer.embed already turns the errors deepface raises on odd images into per-image
@@ -173,11 +195,16 @@ class PairEvaluator:
         if not math.isfinite(distance):
             # Only a zero embedding does this (verify reports inf); there is no distance to count.
             return row | embedded | {"error": "zero embedding: distance undefined"}
+        i, j = closest_pair(original.embeddings, anonymized.embeddings)
         outcome = {
             "distance": distance,
             "cleared": is_cleared(distance, row["threshold"]),
             "status": "ok",
             "error": None,
+            _EMBEDDINGS: (
+                np.asarray(original.embeddings[i], dtype=np.float32),
+                np.asarray(anonymized.embeddings[j], dtype=np.float32),
+            ),
         }
         return row | embedded | outcome
 

@@ -17,6 +17,20 @@ from evaluation.settings import EvaluationSettings
 # Two-sided 95%: the normal quantile 1 - 0.05 / 2.
 Z_95 = 1.959964
 
+# The linkage attack per (level, recognizer), filled where the run kept embeddings (pipeline.attacks):
+# outputs attacked, originals in the gallery, hit@1 with its 95% Wilson interval, hit@5, chance hit@1.
+ATTACK_COLUMNS = (
+    "linkage_queries",
+    "linkage_gallery",
+    "linkage_rank1",
+    "linkage_rank1_ci_low",
+    "linkage_rank1_ci_high",
+    "linkage_rank5",
+    "linkage_chance1",
+)
+# Counts that may be missing (no attack): nullable integers.
+NULLABLE_COUNTS = ("linkage_queries", "linkage_gallery")
+
 SUMMARY_COLUMNS = (
     "level",
     "label",
@@ -39,6 +53,7 @@ SUMMARY_COLUMNS = (
     "distance_median",
     "threshold",
     "deepface_threshold",
+    *ATTACK_COLUMNS,
 )
 
 
@@ -203,6 +218,7 @@ def summary_from_partials(
             }
         )
     frame = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+    frame = frame.astype({name: "Int64" for name in NULLABLE_COUNTS})
     return frame.astype({name: "int64" for name in SUMMARY_COLUMNS if name.startswith("n_")})
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from evaluation.summary import SUMMARY_COLUMNS
+from evaluation.summary import NULLABLE_COUNTS, SUMMARY_COLUMNS
 
 DISTANCES_SCHEMA = pa.schema(
     [
@@ -35,12 +35,13 @@ DISTANCES_SCHEMA = pa.schema(
 )
 
 _COUNTS = {name for name in SUMMARY_COLUMNS if name.startswith("n_")}
+_INTEGERS = _COUNTS | set(NULLABLE_COUNTS)
 _STRINGS = {"recognizer", "metric", "label"}
 SUMMARY_SCHEMA = pa.schema(
     [
         pa.field(
             name,
-            pa.int64() if name in _COUNTS else pa.string() if name in _STRINGS else pa.float64(),
+            pa.int64() if name in _INTEGERS else pa.string() if name in _STRINGS else pa.float64(),
             # An undefined statistic (NaN in pandas) is stored as null: pyarrow converts NaN so.
             nullable=name not in _COUNTS and name not in _STRINGS,
         )
@@ -102,7 +103,8 @@ def read_distances(path: str | os.PathLike) -> pd.DataFrame:
 
 def read_summary(path: str | os.PathLike) -> pd.DataFrame:
     """Read a summary written from ``summary_table``."""
-    return _read(path, SUMMARY_SCHEMA)
+    # Counts that may be missing come back as pandas' nullable integers, as summarize made them.
+    return _read(path, SUMMARY_SCHEMA).astype({name: "Int64" for name in NULLABLE_COUNTS})
 
 
 def _read(path: str | os.PathLike, schema: pa.Schema) -> pd.DataFrame:

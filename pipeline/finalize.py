@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from evaluation import summary_table, write_parquet_atomic, write_report
 from evaluation.summary import merge_partials, partial_stats, summary_from_partials
 
+from .attacks import ATTACKS_SCHEMA, linkage_attack, linkage_section, with_linkage
 from .provenance import now, read_json, write_json_atomic
 from .records import ROWS_PER_STEP, shards_with_rows, table_files, table_steps
 
@@ -99,6 +100,12 @@ def finalize(job: Job, sections=(), extra: dict | None = None, released: set | N
     if job.evaluated or any(layout.distances.glob("part-*.parquet")):
         partials, distances = restate_thresholds(layout.distances, job.settings.evaluation)
         summary = summary_from_partials(partials, job.settings.evaluation, job.settings.label)
+        attacks = linkage_attack(layout)
+        if len(attacks):
+            table = pa.Table.from_pandas(attacks, schema=ATTACKS_SCHEMA, preserve_index=False)
+            write_parquet_atomic(table, layout.evaluation / "attacks.parquet")
+            summary = with_linkage(summary, attacks)
+            sections = [*sections, *filter(None, [linkage_section(summary)])]
         write_parquet_atomic(summary_table(summary), layout.summary)
         samples = internal_samples(job, overview.samples, released)
         report = str(build_report(job, overview.failures, summary, distances, samples, sections))

@@ -65,6 +65,8 @@ class RunLayout:
     secret_file = property(lambda self: self.root / "private" / "secret")
     identities = property(lambda self: self.root / "private" / "identities.parquet")
     outputs = property(lambda self: self.root / "private" / "outputs.parquet")
+    # Face embeddings of originals and outputs: biometric data, for the attacker's view (pipeline.attacks).
+    embeddings = property(lambda self: self.root / "private" / "embeddings.parquet")
     failure_file = property(lambda self: self.root / "private" / "failure.txt")
     release = property(lambda self: self.root / "release")
 
@@ -102,6 +104,7 @@ class RunLayout:
             folder.mkdir(parents=True, exist_ok=True)
         make_private_dir(self.private)
         make_private_dir(self.outputs)
+        make_private_dir(self.embeddings)
 
 
 def make_private_dir(folder: Path) -> None:

@@ -58,6 +58,17 @@ OUTPUTS_SCHEMA = pa.schema(
     ]
 )
 
+# private/: per (image, level, recognizer) of an "ok" distance row, the two face embeddings it compared.
+EMBEDDINGS_SCHEMA = pa.schema(
+    [
+        ("anon_id", pa.string()),
+        ("level", pa.float64()),
+        ("recognizer", pa.string()),
+        ("original", pa.list_(pa.float32())),
+        ("anonymized", pa.list_(pa.float32())),
+    ]
+)
+
 IDENTITY_SCHEMA = pa.schema(
     [
         ("anon_id", pa.string()),
@@ -67,7 +78,12 @@ IDENTITY_SCHEMA = pa.schema(
 )
 
 
-def write_batch(layout: RunLayout, rows: Sequence[dict], distance_rows: Sequence[dict] | None = None) -> list[str]:
+def write_batch(
+    layout: RunLayout,
+    rows: Sequence[dict],
+    distance_rows: Sequence[dict] | None = None,
+    embedding_rows: Sequence[dict] = (),
+) -> list[str]:
     """Write one batch's parts, one set per shard its rows fall in, each manifest part last; returns the names.
 
     Ray batches ignore shard boundaries, so a batch across two shards leaves a part in each.
@@ -79,8 +95,11 @@ def write_batch(layout: RunLayout, rows: Sequence[dict], distance_rows: Sequence
     names = []
     for shard, group in sorted(by_shard.items()):
         name = batch_name(shard, group)
+        ids = {row["anon_id"] for row in group}
+        if embedding_rows:
+            mine = [e for e in embedding_rows if e["anon_id"] in ids]
+            write_private_table(pa.Table.from_pylist(mine, schema=EMBEDDINGS_SCHEMA), layout.embeddings / name)
         if distance_rows is not None:
-            ids = {row["anon_id"] for row in group}
             mine = [d for d in distance_rows if d["anon_id"] in ids]
             write_parquet_atomic(distances_table(mine), layout.distances / name)
         write_private_table(table(group, OUTPUTS_SCHEMA), layout.outputs / name)
@@ -89,9 +108,11 @@ def write_batch(layout: RunLayout, rows: Sequence[dict], distance_rows: Sequence
     return names
 
 
-def finish_batch(layout: RunLayout, rows: list[dict], distance_rows: list[dict] | None) -> pd.DataFrame:
+def finish_batch(
+    layout: RunLayout, rows: list[dict], distance_rows: list[dict] | None, embedding_rows: Sequence[dict] = ()
+) -> pd.DataFrame:
     """Write a batch's parts and return the small rows the driver counts progress (and finished shards) with."""
-    write_batch(layout, rows, distance_rows)
+    write_batch(layout, rows, distance_rows, embedding_rows)
     shards = load_shards(layout)
     return pd.DataFrame(
         {
@@ -156,12 +177,12 @@ def remove_orphans(layout: RunLayout, *, evaluated: bool) -> int:
             (layout.manifest / name).unlink()
         manifest &= distances
     removed = 0
-    for folder in (layout.distances, layout.outputs):
+    for folder in (layout.embeddings, layout.distances, layout.outputs):
         for part in batch_parts(folder):
             if part.name not in manifest:
                 part.unlink()
                 removed += 1
-    for folder in (layout.distances, layout.outputs, layout.manifest, layout.images, layout.private):
+    for folder in (layout.embeddings, layout.distances, layout.outputs, layout.manifest, layout.images, layout.private):
         for tmp in folder.rglob(".*.tmp"):
             tmp.unlink()
     return removed
@@ -170,6 +191,7 @@ def remove_orphans(layout: RunLayout, *, evaluated: bool) -> int:
 # (table folder, key columns of one row, private) in the order a shard's files are written: manifest last.
 def _tables(layout: RunLayout) -> tuple[tuple[Path, tuple[str, ...], bool], ...]:
     return (
+        (layout.embeddings, ("anon_id", "level", "recognizer"), True),
         (layout.distances, ("anon_id", "level", "recognizer"), False),
         (layout.outputs, ("anon_id", "level"), True),
         (layout.manifest, ("anon_id", "level"), False),

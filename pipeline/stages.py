@@ -241,7 +241,7 @@ class EvaluateStage:
                 row.update(error_row({}, row["level"], classify(err)))
                 continue
             pairs.append(Pair(row["anon_id"], row["level"], row["t_boom"], row["source_sha256"], original, anonymized))
-        distance_rows = self.evaluator.evaluate(pairs)
+        distance_rows, embeddings = self.evaluator.evaluate_with_embeddings(pairs)
         for row in rows:
             if row["status"] != "ok":
                 distance_rows += error_rows(row["anon_id"], row["level"], row["t_boom"], row["error"], self.settings)
@@ -249,7 +249,7 @@ class EvaluateStage:
         ids = tuple(str(row.get("image_id") or "") for row in rows)
         for distance_row in distance_rows:
             distance_row["error"] = scrub(distance_row["error"], ids)
-        return finish_batch(self.layout, rows, distance_rows)
+        return finish_batch(self.layout, rows, distance_rows, embeddings)
 
 
 class WriteStage:

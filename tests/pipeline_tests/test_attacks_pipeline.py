@@ -1,0 +1,68 @@
+"""The attacker's view in a job: the linkage attack over the run's private embeddings."""
+
+from __future__ import annotations
+
+import stat
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+from PIL import Image
+from samples import write_faces
+
+from evaluation.distances import cosine_distance
+
+
+def copies_of(originals, ids, folder):
+    """Another tool's "anonymized" folder that holds exact copies of the originals, as PNG."""
+    for rel in ids:
+        target = folder / rel.replace(".jpg", ".png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(originals / rel).save(target)
+
+
+def test_outputs_that_are_copies_of_their_originals_are_all_linked_at_rank_1(cli, tmp_path):
+    originals, theirs, out = tmp_path / "orig", tmp_path / "theirs", tmp_path / "out"
+    ids = write_faces(originals, 4, size=(64, 64))
+    copies_of(originals, ids, theirs)
+
+    status, _, err = cli("evaluate", "--originals", str(originals), "--anonymized", str(theirs), "--out", str(out))
+
+    assert status == 0, err
+    attacks = pd.read_parquet(out / "evaluation" / "attacks.parquet")
+    distances = pd.read_parquet(out / "evaluation" / "distances.parquet")
+    ok = distances[distances["status"] == "ok"]
+    # One row per (output, recognizer, attack), and every copy is found first among all originals.
+    assert len(attacks) == len(ok) == len(ids) * distances["recognizer"].nunique()
+    assert set(attacks["attack"]) == {"linkage"} and (attacks["rank"] == 1).all()
+    assert (attacks["gallery_size"] == len(ids)).all()
+    summary = pd.read_parquet(out / "evaluation" / "summary.parquet")
+    assert (summary["linkage_rank1"] == 1.0).all() and (summary["linkage_chance1"] == 1 / len(ids)).all()
+    assert "view: linkage" in (out / "report" / "index.html").read_text()
+
+
+def test_linkage_ranks_equal_a_brute_force_recomputation_and_no_embedding_leaves_private(cli, tmp_path, tiny_sd):
+    data, out = tmp_path / "in", tmp_path / "out"
+    write_faces(data, 5, size=(64, 64))
+
+    status, _, err = cli("run", str(data), "--out", str(out), "--levels", "0.3,0.8", "--steps", "4")
+
+    assert status == 0, err
+    embeddings = pd.read_parquet(out / "private" / "embeddings.parquet")
+    attacks = pd.read_parquet(out / "evaluation" / "attacks.parquet")
+    assert len(attacks) == len(embeddings) > 0
+    # Independently: every distance from each output to every original, counted without sorting.
+    for row in attacks.itertuples():
+        mine = embeddings[(embeddings["recognizer"] == row.recognizer)]
+        gallery = mine.drop_duplicates("anon_id").set_index("anon_id")["original"]
+        query = mine[(mine["anon_id"] == row.anon_id) & (mine["level"] == row.level)]["anonymized"].item()
+        d = {aid: cosine_distance(query, np.asarray(g)) for aid, g in gallery.items()}
+        assert row.rank == 1 + sum(v < d[row.anon_id] for v in d.values())
+        assert row.gallery_size == len(gallery)
+    # Biometric data stays in private/: 0600 files, and no table outside private/ holds a vector.
+    for part in (out / "private" / "embeddings.parquet").iterdir():
+        assert stat.S_IMODE(part.stat().st_mode) == 0o600
+    for table in out.rglob("*.parquet"):
+        if table.is_file() and "private" not in table.relative_to(out).parts:
+            schema = pq.read_schema(table)
+            assert not any(str(field.type).startswith(("list", "large_list")) for field in schema), table
