@@ -66,3 +66,14 @@ def test_linkage_ranks_equal_a_brute_force_recomputation_and_no_embedding_leaves
         if table.is_file() and "private" not in table.relative_to(out).parts:
             schema = pq.read_schema(table)
             assert not any(str(field.type).startswith(("list", "large_list")) for field in schema), table
+    # A capped attack (10^6-image runs) attacks the smallest anon_ids of each level, against every original.
+    from pipeline.attacks import linkage_attack
+    from pipeline.layout import RunLayout
+
+    capped = linkage_attack(RunLayout.at(str(out)), max_queries=2)
+    assert (capped.groupby(["level", "recognizer"]).size() == 2).all()
+    first_two = attacks.sort_values("anon_id").groupby(["level", "recognizer"]).head(2)
+    pd.testing.assert_frame_equal(
+        capped.sort_values(["level", "recognizer", "anon_id"], ignore_index=True),
+        first_two.sort_values(["level", "recognizer", "anon_id"], ignore_index=True),
+    )
