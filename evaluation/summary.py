@@ -17,8 +17,9 @@ from evaluation.settings import EvaluationSettings
 # Two-sided 95%: the normal quantile 1 - 0.05 / 2.
 Z_95 = 1.959964
 
-# The linkage attack per (level, recognizer), filled where the run kept embeddings (pipeline.attacks):
-# outputs attacked, originals in the gallery, hit@1 with its 95% Wilson interval, hit@5, chance hit@1.
+# The attacks per (level, recognizer), filled where the run kept embeddings (pipeline.attacks): outputs
+# attacked, originals in the gallery, hit@1 with its 95% Wilson interval, hit@5, chance hit@1; linkage
+# always, re-identification where the run knows who is in the images.
 ATTACK_COLUMNS = (
     "linkage_queries",
     "linkage_gallery",
@@ -27,9 +28,17 @@ ATTACK_COLUMNS = (
     "linkage_rank1_ci_high",
     "linkage_rank5",
     "linkage_chance1",
+    "reid_queries",
+    "reid_not_attackable",
+    "reid_gallery",
+    "reid_rank1",
+    "reid_rank1_ci_low",
+    "reid_rank1_ci_high",
+    "reid_rank5",
+    "reid_chance1",
 )
 # Counts that may be missing (no attack): nullable integers.
-NULLABLE_COUNTS = ("linkage_queries", "linkage_gallery")
+NULLABLE_COUNTS = ("linkage_queries", "linkage_gallery", "reid_queries", "reid_not_attackable", "reid_gallery")
 
 SUMMARY_COLUMNS = (
     "level",

@@ -20,13 +20,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from evaluation.attacks import chance_rate, hit_rates, rank_of_true
+from evaluation.attacks import hit_rates, rank_of_true, reid_rank
 from evaluation.summary import ATTACK_COLUMNS, NULLABLE_COUNTS
 
 from .layout import RunLayout
 from .records import table_files
 
 LINKAGE = "linkage"
+REID = "reid"
 ATTACKS_SCHEMA = pa.schema(
     [
         ("anon_id", pa.string()),
@@ -37,6 +38,7 @@ ATTACKS_SCHEMA = pa.schema(
         ("gallery_size", pa.int64()),
         ("hit_1", pa.bool_()),
         ("hit_5", pa.bool_()),
+        ("chance_1", pa.float64()),  # hit@1 of an attacker who guesses
     ]
 )
 
@@ -48,42 +50,82 @@ MAX_QUERIES = 10_000
 
 
 def linkage_attack(layout: RunLayout, max_queries: int = MAX_QUERIES) -> pd.DataFrame:
-    """One row per attacked (output, recognizer): the rank of its own original among all originals
-    (ATTACKS_SCHEMA). At most `max_queries` outputs per (level, recognizer) are attacked: those with the
-    smallest anon_ids, a keyed hash, i.e. a sample that no one without the secret can choose or predict."""
+    """One row per attacked (output, recognizer, attack) (ATTACKS_SCHEMA): the linkage attack always, the
+    re-identification attack where private/identities.parquet says who is in the images.
+
+    Linkage: the rank of the output's own original among all originals. Re-identification: the rank of
+    the first photo of the same person among all originals but the output's own source photo (null
+    where that person has no other photo: not attackable this way). At most `max_queries` outputs per
+    (level, recognizer) are attacked: those with the smallest anon_ids, a keyed hash, i.e. a sample that
+    no one without the secret can choose or predict.
+    """
     by_recognizer: dict[str, list[pa.Table]] = {}
     for path in table_files(layout.embeddings):
         table = pq.ParquetFile(path).read()
         for name in pc.unique(table["recognizer"]).to_pylist():
             by_recognizer.setdefault(name, []).append(table.filter(pc.equal(table["recognizer"], name)))
+    labels = _identities(layout)
     frames = [ATTACKS_SCHEMA.empty_table().to_pandas()]
     for name, tables in sorted(by_recognizer.items()):
         rows = pa.concat_tables(tables)
         ids = rows["anon_id"].to_numpy(zero_copy_only=False)
         levels = rows["level"].to_numpy()
         originals = _matrix(rows["original"])
-        anonymized = _matrix(rows["anonymized"])
         # The gallery: each original once (its rows at every level share the original's face).
         gallery_ids, first = np.unique(ids, return_index=True)
         gallery = originals[first]
         chosen = _queries(ids, levels, max_queries)
-        ids, levels, anonymized = ids[chosen], levels[chosen], anonymized[chosen]
-        ranks = rank_of_true(anonymized, gallery, np.searchsorted(gallery_ids, ids))
-        frames.append(
-            pd.DataFrame(
-                {
-                    "anon_id": ids,
-                    "level": levels,
-                    "recognizer": name,
-                    "attack": LINKAGE,
-                    "rank": ranks,
-                    "gallery_size": len(gallery),
-                    "hit_1": ranks <= 1,
-                    "hit_5": ranks <= 5,
-                }
-            )
-        )
-    return pd.concat(frames, ignore_index=True).sort_values(["level", "recognizer", "anon_id"], ignore_index=True)
+        ids, levels, queries = ids[chosen], levels[chosen], _matrix(rows["anonymized"])[chosen]
+        source = np.searchsorted(gallery_ids, ids)
+        ranks = rank_of_true(queries, gallery, source).astype(np.float64)
+        frames.append(_rows(ids, levels, name, LINKAGE, ranks, len(gallery), np.full(len(ids), 1 / len(gallery))))
+        known = np.array([a in labels for a in gallery_ids], dtype=bool)
+        if known.sum() < 2:
+            continue
+        # Re-identification: only originals whose person is known, and outputs of those.
+        people = np.array([labels[a] for a in gallery_ids[known]], dtype=object)
+        where = np.cumsum(known) - 1  # gallery row -> row among the known
+        asked = known[source]
+        query_source = where[source[asked]]
+        ranks = reid_rank(queries[asked], gallery[known], people, query_source)
+        # Chance of a guess: the person's other photos over the other photos (Counter of people).
+        counts = pd.Series(people).value_counts()
+        others = counts.reindex(people[query_source]).to_numpy() - 1
+        chance = others / (len(people) - 1)
+        frames.append(_rows(ids[asked], levels[asked], name, REID, ranks, int(known.sum()), chance))
+    attacks = pd.concat(frames, ignore_index=True)
+    attacks["rank"] = attacks["rank"].astype("Int64")
+    for k in ("hit_1", "hit_5"):
+        attacks[k] = attacks[k].astype("boolean")
+    return attacks.sort_values(["attack", "level", "recognizer", "anon_id"], ignore_index=True)
+
+
+def _rows(ids, levels, recognizer: str, attack: str, ranks: np.ndarray, gallery: int, chance) -> pd.DataFrame:
+    attacked = ~np.isnan(ranks)
+    return pd.DataFrame(
+        {
+            "anon_id": ids,
+            "level": levels,
+            "recognizer": recognizer,
+            "attack": attack,
+            "rank": pd.Series(np.where(attacked, ranks, 0), dtype="Int64").where(attacked, pd.NA),
+            "gallery_size": gallery,
+            "hit_1": pd.Series(ranks <= 1, dtype="boolean").where(attacked, pd.NA),
+            "hit_5": pd.Series(ranks <= 5, dtype="boolean").where(attacked, pd.NA),
+            "chance_1": np.where(attacked, chance, np.nan),
+        }
+    )
+
+
+def _identities(layout: RunLayout) -> dict[str, str]:
+    """anon_id -> who is in the image, where the run was told (private/identities.parquet)."""
+    if not layout.identities.is_file():
+        return {}
+    table = pq.read_table(layout.identities)
+    if "identity" not in table.schema.names:
+        return {}
+    ids, people = table["anon_id"].to_pylist(), table["identity"].to_pylist()
+    return {a: p for a, p in zip(ids, people, strict=True) if p is not None}
 
 
 def _queries(ids: np.ndarray, levels: np.ndarray, limit: int) -> np.ndarray:
@@ -105,41 +147,52 @@ def _matrix(column: pa.ChunkedArray) -> np.ndarray:
 def with_linkage(summary: pd.DataFrame, attacks: pd.DataFrame) -> pd.DataFrame:
     """The summary with its attack columns filled from the attack rows, per (level, recognizer)."""
     stats = []
-    for (level, recognizer), rows in attacks.groupby(["level", "recognizer"], dropna=False):
-        rates = hit_rates(rows["rank"].to_numpy(), (1, 5))
-        gallery = int(rows["gallery_size"].iloc[0])
+    for (attack, level, recognizer), rows in attacks.groupby(["attack", "level", "recognizer"], dropna=False):
+        ranks = rows["rank"].astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan)
+        rates = hit_rates(ranks, (1, 5))
         stats.append(
             {
                 "level": float(level),
                 "recognizer": recognizer,
-                "linkage_queries": rates["n_attacked"],
-                "linkage_gallery": gallery,
-                "linkage_rank1": rates["hits"][1]["rate"],
-                "linkage_rank1_ci_low": rates["hits"][1]["ci_low"],
-                "linkage_rank1_ci_high": rates["hits"][1]["ci_high"],
-                "linkage_rank5": rates["hits"][5]["rate"],
-                "linkage_chance1": chance_rate(gallery, 1),
+                f"{attack}_queries": rates["n_attacked"],
+                f"{attack}_gallery": int(rows["gallery_size"].iloc[0]),
+                f"{attack}_rank1": rates["hits"][1]["rate"],
+                f"{attack}_rank1_ci_low": rates["hits"][1]["ci_low"],
+                f"{attack}_rank1_ci_high": rates["hits"][1]["ci_high"],
+                f"{attack}_rank5": rates["hits"][5]["rate"],
+                f"{attack}_chance1": float(rows["chance_1"].mean()) if rates["n_attacked"] else np.nan,
+                **({"reid_not_attackable": rates["n_not_attackable"]} if attack == REID else {}),
             }
         )
     if not stats:
         return summary
-    found = pd.DataFrame(stats)
-    merged = summary.drop(columns=list(ATTACK_COLUMNS)).merge(found, on=["level", "recognizer"], how="left")
+    found = pd.DataFrame(stats).groupby(["level", "recognizer"], dropna=False, as_index=False).first()
+    merged = summary.drop(columns=[c for c in ATTACK_COLUMNS if c in found]).merge(
+        found, on=["level", "recognizer"], how="left"
+    )
     for name in NULLABLE_COUNTS:
         merged[name] = merged[name].astype("Int64")
     return merged[list(summary.columns)]
 
 
 def linkage_section(summary: pd.DataFrame) -> tuple[str, str] | None:
-    """The report's "attacker's view" section: rank-1 linkage next to the fraction cleared."""
+    """The report's "attacker's view" section: linkage and re-identification next to the fraction cleared."""
     rows = summary[summary["linkage_queries"].notna()]
     if rows.empty:
         return None
+    reid = rows["reid_queries"].notna().any()
     cells = "".join(
         f"<tr><td>{html.escape(str(r.label))}</td><td>{html.escape(r.recognizer)}</td>"
         f"<td>{_pct(r.fraction_cleared)}</td>"
         f"<td>{_pct(r.linkage_rank1)} ({_pct(r.linkage_rank1_ci_low)}-{_pct(r.linkage_rank1_ci_high)})</td>"
-        f"<td>{_pct(r.linkage_rank5)}</td><td>{_pct(r.linkage_chance1)}</td><td>{int(r.linkage_gallery)}</td></tr>"
+        f"<td>{_pct(r.linkage_rank5)}</td><td>{_pct(r.linkage_chance1)}</td><td>{int(r.linkage_gallery)}</td>"
+        + (
+            f"<td>{_pct(r.reid_rank1)} ({_pct(r.reid_rank1_ci_low)}-{_pct(r.reid_rank1_ci_high)})</td>"
+            f"<td>{_pct(r.reid_chance1)}</td><td>{_count(r.reid_queries)} / {_count(r.reid_not_attackable)}</td>"
+            if reid
+            else ""
+        )
+        + "</tr>"
         for r in rows.itertuples()
     )
     body = (
@@ -148,10 +201,27 @@ def linkage_section(summary: pd.DataFrame) -> tuple[str, str] | None:
         "an upper bound), with its 95% Wilson interval; chance is what guessing achieves. Cleared (distance "
         "above the threshold) and not linkable are different questions: an image can clear every recognizer "
         "and still be nearer its own original than any other.</p>"
-        "<table><tr><th>level</th><th>recognizer</th><th>cleared</th><th>linkage rank-1 (95% CI)</th>"
-        f"<th>rank-5</th><th>chance rank-1</th><th>originals</th></tr>{cells}</table>"
+        + (
+            "<p>A re-identifier holds other photos of the same people: re-identification rank-1 is the share of "
+            "outputs whose nearest original (their own source photo left out) shows the same person. People "
+            "with a single photo cannot be attacked this way: attacked / not attackable counts them.</p>"
+            if reid
+            else ""
+        )
+        + "<table><tr><th>level</th><th>recognizer</th><th>cleared</th><th>linkage rank-1 (95% CI)</th>"
+        "<th>rank-5</th><th>chance rank-1</th><th>originals</th>"
+        + (
+            "<th>re-identification rank-1 (95% CI)</th><th>chance</th><th>attacked / not attackable</th>"
+            if reid
+            else ""
+        )
+        + f"</tr>{cells}</table>"
     )
     return ("Attacker's view: linkage", body)
+
+
+def _count(value) -> str:
+    return "-" if value is None or pd.isna(value) else str(int(value))
 
 
 def _pct(value) -> str:

@@ -37,6 +37,16 @@ def _add_job_flags(parser: argparse.ArgumentParser, *, sampler: bool, evaluation
     parser.add_argument("--max-pixels", type=int, dest="max_pixels", help="refuse larger images (default 50e6)")
     parser.add_argument("--id-column", dest="id_column", help="Parquet input: id column (default id)")
     parser.add_argument("--image-column", dest="image_column", help="Parquet input: image bytes column (default image)")
+    parser.add_argument(
+        "--identity-from",
+        dest="identity_from",
+        choices=("folder",),
+        help="who is in each image, for the re-identification attack: the parent folder (LFW layout "
+        "Person_Name/Person_Name_0001.jpg); kept in private/ only",
+    )
+    parser.add_argument(
+        "--identity-column", dest="identity_column", help="Parquet input: the column that says who is in each image"
+    )
     parser.add_argument("--deepface-home", dest="deepface_home", help="parent of .deepface/weights (DEEPFACE_HOME)")
     parser.add_argument(
         "--secret-file",

@@ -52,6 +52,10 @@ class JobSettings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     id_column: str = "id"
     image_column: str = "image"
+    # Identity labels for the re-identification attack (pipeline.attacks): the parent folder (LFW's
+    # Person_Name/Person_Name_0001.jpg) or a Parquet column; kept in private/ only.
+    identity_from: str | None = None
+    identity_column: str | None = None
     deepface_home: str | None = None
     secret_file: str | None = None
     retry_errors: bool = False
@@ -90,6 +94,10 @@ class JobSettings:
                 )
             if not 0.0 <= value <= 2.0:
                 raise SettingsError(f"--gate-thresholds: {name}={value!r} is not a cosine distance in [0, 2]")
+        if self.identity_from not in (None, "folder"):
+            raise SettingsError(f"--identity-from must be 'folder', got {self.identity_from!r}")
+        if self.identity_from and self.identity_column:
+            raise SettingsError("give --identity-from folder or --identity-column, not both")
         gpus = self.gpus_per_worker
         if gpus is not None and (not isinstance(gpus, (int, float)) or math.isnan(gpus) or gpus < 0):
             raise SettingsError(f"--gpus-per-worker must be a number >= 0, got {gpus!r}")

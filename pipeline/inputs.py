@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 import fsspec
 
@@ -70,6 +71,35 @@ def discover(
     if not items:
         raise InputError(f"no images found under {uri!r} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     return InputSet("folder", uri, tuple(items))
+
+
+def identity_labels(inputs: InputSet, identity_from: str | None, identity_column: str | None) -> dict[str, str]:
+    """image_id -> who is in the image (sensitive: for private/ only), where the user said how to know.
+
+    `identity_from="folder"`: the parent folder of a folder input's image (none for images at the top);
+    `identity_column`: a column of a Parquet input.
+    """
+    if identity_from == "folder":
+        labels = {}
+        for item in inputs.items:
+            parent = PurePosixPath(item.image_id).parent.as_posix()
+            if parent != ".":
+                labels[item.image_id] = parent
+        return labels
+    if identity_column:
+        if inputs.kind != "parquet":
+            raise InputError("--identity-column needs a Parquet input; for a folder pass --identity-from folder")
+        import pyarrow.dataset as pads
+
+        fs, root = fsspec.core.url_to_fs(inputs.uri)
+        dataset = pads.dataset(root, filesystem=fs, format="parquet")
+        if identity_column not in dataset.schema.names:
+            raise InputError(f"Parquet input has no column {identity_column!r}; pass --identity-column")
+        table = dataset.to_table(columns=[inputs.id_column, identity_column])
+        ids = [str(v) for v in table.column(inputs.id_column).to_pylist()]
+        names = table.column(identity_column).to_pylist()
+        return {i: str(n) for i, n in zip(ids, names, strict=True) if n is not None}
+    return {}
 
 
 def _is_parquet(fs, root: str) -> bool:

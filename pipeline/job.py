@@ -19,7 +19,7 @@ from typing import TextIO
 from .cluster import ClusterInfo, connect, disconnect
 from .config import JobSettings
 from .errors import problem, scrub
-from .inputs import InputItem, InputSet, discover
+from .inputs import InputItem, InputSet, discover, identity_labels
 from .layout import RunLayout, write_private_bytes
 from .lock import RunLock
 from .plan import ActorPlan, plan_actors
@@ -142,6 +142,7 @@ def _prepare_locked(settings: JobSettings, mode: str, layout: RunLayout, lock: R
     inputs = discover(
         settings.input, id_column=settings.id_column, image_column=settings.image_column, exclude=layout.root
     )
+    labels = identity_labels(inputs, settings.identity_from, settings.identity_column)
     if settings.deepface_home:
         os.environ["DEEPFACE_HOME"] = settings.deepface_home
     # Fail here, in one line, rather than in every actor (which Ray would restart forever).
@@ -159,7 +160,9 @@ def _prepare_locked(settings: JobSettings, mode: str, layout: RunLayout, lock: R
     secret = load_secret(layout, settings.secret_file)
     job = Job(settings, mode, layout, inputs, secret, None, stream=stream, lock=lock)
     job.anon_ids = {item.image_id: anon_id(secret, item.image_id) for item in inputs.items}
-    write_identities(layout, ((job.anon_ids[i.image_id], i.image_id, i.source) for i in inputs.items))
+    write_identities(
+        layout, ((job.anon_ids[i.image_id], i.image_id, i.source, labels.get(i.image_id)) for i in inputs.items)
+    )
     job.notice = DEMO_NOTICE if settings.demo or made_here(model, recognizers) else None
     _start_record(job, model, recognizers, determining)
     return job

@@ -74,6 +74,7 @@ IDENTITY_SCHEMA = pa.schema(
         ("anon_id", pa.string()),
         ("image_id", pa.string()),
         ("source", pa.string()),
+        ("identity", pa.string()),  # who is in the image (--identity-from / --identity-column), else null
     ]
 )
 
@@ -152,10 +153,13 @@ def read_manifest(layout: RunLayout, columns: list[str] | None = None) -> pd.Dat
     return read_parts(layout.manifest, MANIFEST_SCHEMA, columns)
 
 
-def write_identities(layout: RunLayout, items: Iterable[tuple[str, str, str]]) -> None:
-    """private/identities.parquet: each image once, (anon_id, image id, source), merged with earlier runs'."""
+def write_identities(layout: RunLayout, items: Iterable[tuple[str, str, str, str | None]]) -> None:
+    """private/identities.parquet: each image once, (anon_id, image id, source, identity), merged with
+    earlier runs'."""
     fresh = pd.DataFrame(list(items), columns=IDENTITY_SCHEMA.names)
     old = pd.read_parquet(layout.identities) if layout.identities.is_file() else fresh.iloc[0:0]
+    if "identity" not in old:  # written before identities were kept
+        old = old.assign(identity=None)
     fresh = pd.concat([old[~old["anon_id"].isin(fresh["anon_id"])], fresh], ignore_index=True)
     fresh = fresh.sort_values("anon_id", ignore_index=True)
     if fresh.equals(old):  # a resume of the same inputs: leave the file (and its mtime) alone

@@ -77,3 +77,43 @@ def test_linkage_ranks_equal_a_brute_force_recomputation_and_no_embedding_leaves
         capped.sort_values(["level", "recognizer", "anon_id"], ignore_index=True),
         first_two.sort_values(["level", "recognizer", "anon_id"], ignore_index=True),
     )
+
+
+def test_reidentification_ranks_equal_a_brute_force_recomputation(cli, tmp_path):
+    """An LFW-style tree of 3 people with 2-3 photos and one person with a single photo."""
+    originals, theirs, out = tmp_path / "orig", tmp_path / "theirs", tmp_path / "out"
+    people = ("Ann_Able", "Bob_Baker", "Cy_Cole", "Solo_Sole")
+    ids = write_faces(originals, 8, size=(64, 64), people=people)
+    (originals / ids[7]).unlink()  # Solo_Sole had photos 4 and 8: now one
+    ids = ids[:7]
+    copies_of(originals, ids, theirs)
+
+    status, _, err = cli(
+        "evaluate", "--originals", str(originals), "--anonymized", str(theirs), "--out", str(out),
+        "--identity-from", "folder",
+    )  # fmt: skip
+
+    assert status == 0, err
+    attacks = pd.read_parquet(out / "evaluation" / "attacks.parquet")
+    reid = attacks[attacks["attack"] == "reid"]
+    embeddings = pd.read_parquet(out / "private" / "embeddings.parquet")
+    who = pd.read_parquet(out / "private" / "identities.parquet").set_index("anon_id")["identity"]
+    assert sorted(who) == sorted(i.split("/")[0] for i in ids)
+    assert len(reid) == len(ids) * embeddings["recognizer"].nunique()
+    for row in reid.itertuples():
+        mine = embeddings[embeddings["recognizer"] == row.recognizer].drop_duplicates("anon_id")
+        query = mine.loc[mine["anon_id"] == row.anon_id, "anonymized"].item()
+        others = mine[mine["anon_id"] != row.anon_id]  # the source photo itself is not in the gallery
+        gallery = zip(others["anon_id"], others["original"], strict=True)
+        d = {a: cosine_distance(query, np.asarray(g)) for a, g in gallery}
+        same = [d[a] for a in d if who[a] == who[row.anon_id]]
+        if not same:
+            assert pd.isna(row.rank) and who[row.anon_id] == "Solo_Sole"
+            continue
+        assert row.rank == 1 + sum(v < min(same) for v in d.values())
+    summary = pd.read_parquet(out / "evaluation" / "summary.parquet")
+    assert (summary["reid_not_attackable"] == 1).all() and (summary["reid_queries"] == len(ids) - 1).all()
+    # Who is in the images never leaves private/.
+    for path in [out / "evaluation" / "attacks.parquet", out / "report" / "index.html"]:
+        data = path.read_bytes()
+        assert not any(person.encode() in data for person in people), path
