@@ -49,7 +49,7 @@ ATTACKS_SCHEMA = pa.schema(
 MAX_QUERIES = 10_000
 
 
-def linkage_attack(layout: RunLayout, max_queries: int = MAX_QUERIES) -> pd.DataFrame:
+def linkage_attack(layout: RunLayout, max_queries: int | None = MAX_QUERIES, reid: bool = True) -> pd.DataFrame:
     """One row per attacked (output, recognizer, attack) (ATTACKS_SCHEMA): the linkage attack always, the
     re-identification attack where private/identities.parquet says who is in the images.
 
@@ -57,7 +57,7 @@ def linkage_attack(layout: RunLayout, max_queries: int = MAX_QUERIES) -> pd.Data
     the first photo of the same person among all originals but the output's own source photo (null
     where that person has no other photo: not attackable this way). At most `max_queries` outputs per
     (level, recognizer) are attacked: those with the smallest anon_ids, a keyed hash, i.e. a sample that
-    no one without the secret can choose or predict.
+    no one without the secret can choose or predict; None attacks every output (the gate's linkage rule).
     """
     by_recognizer: dict[str, list[pa.Table]] = {}
     for path in table_files(layout.embeddings):
@@ -80,7 +80,7 @@ def linkage_attack(layout: RunLayout, max_queries: int = MAX_QUERIES) -> pd.Data
         ranks = rank_of_true(queries, gallery, source).astype(np.float64)
         frames.append(_rows(ids, levels, name, LINKAGE, ranks, len(gallery), np.full(len(ids), 1 / len(gallery))))
         known = np.array([a in labels for a in gallery_ids], dtype=bool)
-        if known.sum() < 2:
+        if not reid or known.sum() < 2:
             continue
         # Re-identification: only originals whose person is known, and outputs of those.
         people = np.array([labels[a] for a in gallery_ids[known]], dtype=object)
@@ -98,6 +98,13 @@ def linkage_attack(layout: RunLayout, max_queries: int = MAX_QUERIES) -> pd.Data
     for k in ("hit_1", "hit_5"):
         attacks[k] = attacks[k].astype("boolean")
     return attacks.sort_values(["attack", "level", "recognizer", "anon_id"], ignore_index=True)
+
+
+def linkable(layout: RunLayout, max_rank: int) -> set[tuple[str, float]]:
+    """(anon_id, level) of every output whose own original some recognizer ranks within `max_rank`."""
+    attacks = linkage_attack(layout, max_queries=None, reid=False)
+    close = attacks[attacks["rank"] <= max_rank]
+    return set(zip(close["anon_id"].tolist(), close["level"].astype(float).tolist(), strict=True))
 
 
 def _rows(ids, levels, recognizer: str, attack: str, ranks: np.ndarray, gallery: int, chance) -> pd.DataFrame:
@@ -128,13 +135,13 @@ def _identities(layout: RunLayout) -> dict[str, str]:
     return {a: p for a, p in zip(ids, people, strict=True) if p is not None}
 
 
-def _queries(ids: np.ndarray, levels: np.ndarray, limit: int) -> np.ndarray:
+def _queries(ids: np.ndarray, levels: np.ndarray, limit: int | None) -> np.ndarray:
     """Indices of the rows attacked: per level, the `limit` smallest anon_ids."""
     keys = np.where(np.isnan(levels), -1.0, levels)
     chosen = []
     for level in np.unique(keys):
         rows = np.flatnonzero(keys == level)
-        chosen.append(rows[np.argsort(ids[rows], kind="stable")[:limit]])
+        chosen.append(rows[np.argsort(ids[rows], kind="stable")[:limit]] if limit is not None else rows)
     return np.sort(np.concatenate(chosen)) if chosen else np.empty(0, dtype=np.int64)
 
 
@@ -183,7 +190,7 @@ def linkage_section(summary: pd.DataFrame) -> tuple[str, str] | None:
     reid = rows["reid_queries"].notna().any()
     cells = "".join(
         f"<tr><td>{html.escape(str(r.label))}</td><td>{html.escape(r.recognizer)}</td>"
-        f"<td>{_pct(r.fraction_cleared)}</td>"
+        f"<td>{_pct(r.fraction_cleared)}</td><td>{_pct(_face_kept(r))}</td>"
         f"<td>{_pct(r.linkage_rank1)} ({_pct(r.linkage_rank1_ci_low)}-{_pct(r.linkage_rank1_ci_high)})</td>"
         f"<td>{_pct(r.linkage_rank5)}</td><td>{_pct(r.linkage_chance1)}</td><td>{int(r.linkage_gallery)}</td>"
         + (
@@ -208,7 +215,10 @@ def linkage_section(summary: pd.DataFrame) -> tuple[str, str] | None:
             if reid
             else ""
         )
-        + "<table><tr><th>level</th><th>recognizer</th><th>cleared</th><th>linkage rank-1 (95% CI)</th>"
+        + "<p>Utility next to privacy: <em>face kept</em> is the share of evaluated outputs in which the "
+        "detector still finds a face (a dataset of faces should keep its faces).</p>"
+        + "<table><tr><th>level</th><th>recognizer</th><th>cleared</th><th>face kept</th>"
+        "<th>linkage rank-1 (95% CI)</th>"
         "<th>rank-5</th><th>chance rank-1</th><th>originals</th>"
         + (
             "<th>re-identification rank-1 (95% CI)</th><th>chance</th><th>attacked / not attackable</th>"
@@ -218,6 +228,10 @@ def linkage_section(summary: pd.DataFrame) -> tuple[str, str] | None:
         + f"</tr>{cells}</table>"
     )
     return ("Attacker's view: linkage", body)
+
+
+def _face_kept(row) -> float:
+    return 1 - row.n_no_face_anonymized / row.n_evaluated if row.n_evaluated else float("nan")
 
 
 def _count(value) -> str:

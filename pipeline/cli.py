@@ -139,6 +139,13 @@ def _add_job_flags(parser: argparse.ArgumentParser, *, sampler: bool, evaluation
             help="per-recognizer gate thresholds, e.g. VGG-Face=0.5; may be LOWER than deepface's own, and the "
             "report then says so (default: the stricter of --threshold and deepface's own threshold)",
         )
+        group.add_argument(
+            "--gate-max-linkage",
+            type=int,
+            dest="gate_max_linkage",
+            help="also withhold, level by level, an output whose own original any recognizer ranks within the "
+            "top R of all originals (the linkage attack; e.g. 1: not nearest to its own original)",
+        )
 
 
 class _Parser(argparse.ArgumentParser):

@@ -61,6 +61,7 @@ class JobSettings:
     retry_errors: bool = False
     strict: bool = False
     gate_thresholds: tuple[tuple[str, float], ...] = ()
+    gate_max_linkage: int | None = None  # withhold outputs whose own original ranks within the top R
     label: str | None = None  # boomerang evaluate: the name of another tool's results, shown for a level
     demo: bool = False
     sampler: SamplerSettings = field(default_factory=SamplerSettings)
@@ -94,6 +95,9 @@ class JobSettings:
                 )
             if not 0.0 <= value <= 2.0:
                 raise SettingsError(f"--gate-thresholds: {name}={value!r} is not a cosine distance in [0, 2]")
+        linkage = self.gate_max_linkage
+        if linkage is not None and (not isinstance(linkage, int) or isinstance(linkage, bool) or linkage < 1):
+            raise SettingsError(f"--gate-max-linkage must be an integer >= 1, got {linkage!r}")
         if self.identity_from not in (None, "folder"):
             raise SettingsError(f"--identity-from must be 'folder', got {self.identity_from!r}")
         if self.identity_from and self.identity_column:

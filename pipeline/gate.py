@@ -17,11 +17,13 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from evaluation import DISTANCES_SCHEMA, write_parquet_atomic
 
+from .attacks import linkable
 from .finalize import JobResult, build_report, finalize
 from .job import Job, run_pass
 from .layout import write_private_table
@@ -40,6 +42,7 @@ RELEASE_SCHEMA = pa.schema(
 )
 NO_FACE = "no face found in the original"
 NEVER_CLEARED = "no level on the ladder cleared every recognizer"
+LINKABLE = "its own original stayed among the nearest originals (--gate-max-linkage)"
 
 
 def gate_thresholds(settings) -> dict[str, float]:
@@ -90,6 +93,15 @@ def cleared_levels(distances: pd.DataFrame, thresholds: dict[str, float]) -> pd.
     return grouped.reset_index()[columns]
 
 
+def without_linkable(status: pd.DataFrame, too_close: set) -> pd.DataFrame:
+    """`cleared_levels` rows, no longer cleared where the linkage rule (--gate-max-linkage) holds them back."""
+    if not too_close or status.empty:
+        return status
+    pairs = zip(status["anon_id"].tolist(), status["level"].astype(float).tolist(), strict=True)
+    close = np.fromiter((pair in too_close for pair in pairs), dtype=bool, count=len(status))
+    return status.assign(cleared=status["cleared"].to_numpy(dtype=bool) & ~close)
+
+
 def run_gate(job: Job) -> JobResult:
     thresholds = gate_thresholds(job.settings)
     remaining = {item.image_id for item in job.inputs.items}
@@ -97,9 +109,10 @@ def run_gate(job: Job) -> JobResult:
         if not remaining:
             break
         run_pass(job, (level,), image_ids=remaining, label=f"gate level {level:g}")
+        too_close = linkable(job.layout, job.settings.gate_max_linkage) if job.settings.gate_max_linkage else set()
         settled: set[str] = set()
         for manifest, distances in shard_rows(job):
-            status = cleared_levels(distances, thresholds)
+            status = without_linkable(cleared_levels(distances, thresholds), too_close)
             here = status[status["level"] == level]
             # Cleared; or with no face in the original, where no level will ever find one to compare.
             settled |= set(here.loc[here["cleared"] | here["no_face_original"], "anon_id"])
@@ -190,13 +203,14 @@ def decide(job: Job) -> Decision:
     """Release or withhold each image, shard by shard (see `decide_shard`), with what the report needs."""
     ladder = [float(v) for v in job.settings.ladder]
     thresholds = gate_thresholds(job.settings)
+    too_close = linkable(job.layout, job.settings.gate_max_linkage) if job.settings.gate_max_linkage else set()
     released, withheld = [], []
     decision = Decision(pd.DataFrame(), pd.DataFrame())
     sizes: Counter = Counter()
     released_sizes: dict[str, tuple[int, int]] = {}
     for manifest, distances in shard_rows(job):
         manifest = manifest[manifest["level"].astype(float).isin(ladder)]
-        shard_released, shard_withheld = decide_shard(manifest, distances, thresholds)
+        shard_released, shard_withheld = decide_shard(manifest, distances, thresholds, too_close)
         released.append(shard_released)
         withheld.append(shard_withheld)
         ok = manifest[manifest["status"] == "ok"]
@@ -218,11 +232,11 @@ def _empty_released() -> pd.DataFrame:
 
 
 def decide_shard(
-    manifest: pd.DataFrame, distances: pd.DataFrame, thresholds: dict[str, float]
+    manifest: pd.DataFrame, distances: pd.DataFrame, thresholds: dict[str, float], too_close: set = frozenset()
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(released rows at their lowest clearing level, withheld anon_ids with the reason) of some images'
-    rows at ladder levels (every row of each image)."""
-    status = cleared_levels(distances, thresholds)
+    rows at ladder levels (every row of each image); `too_close`: (anon_id, level) the linkage rule holds back."""
+    status = without_linkable(cleared_levels(distances, thresholds), too_close)
     ok = manifest[manifest["status"] == "ok"].merge(status, on=["anon_id", "level"], how="left")
     ok["cleared"] = ok["cleared"].astype("boolean").fillna(False).astype(bool)
     ok["no_face_original"] = ok["no_face_original"].astype("boolean").fillna(False).astype(bool)
@@ -233,9 +247,10 @@ def decide_shard(
     last = rest.drop_duplicates("anon_id", keep="last")
     failed = (last["status"] != "ok").to_numpy()
     error_reason = [str(e).split(":", 1)[0] or "error" for e in last["error"].tolist()]
+    last_levels = last["level"].astype(float).tolist()
     reason = [
-        err if bad else (NO_FACE if aid in no_face else NEVER_CLEARED)
-        for aid, bad, err in zip(last["anon_id"].tolist(), failed, error_reason, strict=True)
+        err if bad else NO_FACE if aid in no_face else LINKABLE if (aid, lv) in too_close else NEVER_CLEARED
+        for aid, lv, bad, err in zip(last["anon_id"].tolist(), last_levels, failed, error_reason, strict=True)
     ]
     withheld = pd.DataFrame(
         {"anon_id": last["anon_id"].tolist(), "last_level": last["level"].astype(float).tolist(), "reason": reason},
@@ -311,7 +326,14 @@ def gate_section(job: Job, decision: Decision) -> tuple[str, str]:
         f"run's threshold and deepface's own, unless set with --gate-thresholds): {threshold_text}.</p>"
         f"<table><tr><th>lowest clearing level</th><th>images released</th></tr>{rows}</table>"
         f"<p>Released: {len(released)}; withheld: {len(withheld)}. Every released image cleared every "
-        "recognizer at its gate threshold.</p>"
+        "recognizer at its gate threshold"
+        + (
+            f", and no recognizer ranked its own original within the nearest {settings.gate_max_linkage} of all "
+            "originals (the linkage attack, --gate-max-linkage)"
+            if settings.gate_max_linkage
+            else ""
+        )
+        + ".</p>"
         + (f"<table><tr><th>withheld because</th><th>images</th></tr>{reasons}</table>" if len(withheld) else "")
         + f"<p>{html.escape(cost)}</p>"
         + (

@@ -117,3 +117,26 @@ def test_reidentification_ranks_equal_a_brute_force_recomputation(cli, tmp_path)
     for path in [out / "evaluation" / "attacks.parquet", out / "report" / "index.html"]:
         data = path.read_bytes()
         assert not any(person.encode() in data for person in people), path
+
+
+def test_the_gate_withholds_outputs_the_linkage_attack_finds(cli, tmp_path):
+    """--gate-max-linkage 1: released exactly the outputs no recognizer ranks nearest to their own original."""
+    data, out = tmp_path / "in", tmp_path / "out"
+    write_faces(data, 6, size=(64, 64))
+    secret = tmp_path / "secret"  # fixed seeds: the same ranks on every run of this machine
+    secret.write_text(bytes(range(32)).hex() + "\n")
+
+    status, stdout, err = cli(
+        "run", str(data), "--out", str(out), "--gate", "--ladder", "0.5", "--steps", "4", "--secret-file", str(secret),
+        "--gate-thresholds", "Facenet=0", "--gate-max-linkage", "1",
+    )  # fmt: skip
+
+    assert status == 0, err
+    attacks = pd.read_parquet(out / "evaluation" / "attacks.parquet")
+    nearest = set(attacks.loc[attacks["rank"] <= 1, "anon_id"])
+    released = {p.stem for p in (out / "release" / "images").iterdir()}
+    assert nearest and released, "both kinds are needed for the check to say anything"
+    assert released == set(attacks["anon_id"]) - nearest
+    withheld = pd.read_parquet(out / "private" / "withheld.parquet")
+    assert set(withheld["anon_id"]) == nearest and withheld["reason"].str.contains("gate-max-linkage").all()
+    assert "nearest 1 of all originals" in (out / "report" / "index.html").read_text()
