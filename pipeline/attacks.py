@@ -227,7 +227,7 @@ def linkage_section(summary: pd.DataFrame) -> tuple[str, str] | None:
         )
         + f"</tr>{cells}</table>"
     )
-    return ("Attacker's view: linkage", body)
+    return ("Attacker's view: linkage and re-identification", body)
 
 
 def _face_kept(row) -> float:

@@ -38,7 +38,7 @@ def test_outputs_that_are_copies_of_their_originals_are_all_linked_at_rank_1(cli
     assert (attacks["gallery_size"] == len(ids)).all()
     summary = pd.read_parquet(out / "evaluation" / "summary.parquet")
     assert (summary["linkage_rank1"] == 1.0).all() and (summary["linkage_chance1"] == 1 / len(ids)).all()
-    assert "view: linkage" in (out / "report" / "index.html").read_text()
+    assert "view: linkage and re-identification" in (out / "report" / "index.html").read_text()
 
 
 def test_linkage_ranks_equal_a_brute_force_recomputation_and_no_embedding_leaves_private(cli, tmp_path, tiny_sd):
