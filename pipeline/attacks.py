@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from evaluation.attacks import hit_rates, rank_of_true, reid_rank
+from evaluation.report import linkage_plot_html
 from evaluation.summary import ATTACK_COLUMNS, NULLABLE_COUNTS
 
 from .layout import RunLayout
@@ -77,7 +78,7 @@ def linkage_attack(layout: RunLayout, max_queries: int | None = MAX_QUERIES, rei
         chosen = _queries(ids, levels, max_queries)
         ids, levels, queries = ids[chosen], levels[chosen], _matrix(rows["anonymized"])[chosen]
         source = np.searchsorted(gallery_ids, ids)
-        ranks = rank_of_true(queries, gallery, source).astype(np.float64)
+        ranks = rank_of_true(queries, gallery, source, device=_device()).astype(np.float64)
         frames.append(_rows(ids, levels, name, LINKAGE, ranks, len(gallery), np.full(len(ids), 1 / len(gallery))))
         known = np.array([a in labels for a in gallery_ids], dtype=bool)
         if not reid or known.sum() < 2:
@@ -87,7 +88,7 @@ def linkage_attack(layout: RunLayout, max_queries: int | None = MAX_QUERIES, rei
         where = np.cumsum(known) - 1  # gallery row -> row among the known
         asked = known[source]
         query_source = where[source[asked]]
-        ranks = reid_rank(queries[asked], gallery[known], people, query_source)
+        ranks = reid_rank(queries[asked], gallery[known], people, query_source, device=_device())
         # Chance of a guess: the person's other photos over the other photos (Counter of people).
         counts = pd.Series(people).value_counts()
         others = counts.reindex(people[query_source]).to_numpy() - 1
@@ -122,6 +123,13 @@ def _rows(ids, levels, recognizer: str, attack: str, ranks: np.ndarray, gallery:
             "chance_1": np.where(attacked, chance, np.nan),
         }
     )
+
+
+def _device() -> str:
+    """The driver's GPU where it has one: the search is matrix products (evaluation.attacks)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _identities(layout: RunLayout) -> dict[str, str]:
@@ -226,6 +234,7 @@ def linkage_section(summary: pd.DataFrame) -> tuple[str, str] | None:
             else ""
         )
         + f"</tr>{cells}</table>"
+        + f'<div class="plots">{linkage_plot_html(summary)}</div>'
     )
     return ("Attacker's view: linkage and re-identification", body)
 
