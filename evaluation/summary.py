@@ -36,9 +36,19 @@ ATTACK_COLUMNS = (
     "reid_rank1_ci_high",
     "reid_rank5",
     "reid_chance1",
+    "reid_people_attackable",
+    "reid_people_single",
 )
 # Counts that may be missing (no attack): nullable integers.
-NULLABLE_COUNTS = ("linkage_queries", "linkage_gallery", "reid_queries", "reid_not_attackable", "reid_gallery")
+NULLABLE_COUNTS = (
+    "linkage_queries",
+    "linkage_gallery",
+    "reid_queries",
+    "reid_not_attackable",
+    "reid_gallery",
+    "reid_people_attackable",
+    "reid_people_single",
+)
 
 SUMMARY_COLUMNS = (
     "level",

@@ -40,6 +40,9 @@ ATTACKS_SCHEMA = pa.schema(
         ("hit_1", pa.bool_()),
         ("hit_5", pa.bool_()),
         ("chance_1", pa.float64()),  # hit@1 of an attacker who guesses
+        # reid: people in the gallery with two photos or more (attackable) and with one (not)
+        ("people_attackable", pa.int64()),
+        ("people_single", pa.int64()),
     ]
 )
 
@@ -93,9 +96,13 @@ def linkage_attack(layout: RunLayout, max_queries: int | None = MAX_QUERIES, rei
         counts = pd.Series(people).value_counts()
         others = counts.reindex(people[query_source]).to_numpy() - 1
         chance = others / (len(people) - 1)
-        frames.append(_rows(ids[asked], levels[asked], name, REID, ranks, int(known.sum()), chance))
+        reid_rows = _rows(ids[asked], levels[asked], name, REID, ranks, int(known.sum()), chance)
+        reid_rows["people_attackable"] = int((counts >= 2).sum())
+        reid_rows["people_single"] = int((counts == 1).sum())
+        frames.append(reid_rows)
     attacks = pd.concat(frames, ignore_index=True)
-    attacks["rank"] = attacks["rank"].astype("Int64")
+    for column in ("rank", "people_attackable", "people_single"):
+        attacks[column] = attacks[column].astype("Int64")
     for k in ("hit_1", "hit_5"):
         attacks[k] = attacks[k].astype("boolean")
     return attacks.sort_values(["attack", "level", "recognizer", "anon_id"], ignore_index=True)
@@ -176,7 +183,15 @@ def with_linkage(summary: pd.DataFrame, attacks: pd.DataFrame) -> pd.DataFrame:
                 f"{attack}_rank1_ci_high": rates["hits"][1]["ci_high"],
                 f"{attack}_rank5": rates["hits"][5]["rate"],
                 f"{attack}_chance1": float(rows["chance_1"].mean()) if rates["n_attacked"] else np.nan,
-                **({"reid_not_attackable": rates["n_not_attackable"]} if attack == REID else {}),
+                **(
+                    {
+                        "reid_not_attackable": rates["n_not_attackable"],
+                        "reid_people_attackable": int(rows["people_attackable"].iloc[0]),
+                        "reid_people_single": int(rows["people_single"].iloc[0]),
+                    }
+                    if attack == REID
+                    else {}
+                ),
             }
         )
     if not stats:
@@ -204,6 +219,7 @@ def linkage_section(summary: pd.DataFrame) -> tuple[str, str] | None:
         + (
             f"<td>{_pct(r.reid_rank1)} ({_pct(r.reid_rank1_ci_low)}-{_pct(r.reid_rank1_ci_high)})</td>"
             f"<td>{_pct(r.reid_chance1)}</td><td>{_count(r.reid_queries)} / {_count(r.reid_not_attackable)}</td>"
+            f"<td>{_count(r.reid_people_attackable)} / {_count(r.reid_people_single)}</td>"
             if reid
             else ""
         )
@@ -219,7 +235,7 @@ def linkage_section(summary: pd.DataFrame) -> tuple[str, str] | None:
         + (
             "<p>A re-identifier holds other photos of the same people: re-identification rank-1 is the share of "
             "outputs whose nearest original (their own source photo left out) shows the same person. People "
-            "with a single photo cannot be attacked this way: attacked / not attackable counts them.</p>"
+            "with a single photo cannot be attacked this way: the table counts their outputs and them.</p>"
             if reid
             else ""
         )
@@ -229,7 +245,8 @@ def linkage_section(summary: pd.DataFrame) -> tuple[str, str] | None:
         "<th>linkage rank-1 (95% CI)</th>"
         "<th>rank-5</th><th>chance rank-1</th><th>originals</th>"
         + (
-            "<th>re-identification rank-1 (95% CI)</th><th>chance</th><th>attacked / not attackable</th>"
+            "<th>re-identification rank-1 (95% CI)</th><th>chance</th><th>outputs attacked / not</th>"
+            "<th>people with 2+ photos / 1</th>"
             if reid
             else ""
         )

@@ -113,6 +113,7 @@ def test_reidentification_ranks_equal_a_brute_force_recomputation(cli, tmp_path)
         assert row.rank == 1 + sum(v < min(same) for v in d.values())
     summary = pd.read_parquet(out / "evaluation" / "summary.parquet")
     assert (summary["reid_not_attackable"] == 1).all() and (summary["reid_queries"] == len(ids) - 1).all()
+    assert (summary["reid_people_attackable"] == 3).all() and (summary["reid_people_single"] == 1).all()
     # Who is in the images never leaves private/.
     for path in [out / "evaluation" / "attacks.parquet", out / "report" / "index.html"]:
         data = path.read_bytes()
