@@ -103,7 +103,10 @@ def finalize(job: Job, sections=(), extra: dict | None = None, released: set | N
         attacks = linkage_attack(layout)
         if len(attacks):
             table = pa.Table.from_pandas(attacks, schema=ATTACKS_SCHEMA, preserve_index=False)
-            write_parquet_atomic(table, layout.evaluation / "attacks.parquet")
+            path = layout.evaluation / "attacks.parquet"
+            # A rerun that found everything done leaves the file (and its mtime) alone.
+            if not (path.is_file() and pq.read_table(path).equals(table)):
+                write_parquet_atomic(table, path)
             summary = with_linkage(summary, attacks)
             sections = [*sections, *filter(None, [linkage_section(summary)])]
         write_parquet_atomic(summary_table(summary), layout.summary)

@@ -162,9 +162,10 @@ def write_identities(layout: RunLayout, items: Iterable[tuple[str, str, str, str
         old = old.assign(identity=None)
     fresh = pd.concat([old[~old["anon_id"].isin(fresh["anon_id"])], fresh], ignore_index=True)
     fresh = fresh.sort_values("anon_id", ignore_index=True)
-    if fresh.equals(old):  # a resume of the same inputs: leave the file (and its mtime) alone
-        return
-    write_private_table(pa.Table.from_pandas(fresh, schema=IDENTITY_SCHEMA, preserve_index=False), layout.identities)
+    table = pa.Table.from_pandas(fresh, schema=IDENTITY_SCHEMA, preserve_index=False)
+    if len(old) == len(fresh) and table.equals(pa.Table.from_pandas(old, schema=IDENTITY_SCHEMA, preserve_index=False)):
+        return  # a resume of the same inputs: leave the file (and its mtime) alone
+    write_private_table(table, layout.identities)
 
 
 def remove_orphans(layout: RunLayout, *, evaluated: bool) -> int:
