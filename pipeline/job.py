@@ -1,11 +1,12 @@
 """One job on Ray: find the inputs, skip what is done, stream read -> anonymize -> evaluate -> write.
 
-driver: discover inputs, salt, resume set  ->  Ray Data plan:
+driver: discover inputs, keyed anon_ids, what is still to do (pipeline.resume)  ->  Ray Data plan:
   rows (one per image, with the levels it still needs)
     -> AnonymizeStage actor pool (one model load per actor; writes images/)
-    -> EvaluateStage actor pool (writes evaluation/distances, private/identities, manifest parts)
-    -> driver counts progress
-then the driver builds summary.parquet, the report and run.json (pipeline.finalize).
+    -> EvaluateStage actor pool (writes distances, private outputs and embeddings, manifest parts)
+    -> driver counts progress and compacts finished shards
+then the driver builds the attacks, summary.parquet, the report and run.json (pipeline.finalize).
+Actor counts: pipeline.plan.
 """
 
 from __future__ import annotations

@@ -1,12 +1,15 @@
-"""The run's row files: manifest, private outputs and identities, one file per shard per table; what is done.
+"""The run's row files: manifest, private outputs, private embeddings and identities, one file per shard per
+table; what is done.
 
 Rows are kept per shard of the input (pipeline.shards). While a shard is worked on, each Ray batch writes
-small batch parts in it: first the distances (if evaluated), then the private outputs (seeds, source
-hashes, full error texts), and the manifest part last, the batch's "done" marker. When a shard's pairs are
-all done the driver compacts its parts into one file per table, the manifest's last: a shard's manifest
-file is its marker, and resume reads shard files (a killed run's finished parts are compacted first).
+small batch parts in it: first the private embeddings and the distances (if evaluated), then the private
+outputs (seeds, source hashes, full error texts), and the manifest part last, the batch's "done" marker.
+When a shard's pairs are all done the driver compacts its parts into one file per table, the manifest's
+last: a shard's manifest file is its marker, and resume reads shard files (a killed run's finished parts
+are compacted first).
 Parts of an interrupted batch that never got its manifest part are orphans, deleted before a resumed run
-starts. private/identities.parquet (anon_id -> image id, source) is one file the driver writes.
+starts. private/identities.parquet (anon_id -> image id, source, identity label) is one file the driver
+writes.
 """
 
 from __future__ import annotations
