@@ -19,39 +19,33 @@ def cosine_distance(a, b) -> float:
         return float(1.0 - np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-def closest_pair(embeddings_1, embeddings_2) -> tuple[int, int]:
-    """(i, j): the face pair whose distance ``min_pair_distance`` reports (the first such pair)."""
-    e1 = np.atleast_2d(np.asarray(embeddings_1, dtype=np.float64))
-    e2 = np.atleast_2d(np.asarray(embeddings_2, dtype=np.float64))
-    best, smallest = (0, 0), float("inf")
-    for i, a in enumerate(e1):
-        for j, b in enumerate(e2):
-            distance = float(np.round(cosine_distance(a, b), DEEPFACE_DECIMALS))
-            if distance < smallest:
-                best, smallest = (i, j), distance
-    return best
-
-
-def min_pair_distance(embeddings_1, embeddings_2) -> float:
-    """The distance ``DeepFace.verify`` reports for two images, from their face embeddings.
+def closest_pair(embeddings_1, embeddings_2) -> tuple[int, int, float]:
+    """(i, j, distance): the face pair ``DeepFace.verify`` compares two images at, and its distance.
 
     ``embeddings_1`` is (n1, d), ``embeddings_2`` is (n2, d): one row per face found. As verify
     does, each pair's cosine distance is rounded to 6 decimals (deepface's ``find_distance``), and
-    the smallest is kept; a NaN pair (a zero embedding) never wins, so all-NaN gives ``inf``.
+    the smallest is kept (the first such pair); a NaN pair (a zero embedding) never wins, so all-NaN
+    gives ``inf`` (at pair (0, 0)).
     """
     e1 = np.atleast_2d(np.asarray(embeddings_1, dtype=np.float64))
     e2 = np.atleast_2d(np.asarray(embeddings_2, dtype=np.float64))
     if e1.ndim != 2 or e2.ndim != 2 or 0 in (e1.shape[0], e2.shape[0]) or e1.shape[1] != e2.shape[1]:
         raise ValueError(f"min_pair_distance: (n1, d) and (n2, d) with n >= 1, got {e1.shape} and {e2.shape}")
-    smallest = float("inf")
-    for a in e1:
-        for b in e2:
+    best, smallest = (0, 0), float("inf")
+    for i, a in enumerate(e1):
+        for j, b in enumerate(e2):
             # Rounded like find_distance, so that cleared agrees with verify's decision even at
             # the threshold; compared with "<" like verify's loop, which skips NaN.
             distance = float(np.round(cosine_distance(a, b), DEEPFACE_DECIMALS))
             if distance < smallest:
-                smallest = distance
-    return smallest
+                best, smallest = (i, j), distance
+    return (*best, smallest)
+
+
+def min_pair_distance(embeddings_1, embeddings_2) -> float:
+    """The distance ``DeepFace.verify`` reports for two images, from their face embeddings (see
+    ``closest_pair``)."""
+    return closest_pair(embeddings_1, embeddings_2)[2]
 
 
 def is_cleared(distance: float, threshold: float) -> bool:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evaluation.distances import closest_pair, is_cleared, min_pair_distance
+from evaluation.distances import closest_pair, is_cleared
 from evaluation.engine import use_engine
 from evaluation.recognizers import DETECTED, GIVEN_AREAS, WHOLE_IMAGE, FaceEmbeddings, Recognizer
 from evaluation.settings import EvaluationSettings
@@ -190,12 +190,11 @@ class PairEvaluator:
         if anonymized is None or anonymized.error is not None:
             reason = "not embedded" if anonymized is None else anonymized.error
             return row | {"error": f"anonymized: {reason}"}
-        distance = min_pair_distance(original.embeddings, anonymized.embeddings)
+        i, j, distance = closest_pair(original.embeddings, anonymized.embeddings)
         embedded = {"face_anonymized": anonymized.face_found, "compared_at": COMPARED_AT[anonymized.taken_at]}
         if not math.isfinite(distance):
             # Only a zero embedding does this (verify reports inf); there is no distance to count.
             return row | embedded | {"error": "zero embedding: distance undefined"}
-        i, j = closest_pair(original.embeddings, anonymized.embeddings)
         outcome = {
             "distance": distance,
             "cleared": is_cleared(distance, row["threshold"]),
