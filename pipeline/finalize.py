@@ -51,7 +51,7 @@ class ManifestOverview:
         ]
         samples: pa.Table | None = None
         # Arrow, not pandas: at 10^6 rows pandas' per-step conversions cost more than the counting.
-        for rows in table_steps(layout.manifest, sorted(shards_with_rows(layout)), MANIFEST_COLUMNS):
+        for (rows,) in table_steps(sorted(shards_with_rows(layout)), [(layout.manifest, MANIFEST_COLUMNS)]):
             ok = pc.equal(rows["status"], "ok")
             n_ok = int(pc.sum(ok).as_py() or 0)
             # Steps split the anon_ids (whole shards): an image's rows are all in one, so images add up.

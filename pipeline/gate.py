@@ -28,7 +28,7 @@ from .finalize import JobResult, build_report, finalize
 from .job import Job, run_pass
 from .layout import write_private_table
 from .linkage import image_sizes
-from .records import ROWS_PER_STEP, read_shard, shards_with_rows
+from .records import shards_with_rows, table_steps
 
 RELEASE_SCHEMA = pa.schema(
     [
@@ -129,27 +129,13 @@ GATE_DISTANCE_COLUMNS = ["anon_id", "level", "recognizer", "status", "distance"]
 
 def shard_rows(job: Job):
     """(manifest rows, distance rows) of consecutive shards, about ROWS_PER_STEP manifest rows at a time
-    (one shard at a time spent more on pandas' per-call cost than on the rows: 15 s instead of 8 s at 10^6).
-
-    Shards split the anon_ids, so every row of an image (at every level) comes in the same step.
-    """
-    manifests, distances, rows = [], [], 0
-    for shard in sorted(shards_with_rows(job.layout)):
-        manifests.append(read_shard(job.layout.manifest, shard, GATE_MANIFEST_COLUMNS))
-        found = read_shard(job.layout.distances, shard, GATE_DISTANCE_COLUMNS)
-        if found is not None:
-            distances.append(found)
-        rows += len(manifests[-1])
-        if rows >= ROWS_PER_STEP:
-            yield _joined(manifests, distances)
-            manifests, distances, rows = [], [], 0
-    if manifests:
-        yield _joined(manifests, distances)
-
-
-def _joined(manifests: list, distances: list) -> tuple[pd.DataFrame, pd.DataFrame]:
+    (records.table_steps; one shard at a time spent more on pandas' per-call cost than on the rows: 15 s
+    instead of 8 s at 10^6). Every row of an image (at every level) comes in the same step."""
     empty = DISTANCES_SCHEMA.empty_table().select(GATE_DISTANCE_COLUMNS).to_pandas()
-    return pd.concat(manifests, ignore_index=True), pd.concat([empty, *distances], ignore_index=True)
+    sources = [(job.layout.manifest, GATE_MANIFEST_COLUMNS), (job.layout.distances, GATE_DISTANCE_COLUMNS)]
+    for manifest, distances in table_steps(sorted(shards_with_rows(job.layout)), sources):
+        found = [empty] if distances is None else [empty, distances.to_pandas()]
+        yield manifest.to_pandas(), pd.concat(found, ignore_index=True)
 
 
 @dataclass

@@ -343,22 +343,28 @@ def read_shard(folder: Path, shard: int, columns: list[str] | None = None, filte
 ROWS_PER_STEP = 1 << 18
 
 
-def table_steps(folder: Path, shards: Iterable[int], columns: list[str] | None = None):
-    """A table's rows in Arrow tables of consecutive shards, about ROWS_PER_STEP rows each.
+def table_steps(shards: Iterable[int], sources: Sequence[tuple[Path, list[str] | None]]):
+    """Tables read in lockstep, in steps of consecutive shards of about ROWS_PER_STEP rows of the first.
 
-    Shards split the anon_ids, so every row of an image (at every level) comes in the same step.
+    `sources`: (table folder, columns) pairs; each step is a tuple with one Arrow table per source (None
+    where that table has no rows in the step's shards). Shards split the anon_ids, so every row of an
+    image (at every level, in every table) comes in the same step.
     """
-    pending: list[pa.Table] = []
+    pending: list[list[pa.Table]] = [[] for _ in sources]
     rows = 0
     for shard in shards:
-        tables = read_files(shard_sources(folder, shard), columns)
-        pending += tables
-        rows += sum(len(t) for t in tables)
+        for found, (folder, columns) in zip(pending, sources, strict=True):
+            found += read_files(shard_sources(folder, shard), columns)
+        rows = sum(len(t) for t in pending[0])
         if rows >= ROWS_PER_STEP:
-            yield pa.concat_tables(pending, promote_options="default")
-            pending, rows = [], 0
-    if pending:
-        yield pa.concat_tables(pending, promote_options="default")
+            yield _joined(pending)
+            pending = [[] for _ in sources]
+    if any(pending):
+        yield _joined(pending)
+
+
+def _joined(pending: list[list[pa.Table]]) -> tuple[pa.Table | None, ...]:
+    return tuple(pa.concat_tables(t, promote_options="default") if t else None for t in pending)
 
 
 def table_files(folder: Path) -> list[Path]:
