@@ -78,6 +78,55 @@ FACE_DETECTORS = (
 )
 
 
+REGION_MODES = ("image", "faces")
+# What region mode does with an image in which the detector finds no face: "withhold" makes no output
+# (status no_face_detected; a detector miss must not publish a face), "image" Boomerangs the whole image.
+NO_FACE_CHOICES = ("withhold", "image")
+
+
+@dataclass(frozen=True)
+class RegionSettings:
+    """Where Boomerang runs: on the whole image (``mode="image"``, the paper's setting) or on each face.
+
+    Attributes:
+        mode: "image" or "faces".
+        detector: the deepface face detector that finds the faces (``FACE_DETECTORS``).
+        margin: each side of the face box grows by this fraction of the box's longer side (``region_for``).
+        feather: width of the blend back into the photo, as a fraction of the square's side (``paste_regions``).
+        no_face: "withhold" (no output for an image without a detected face) or "image" (whole-image
+            Boomerang for those).
+    """
+
+    mode: str = "image"
+    detector: str = "opencv"
+    margin: float = DEFAULT_MARGIN
+    feather: float = DEFAULT_FEATHER
+    no_face: str = "withhold"
+
+    def __post_init__(self) -> None:
+        if self.mode not in REGION_MODES:
+            raise ValueError(f"region must be one of {', '.join(REGION_MODES)}, got {self.mode!r}")
+        if self.detector not in FACE_DETECTORS:
+            raise ValueError(
+                f"region_detector must be a deepface face detector ({', '.join(FACE_DETECTORS)}), got {self.detector!r}"
+            )
+        margin = self.margin
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not (0 <= margin <= 5):
+            raise ValueError(f"region_margin must be a number in [0, 5], got {margin!r}")
+        if (
+            isinstance(self.feather, bool)
+            or not isinstance(self.feather, (int, float))
+            or not (0 <= self.feather <= 0.5)
+        ):
+            raise ValueError(f"region_feather must be in [0, 0.5], got {self.feather!r}")
+        if self.no_face not in NO_FACE_CHOICES:
+            raise ValueError(f"no_face must be one of {', '.join(NO_FACE_CHOICES)}, got {self.no_face!r}")
+
+    @property
+    def faces(self) -> bool:
+        return self.mode == "faces"
+
+
 @dataclass(frozen=True)
 class FaceBox:
     """A detected face: its box in the original image's pixels and the detector's confidence.

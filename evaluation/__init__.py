@@ -27,6 +27,7 @@ _EXPORTS = {
     "use_engine": "engine",
     "MissingWeights": "weights",
     "check_weights": "weights",
+    "link_dlib_weights": "weights",
     "weight_file": "weights",
     "write_random_weights": "weights",
     "is_random_weights": "weights",

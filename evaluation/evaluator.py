@@ -34,6 +34,7 @@ ROW_KEYS = (
     "anon_id",
     "level",
     "t_boom",
+    "face",
     "recognizer",
     "metric",
     "distance",
@@ -65,6 +66,8 @@ class Pair:
         original_key: identifies the original's pixels (e.g. the source sha256); pairs with the
             same key share one embedding of the original.
         original, anonymized: RGB uint8 (H, W, 3) arrays.
+        face: in face-region mode, the face's index in its image (the arrays are that face's square,
+            cut from both images); None when the pair is the whole image.
     """
 
     anon_id: str
@@ -73,6 +76,7 @@ class Pair:
     original_key: str
     original: np.ndarray
     anonymized: np.ndarray
+    face: int | None = None
 
 
 class PairEvaluator:
@@ -114,6 +118,7 @@ class PairEvaluator:
                     {
                         "anon_id": row["anon_id"],
                         "level": row["level"],
+                        "face": row["face"],
                         "recognizer": row["recognizer"],
                         "original": pair[0],
                         "anonymized": pair[1],
@@ -135,7 +140,10 @@ class PairEvaluator:
                 rows.extend(self._evaluate_with(name, [pair]))
             except Exception as err:  # noqa: BLE001 - see above
                 message = " ".join(f"{type(err).__name__}: {err}".split())
-                rows.append(_base_row(pair.anon_id, pair.level, pair.t_boom, name, self.settings) | {"error": message})
+                rows.append(
+                    _base_row(pair.anon_id, pair.level, pair.t_boom, name, self.settings, pair.face)
+                    | {"error": message}
+                )
         return rows
 
     def _evaluate_with(self, name: str, pairs: Sequence[Pair]) -> list[dict]:
@@ -181,7 +189,7 @@ class PairEvaluator:
             self._originals.popitem(last=False)
 
     def _row(self, name: str, pair: Pair, original: FaceEmbeddings, anonymized: FaceEmbeddings | None) -> dict:
-        row = _base_row(pair.anon_id, pair.level, pair.t_boom, name, self.settings)
+        row = _base_row(pair.anon_id, pair.level, pair.t_boom, name, self.settings, pair.face)
         if original.error is not None:
             return row | {"error": f"original: {original.error}"}
         if original.embeddings is None:
@@ -209,24 +217,33 @@ class PairEvaluator:
 
 
 def error_rows(
-    anon_id: str, level: float, t_boom: int | None, message: str, settings: EvaluationSettings
+    anon_id: str,
+    level: float,
+    t_boom: int | None,
+    message: str,
+    settings: EvaluationSettings,
+    status: str = "error",
 ) -> list[dict]:
     """Rows for a pair that could not be evaluated at all (e.g. the anonymizer failed on it).
 
-    One row per recognizer, status "error", ``message`` as the error; ``face_anonymized`` and
-    ``compared_at`` are None.
+    One row per recognizer, ``status`` ("error", or an outcome such as "no_face_detected" in face-region
+    mode), ``message`` as the error; ``face_anonymized`` and ``compared_at`` are None.
     """
     return [
-        _base_row(anon_id, level, t_boom, name, settings) | {"error": str(message)} for name in settings.recognizers
+        _base_row(anon_id, level, t_boom, name, settings) | {"status": status, "error": str(message)}
+        for name in settings.recognizers
     ]
 
 
-def _base_row(anon_id: str, level: float, t_boom: int | None, name: str, settings: EvaluationSettings) -> dict:
+def _base_row(
+    anon_id: str, level: float, t_boom: int | None, name: str, settings: EvaluationSettings, face: int | None = None
+) -> dict:
     # An error row until proven otherwise; face_original is False unless a face was found.
     return {
         "anon_id": str(anon_id),
         "level": float(level),
         "t_boom": None if t_boom is None else int(t_boom),
+        "face": None if face is None else int(face),
         "recognizer": name,
         "metric": settings.metric,
         "distance": None,

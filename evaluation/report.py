@@ -58,6 +58,7 @@ _SUMMARY_VIEW = (
     ("label", "level"),
     ("recognizer", "recognizer"),
     ("n_images", "images"),
+    ("n_faces", "faces"),
     ("n_evaluated", "evaluated"),
     ("n_no_face_original", "no face (original)"),
     ("n_no_face_anonymized", "no face (anonymized)"),
@@ -67,6 +68,8 @@ _SUMMARY_VIEW = (
     ("n_cleared", "cleared"),
     ("fraction_cleared", "fraction cleared"),
     ("ci", "95% interval"),
+    ("n_images_cleared", "images cleared"),
+    ("fraction_images_cleared", "fraction of images cleared"),
     ("distance_mean", "mean distance"),
     ("distance_std", "std"),
     ("distance_sem", "s.e."),
@@ -91,7 +94,7 @@ def write_report(
     versions: dict,
     summary: pd.DataFrame,
     failures: pd.DataFrame,
-    samples: Sequence[tuple[str, bytes]],
+    samples: Sequence[tuple],
     notice: str | None = None,
     sections: Sequence[tuple[str, str]] = (),
 ) -> Path:
@@ -103,7 +106,8 @@ def write_report(
         versions: software versions, shown as a table.
         summary: the ``summarize`` table.
         failures: rows to list as failures (any columns; the first ``MAX_FAILURE_ROWS``).
-        samples: (caption, PNG bytes) of images to show, normally anonymized outputs only.
+        samples: (caption, PNG bytes) of images to show, normally anonymized outputs only; a third item,
+            boxes (left, top, width, height), draws them over the image (face-region mode's squares).
         notice: a banner shown at the top, e.g. that the numbers come from random-weight models.
         sections: extra (title, HTML) sections appended by the caller; the HTML is inserted as
             given, so the caller escapes what it puts in.
@@ -169,6 +173,31 @@ def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
 
 
+def _img_with_boxes(png: bytes, alt: str, boxes: Sequence[tuple[int, int, int, int]]) -> str:
+    """The image, and where ``boxes`` (left, top, width, height in its pixels) are given, an SVG drawn over it.
+
+    The boxes are vector shapes on top of the picture, not painted into it, so the embedded PNG stays the
+    exact bytes it was given (a released file, say).
+    """
+    if not boxes:
+        return _img(png, alt)
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as img:
+        width, height = img.size
+    stroke = max(1.0, min(width, height) / 150)
+    rects = "".join(
+        f'<rect x="{int(x)}" y="{int(y)}" width="{int(w)}" height="{int(h)}" fill="none" stroke="#e8590c" '
+        f'stroke-width="{stroke:.1f}"/>'
+        for x, y, w, h in boxes
+    )
+    overlay = (
+        f'<svg viewBox="0 0 {width} {height}" preserveAspectRatio="none" '
+        f'style="position:absolute;left:0;top:0;width:100%;height:100%">{rects}</svg>'
+    )
+    return f'<div style="position:relative;line-height:0">{_img(png, alt)}{overlay}</div>'
+
+
 def _format(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
@@ -211,8 +240,20 @@ def _summary_html(summary: pd.DataFrame) -> str:
             for low, high in zip(summary["ci_low"], summary["ci_high"], strict=True)
         ]
     )
+    # Face-region mode's columns only where rows are faces; elsewhere they repeat the image columns.
+    by_face = "n_faces" in view and view["n_faces"].notna().any()
+    shown = [(c, h) for c, h in _SUMMARY_VIEW if by_face or c not in _FACE_COLUMNS]
     # reindex: a summary written before a column existed shows "–" there.
-    return _table(view.reindex(columns=[c for c, _ in _SUMMARY_VIEW]), [h for _, h in _SUMMARY_VIEW])
+    table = _table(view.reindex(columns=[c for c, _ in shown]), [h for _, h in shown])
+    return table + (_FACES_NOTE if by_face else "")
+
+
+_FACE_COLUMNS = ("n_faces", "n_images_cleared", "fraction_images_cleared")
+_FACES_NOTE = (
+    '<p class="muted">Face-region mode: each face is compared with the output at the same place, so the '
+    "counts from <em>evaluated</em> to the interval are faces; an image is cleared when every one of its "
+    "faces is.</p>"
+)
 
 
 def _summary_sentence(summary: pd.DataFrame) -> str:
@@ -251,11 +292,13 @@ def _threshold_html(summary: pd.DataFrame) -> str:
     return text + _table(per, ["recognizer", "threshold used", "deepface default (cosine)"])
 
 
-def _samples_html(samples: Sequence[tuple[str, bytes]]) -> str:
+def _samples_html(samples: Sequence[tuple]) -> str:
     if not samples:
         return "<p>No samples.</p>"
     figures = [
-        f"<figure>{_img(png, caption)}<figcaption>{_e(caption)}</figcaption></figure>" for caption, png in samples
+        f"<figure>{_img_with_boxes(sample[1], sample[0], sample[2] if len(sample) > 2 else ())}"
+        f"<figcaption>{_e(sample[0])}</figcaption></figure>"
+        for sample in samples
     ]
     return f'<div class="samples">{"".join(figures)}</div>'
 

@@ -39,8 +39,9 @@ ATTACK_COLUMNS = (
     "reid_people_attackable",
     "reid_people_single",
 )
-# Counts that may be missing (no attack): nullable integers.
+# Counts that may be missing (no attack; n_faces outside face-region mode): nullable integers.
 NULLABLE_COUNTS = (
+    "n_faces",
     "linkage_queries",
     "linkage_gallery",
     "reid_queries",
@@ -56,6 +57,7 @@ SUMMARY_COLUMNS = (
     "recognizer",
     "metric",
     "n_images",
+    "n_faces",
     "n_evaluated",
     "n_no_face_original",
     "n_no_face_anonymized",
@@ -66,6 +68,8 @@ SUMMARY_COLUMNS = (
     "fraction_cleared",
     "ci_low",
     "ci_high",
+    "n_images_cleared",
+    "fraction_images_cleared",
     "distance_mean",
     "distance_std",
     "distance_sem",
@@ -107,9 +111,19 @@ class PartialStats:
     ``n_no_face_anonymized`` and ``n_compared_at_original_box`` count "ok" rows whose anonymized
     image had no detected face, and those of them compared at the original's face box (the others
     were compared on the whole image, on request).
+
+    In face-region mode a row is a face (its ``face`` column is set): ``n_faces`` counts those rows,
+    the row counts (``n_evaluated``, ``n_cleared``...) are faces, and ``n_images`` counts distinct
+    images. An image is cleared when each of its rows is "ok" and cleared (``n_images_cleared``) out of
+    the images with an "ok" or missing-output row (``n_images_compared``). With one row per image, as
+    in whole-image mode, the image counts equal the row counts. All rows of an image must come in the
+    same ``from_rows`` call (they do: an image's rows are in one shard).
     """
 
     n_images: int = 0
+    n_faces: int | None = None
+    n_images_compared: int = 0
+    n_images_cleared: int = 0
     n_evaluated: int = 0
     n_no_face_original: int = 0
     n_no_face_anonymized: int = 0
@@ -129,8 +143,22 @@ class PartialStats:
         face_anonymized = rows.loc[ok, "face_anonymized"]
         # Rows written before compared_at existed have no such column: none was compared there.
         compared_at = rows.loc[ok, "compared_at"] if "compared_at" in rows else pd.Series(dtype=object)
+        clears = ok & (rows["distance"].astype(float) > threshold)
+        faces = rows["face"].notna() if "face" in rows else pd.Series(False, index=rows.index)
+        if faces.any():
+            per_image = pd.DataFrame(
+                {"anon_id": rows["anon_id"], "clears": clears, "compared": ok | (rows["status"] == "missing_output")}
+            ).groupby("anon_id", sort=False)
+            images = (len(per_image), int(per_image["compared"].any().sum()), int(per_image["clears"].all().sum()))
+            n_faces = int(faces.sum())
+        else:
+            compared = int(ok.sum() + (rows["status"] == "missing_output").sum())
+            images, n_faces = (len(rows), compared, int(clears.sum())), None
         return cls(
-            n_images=len(rows),
+            n_images=images[0],
+            n_faces=n_faces,
+            n_images_compared=images[1],
+            n_images_cleared=images[2],
             n_evaluated=int(ok.sum()),
             n_no_face_original=int((rows["status"] == "no_face_original").sum()),
             n_no_face_anonymized=int((face_anonymized == False).sum()),  # noqa: E712 - object column
@@ -148,8 +176,12 @@ class PartialStats:
         n_a, n_b = self.n_evaluated, other.n_evaluated
         n = n_a + n_b
         delta = other.mean - self.mean
+        faces = None if self.n_faces is None and other.n_faces is None else (self.n_faces or 0) + (other.n_faces or 0)
         return PartialStats(
             n_images=self.n_images + other.n_images,
+            n_faces=faces,
+            n_images_compared=self.n_images_compared + other.n_images_compared,
+            n_images_cleared=self.n_images_cleared + other.n_images_cleared,
             n_evaluated=n,
             n_no_face_original=self.n_no_face_original + other.n_no_face_original,
             n_no_face_anonymized=self.n_no_face_anonymized + other.n_no_face_anonymized,
@@ -174,6 +206,7 @@ class PartialStats:
         low, high = wilson_interval(self.n_cleared, trials)
         return {
             "n_images": self.n_images,
+            "n_faces": self.n_faces,
             "n_evaluated": n,
             "n_no_face_original": self.n_no_face_original,
             "n_no_face_anonymized": self.n_no_face_anonymized,
@@ -184,6 +217,10 @@ class PartialStats:
             "fraction_cleared": self.n_cleared / trials if trials else math.nan,
             "ci_low": low,
             "ci_high": high,
+            "n_images_cleared": self.n_images_cleared,
+            "fraction_images_cleared": (
+                self.n_images_cleared / self.n_images_compared if self.n_images_compared else math.nan
+            ),
             "distance_mean": self.mean if n else math.nan,
             "distance_std": std,
             "distance_sem": std / math.sqrt(n) if n >= 2 else math.nan,
@@ -238,7 +275,9 @@ def summary_from_partials(
         )
     frame = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
     frame = frame.astype({name: "Int64" for name in NULLABLE_COUNTS})
-    return frame.astype({name: "int64" for name in SUMMARY_COLUMNS if name.startswith("n_")})
+    return frame.astype(
+        {name: "int64" for name in SUMMARY_COLUMNS if name.startswith("n_") and name not in NULLABLE_COUNTS}
+    )
 
 
 def summarize(distances: pd.DataFrame, settings: EvaluationSettings, label: str | None = None) -> pd.DataFrame:

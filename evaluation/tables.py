@@ -18,6 +18,8 @@ DISTANCES_SCHEMA = pa.schema(
         pa.field("anon_id", pa.string(), nullable=False),
         pa.field("level", pa.float64(), nullable=False),  # NaN: another tool's output with no level
         pa.field("t_boom", pa.int64()),  # null when the anonymizer failed before choosing it
+        # Face-region mode: the face's index in its image (one row per face); null for a whole-image row.
+        pa.field("face", pa.int32()),
         pa.field("recognizer", pa.string(), nullable=False),
         pa.field("metric", pa.string(), nullable=False),
         pa.field("distance", pa.float64()),  # null unless status is "ok"
@@ -28,13 +30,14 @@ DISTANCES_SCHEMA = pa.schema(
         # How the anonymized image's faces were taken: "detected" | "original_box" | "whole_image";
         # null when it was not embedded (see evaluation.evaluator).
         pa.field("compared_at", pa.string()),
-        # "ok" | "no_face_original" | "missing_output" (boomerang evaluate) | "error"
+        # "ok" | "no_face_original" | "missing_output" (boomerang evaluate) | "no_face_detected" (face-region
+        # mode: no face in the image, so no output) | "error"
         pa.field("status", pa.string(), nullable=False),
         pa.field("error", pa.string()),
     ]
 )
 
-_COUNTS = {name for name in SUMMARY_COLUMNS if name.startswith("n_")}
+_COUNTS = {name for name in SUMMARY_COLUMNS if name.startswith("n_")} - set(NULLABLE_COUNTS)
 _INTEGERS = _COUNTS | set(NULLABLE_COUNTS)
 _STRINGS = {"recognizer", "metric", "label"}
 SUMMARY_SCHEMA = pa.schema(

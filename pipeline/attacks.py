@@ -33,6 +33,7 @@ ATTACKS_SCHEMA = pa.schema(
     [
         ("anon_id", pa.string()),
         ("level", pa.float64()),
+        ("face", pa.int32()),  # face-region mode: the face attacked (each face is a query); else null
         ("recognizer", pa.string()),
         ("attack", pa.string()),
         ("rank", pa.int64()),
@@ -62,6 +63,9 @@ def linkage_attack(layout: RunLayout, max_queries: int | None = MAX_QUERIES, rei
     where that person has no other photo: not attackable this way). At most `max_queries` outputs per
     (level, recognizer) are attacked: those with the smallest anon_ids, a keyed hash, i.e. a sample that
     no one without the secret can choose or predict; None attacks every output (the gate's linkage rule).
+
+    In face-region mode every face is its own query and its own original in the gallery; re-identification
+    uses the image's identity label only for images with one face (a group photo's label names no face).
     """
     by_recognizer: dict[str, list[pa.Table]] = {}
     for path in table_files(layout.embeddings):
@@ -71,23 +75,28 @@ def linkage_attack(layout: RunLayout, max_queries: int | None = MAX_QUERIES, rei
     labels = _identities(layout)
     frames = [ATTACKS_SCHEMA.empty_table().to_pandas()]
     for name, tables in sorted(by_recognizer.items()):
-        rows = pa.concat_tables(tables)
+        rows = pa.concat_tables(tables, promote_options="default")
         ids = rows["anon_id"].to_numpy(zero_copy_only=False)
+        faces = _faces(rows)
+        keys = ids if faces is None else np.array([_key(a, f) for a, f in zip(ids, faces, strict=True)], dtype=object)
         levels = rows["level"].to_numpy()
         originals = _matrix(rows["original"])
-        # The gallery: each original once (its rows at every level share the original's face).
-        gallery_ids, first = np.unique(ids, return_index=True)
+        # The gallery: each original (face) once (its rows at every level share the original's face).
+        gallery_keys, first = np.unique(keys, return_index=True)
         gallery = originals[first]
-        chosen = _queries(ids, levels, max_queries)
-        ids, levels, queries = ids[chosen], levels[chosen], _matrix(rows["anonymized"])[chosen]
-        source = np.searchsorted(gallery_ids, ids)
+        chosen = _queries(keys, levels, max_queries)
+        ids, keys, levels, queries = ids[chosen], keys[chosen], levels[chosen], _matrix(rows["anonymized"])[chosen]
+        face_of = None if faces is None else faces[chosen]
+        source = np.searchsorted(gallery_keys, keys)
         ranks = rank_of_true(queries, gallery, source, device=_device()).astype(np.float64)
-        frames.append(_rows(ids, levels, name, LINKAGE, ranks, len(gallery), np.full(len(ids), 1 / len(gallery))))
-        known = np.array([a in labels for a in gallery_ids], dtype=bool)
+        chance = np.full(len(ids), 1 / len(gallery))
+        frames.append(_rows(ids, levels, name, LINKAGE, ranks, len(gallery), chance, face_of))
+        gallery_labels = _face_labels(gallery_keys, labels, faces is not None)
+        known = np.array([k in gallery_labels for k in gallery_keys], dtype=bool)
         if not reid or known.sum() < 2:
             continue
         # Re-identification: only originals whose person is known, and outputs of those.
-        people = np.array([labels[a] for a in gallery_ids[known]], dtype=object)
+        people = np.array([gallery_labels[k] for k in gallery_keys[known]], dtype=object)
         where = np.cumsum(known) - 1  # gallery row -> row among the known
         asked = known[source]
         query_source = where[source[asked]]
@@ -96,16 +105,18 @@ def linkage_attack(layout: RunLayout, max_queries: int | None = MAX_QUERIES, rei
         counts = pd.Series(people).value_counts()
         others = counts.reindex(people[query_source]).to_numpy() - 1
         chance = others / (len(people) - 1)
-        reid_rows = _rows(ids[asked], levels[asked], name, REID, ranks, int(known.sum()), chance)
+        asked_faces = None if face_of is None else face_of[asked]
+        reid_rows = _rows(ids[asked], levels[asked], name, REID, ranks, int(known.sum()), chance, asked_faces)
         reid_rows["people_attackable"] = int((counts >= 2).sum())
         reid_rows["people_single"] = int((counts == 1).sum())
         frames.append(reid_rows)
     attacks = pd.concat(frames, ignore_index=True)
     for column in ("rank", "people_attackable", "people_single"):
         attacks[column] = attacks[column].astype("Int64")
+    attacks["face"] = attacks["face"].astype("Int32")
     for k in ("hit_1", "hit_5"):
         attacks[k] = attacks[k].astype("boolean")
-    return attacks.sort_values(["attack", "level", "recognizer", "anon_id"], ignore_index=True)
+    return attacks.sort_values(["attack", "level", "recognizer", "anon_id", "face"], ignore_index=True)
 
 
 def linkable(layout: RunLayout, max_rank: int) -> set[tuple[str, float]]:
@@ -115,12 +126,35 @@ def linkable(layout: RunLayout, max_rank: int) -> set[tuple[str, float]]:
     return set(zip(close["anon_id"].tolist(), close["level"].astype(float).tolist(), strict=True))
 
 
-def _rows(ids, levels, recognizer: str, attack: str, ranks: np.ndarray, gallery: int, chance) -> pd.DataFrame:
+def _faces(rows: pa.Table) -> np.ndarray | None:
+    """The face index of each embedding row (face-region mode), or None when every row is a whole image."""
+    if "face" not in rows.column_names or rows["face"].null_count == len(rows):
+        return None
+    return np.array(rows["face"].to_pylist(), dtype=object)
+
+
+def _key(anon_id: str, face) -> str:
+    return anon_id if face is None else f"{anon_id}#{int(face)}"
+
+
+def _face_labels(keys: np.ndarray, labels: dict[str, str], by_face: bool) -> dict[str, str]:
+    """Gallery key -> person: the image's label, and in face-region mode only for images with one face."""
+    if not by_face:
+        return {k: labels[k] for k in keys if k in labels}
+    image = [k.split("#", 1)[0] for k in keys]
+    faces_per_image = pd.Series(image).value_counts()
+    return {k: labels[a] for k, a in zip(keys, image, strict=True) if a in labels and faces_per_image[a] == 1}
+
+
+def _rows(
+    ids, levels, recognizer: str, attack: str, ranks: np.ndarray, gallery: int, chance, faces=None
+) -> pd.DataFrame:
     attacked = ~np.isnan(ranks)
     return pd.DataFrame(
         {
             "anon_id": ids,
             "level": levels,
+            "face": pd.Series([None] * len(ids) if faces is None else list(faces), dtype="Int32"),
             "recognizer": recognizer,
             "attack": attack,
             "rank": pd.Series(np.where(attacked, ranks, 0), dtype="Int64").where(attacked, pd.NA),
@@ -226,8 +260,16 @@ def linkage_section(summary: pd.DataFrame) -> tuple[str, str] | None:
         + "</tr>"
         for r in rows.itertuples()
     )
+    by_face = "n_faces" in rows and rows["n_faces"].notna().any()
     body = (
-        "<p>A linker who holds the original dataset embeds each anonymized image and ranks every original by "
+        (
+            "<p class='notice'>Face-region mode: these rates are for the faces alone (each face is a query, and "
+            "each original face is in the gallery). Every pixel outside the faces is the original's, so a linker "
+            "who holds the original photos links every output to its source by its background.</p>"
+            if by_face
+            else ""
+        )
+        + "<p>A linker who holds the original dataset embeds each anonymized image and ranks every original by "
         "distance. Rank-1 is the share of outputs whose own original comes first (ties count for the attacker: "
         "an upper bound), with its 95% Wilson interval; chance is what guessing achieves. Cleared (distance "
         "above the threshold) and not linkable are different questions: an image can clear every recognizer "

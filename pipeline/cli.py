@@ -124,6 +124,40 @@ def _add_job_flags(parser: argparse.ArgumentParser, *, sampler: bool, evaluation
         )
         group.add_argument("--eval-batch-size", type=int, dest="eval_batch_size")
         group.add_argument("--report-originals", action="store_true", default=None, dest="report_originals")
+    group = parser.add_argument_group("face regions")
+    group.add_argument(
+        "--region",
+        choices=("image", "faces"),
+        help="where Boomerang runs: the whole image (default, the paper's setting, for face crops) or each "
+        "detected face of any photo, leaving every other pixel as it was; evaluation is then per face",
+    )
+    group.add_argument(
+        "--region-detector",
+        dest="region_detector",
+        help="deepface face detector that finds the faces (default opencv, offline; dlib with the extra "
+        "'regions-dlib' installed; any deepface detector name)",
+    )
+    group.add_argument(
+        "--region-margin",
+        type=float,
+        dest="region_margin",
+        help="grow each face box by this fraction of its side on every side before resampling (default 0.4: "
+        "the square then holds hair, ears, jaw and chin)",
+    )
+    if sampler:
+        group.add_argument(
+            "--region-feather",
+            type=float,
+            dest="region_feather",
+            help="width of the blend back into the photo, as a fraction of the square (default 0.2)",
+        )
+        group.add_argument(
+            "--no-face",
+            dest="no_face",
+            choices=("withhold", "image"),
+            help="an image where no face is found: no output, status no_face_detected (default: a detector "
+            "miss must not publish a face), or whole-image Boomerang",
+        )
     if sampler and evaluation:
         group = parser.add_argument_group("release gate")
         group.add_argument(
@@ -138,6 +172,14 @@ def _add_job_flags(parser: argparse.ArgumentParser, *, sampler: bool, evaluation
             dest="gate_thresholds",
             help="per-recognizer gate thresholds, e.g. VGG-Face=0.5; may be LOWER than deepface's own, and the "
             "report then says so (default: the stricter of --threshold and deepface's own threshold)",
+        )
+        group.add_argument(
+            "--accept-scene-linkage",
+            action="store_true",
+            default=None,
+            dest="accept_scene_linkage",
+            help="with --region faces: release anyway, although every pixel outside the faces is the original's, "
+            "so the release links to its source photos for anyone who holds them (docs/privacy.md)",
         )
         group.add_argument(
             "--gate-max-linkage",

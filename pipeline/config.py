@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from anonymize import SamplerSettings, validate_level
+from anonymize import RegionSettings, SamplerSettings, validate_level
 from evaluation import EvaluationSettings
 
 DEFAULT_LADDER = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -62,10 +62,13 @@ class JobSettings:
     strict: bool = False
     gate_thresholds: tuple[tuple[str, float], ...] = ()
     gate_max_linkage: int | None = None  # withhold outputs whose own original ranks within the top R
+    # Face-region mode keeps the scene: the gate releases only when the user accepts that it links to sources.
+    accept_scene_linkage: bool = False
     label: str | None = None  # boomerang evaluate: the name of another tool's results, shown for a level
     demo: bool = False
     sampler: SamplerSettings = field(default_factory=SamplerSettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
+    region: RegionSettings = field(default_factory=RegionSettings)
 
     def __post_init__(self) -> None:
         if not self.out:
@@ -98,6 +101,12 @@ class JobSettings:
         linkage = self.gate_max_linkage
         if linkage is not None and (not isinstance(linkage, int) or isinstance(linkage, bool) or linkage < 1):
             raise SettingsError(f"--gate-max-linkage must be an integer >= 1, got {linkage!r}")
+        if self.gate and self.region.faces and not self.accept_scene_linkage:
+            raise SettingsError(
+                "--gate with --region faces would release photos whose every pixel outside the faces is the "
+                "original's, so anyone holding the originals links each one to its source; pass "
+                "--accept-scene-linkage to release them anyway (see docs/privacy.md)"
+            )
         if self.identity_from not in (None, "folder"):
             raise SettingsError(f"--identity-from must be 'folder', got {self.identity_from!r}")
         if self.identity_from and self.identity_column:
@@ -109,11 +118,13 @@ class JobSettings:
     def public_dict(self) -> dict[str, Any]:
         """Settings as plain data for run.json and the report: no paths of this machine (the input's may
         name people; --out may lie inside it) and no secret file."""
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("sampler", "evaluation")}
+        sections = ("sampler", "evaluation", "region")
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in sections}
         for private in _NOT_PUBLIC:
             data.pop(private)
         data["sampler"] = {f.name: getattr(self.sampler, f.name) for f in fields(self.sampler)}
         data["evaluation"] = {f.name: getattr(self.evaluation, f.name) for f in fields(self.evaluation)}
+        data["region"] = {f.name: getattr(self.region, f.name) for f in fields(self.region)}
         return data
 
 
@@ -146,6 +157,16 @@ _EVALUATION_KEYS = {
     "align": "align",
     "metric": "metric",
     "no_face_anonymized": "no_face_anonymized",
+}
+
+
+# Flag name -> RegionSettings field (face-region mode).
+_REGION_KEYS = {
+    "region": "mode",
+    "region_detector": "detector",
+    "region_margin": "margin",
+    "region_feather": "feather",
+    "no_face": "no_face",
 }
 
 
@@ -186,6 +207,9 @@ def flatten(data: Mapping[str, Any]) -> dict[str, Any]:
         # Sections [sampler] and [evaluation] are accepted as well as flat keys.
         if key in ("sampler", "evaluation") and isinstance(value, Mapping):
             flat.update(flatten(value))
+        elif key == "region" and isinstance(value, Mapping):  # run.json's section: field names, not flags
+            flags = {field: flag for flag, field in _REGION_KEYS.items()}
+            flat.update({flags.get(str(k), str(k)): v for k, v in value.items()})
         else:
             flat[key] = value
     return flat
@@ -217,7 +241,8 @@ def build_settings(values: Mapping[str, Any]) -> JobSettings:
     job: dict[str, Any] = {}
     sampler: dict[str, Any] = {}
     evaluation: dict[str, Any] = {}
-    job_fields = {f.name for f in fields(JobSettings)} - {"sampler", "evaluation"}
+    region: dict[str, Any] = {}
+    job_fields = {f.name for f in fields(JobSettings)} - {"sampler", "evaluation", "region"}
     for key, value in values.items():
         if value is None:
             continue
@@ -225,6 +250,8 @@ def build_settings(values: Mapping[str, Any]) -> JobSettings:
             sampler[_SAMPLER_KEYS[key]] = value
         elif key in _EVALUATION_KEYS:
             evaluation[_EVALUATION_KEYS[key]] = value
+        elif key in _REGION_KEYS:
+            region[_REGION_KEYS[key]] = value
         elif key in job_fields:
             job[key] = value
         elif key == "level":
@@ -257,6 +284,10 @@ def build_settings(values: Mapping[str, Any]) -> JobSettings:
         raise SettingsError(_flagify(str(err))) from None
     try:
         job["evaluation"] = EvaluationSettings(**evaluation)
+    except (TypeError, ValueError) as err:
+        raise SettingsError(_flagify(str(err))) from None
+    try:
+        job["region"] = RegionSettings(**region)
     except (TypeError, ValueError) as err:
         raise SettingsError(_flagify(str(err))) from None
     try:
@@ -294,6 +325,6 @@ def _str_tuple(name: str, value: Any) -> tuple[str, ...]:
 def _flagify(message: str) -> str:
     """Settings errors from the libraries name fields; users know them as flags."""
     head, sep, rest = message.partition(" ")
-    if head in _SAMPLER_KEYS.values() or head in _EVALUATION_KEYS.values():
+    if head in (*_SAMPLER_KEYS.values(), *_EVALUATION_KEYS.values(), *_REGION_KEYS, "no_face"):
         return f"--{head.replace('_', '-')}{sep}{rest}"
     return message

@@ -166,7 +166,7 @@ def evaluate_pass(job: Job, anonymized: str) -> JobResult:
             EvaluateStage,
             fn_constructor_args=(
                 settings.evaluation,
-                EvaluateConfig(str(job.layout.root), settings.max_pixels, settings.deepface_home, 1),
+                EvaluateConfig(str(job.layout.root), settings.max_pixels, settings.deepface_home, 1, settings.region),
             ),
             batch_size=settings.eval_batch_size,
             batch_format="pandas",

@@ -17,7 +17,7 @@ from evaluation.summary import merge_partials, partial_stats, summary_from_parti
 
 from .attacks import ATTACKS_SCHEMA, linkage_attack, linkage_section, with_linkage
 from .provenance import now, read_json, write_json_atomic
-from .records import ROWS_PER_STEP, shards_with_rows, table_files, table_steps
+from .records import ROWS_PER_STEP, read_faces, shards_with_rows, table_files, table_steps
 
 if TYPE_CHECKING:
     from .job import Job
@@ -137,13 +137,13 @@ def restate_thresholds(folder: Path, settings) -> tuple[dict, pd.DataFrame]:
     from evaluation import DISTANCES_SCHEMA
 
     partials: list[dict] = []
-    errors = [DISTANCES_SCHEMA.empty_table().select([*_SUMMARY_READS, "anon_id", "error"]).to_pandas()]
+    errors = [DISTANCES_SCHEMA.empty_table().select([*_SUMMARY_READS, "error"]).to_pandas()]
     pending: list[pa.Table] = []
     rows = 0
     for part in table_files(folder):
         file = pq.ParquetFile(part)
         # Files from before a column existed (compared_at) lack it: read what there is.
-        columns = [c for c in (*_SUMMARY_READS, "anon_id", "error") if c in file.schema_arrow.names]
+        columns = [c for c in (*_SUMMARY_READS, "error") if c in file.schema_arrow.names]
         table = _restated(part, file.read(columns=columns), settings)
         failed = table.filter(pc.equal(table["status"], "error"))
         if len(failed):
@@ -159,7 +159,18 @@ def restate_thresholds(folder: Path, settings) -> tuple[dict, pd.DataFrame]:
 
 
 # What the summary reads of each distance row (anon_id and error only for failed rows, the report's failures).
-_SUMMARY_READS = ("level", "recognizer", "distance", "threshold", "cleared", "status", "face_anonymized", "compared_at")
+_SUMMARY_READS = (
+    "anon_id",
+    "level",
+    "face",
+    "recognizer",
+    "distance",
+    "threshold",
+    "cleared",
+    "status",
+    "face_anonymized",
+    "compared_at",
+)
 
 
 def _restated(part: Path, table: pa.Table, settings) -> pa.Table:
@@ -207,6 +218,7 @@ def internal_samples(job: Job, chosen: pd.DataFrame, released: set | None = None
     Originals only with --report-originals, re-encoded so no metadata travels.
     """
     originals = _original_thumbnails(job, chosen) if job.settings.report_originals else {}
+    boxes = _resampled_squares(job, chosen)
     samples = []
     for row in chosen.itertuples():
         path = job.layout.root / row.output_path
@@ -217,8 +229,22 @@ def internal_samples(job: Job, chosen: pd.DataFrame, released: set | None = None
         caption = f"{row.anon_id[:8]} {_level_text(row.level, row.t_boom)}"
         if released is not None:
             caption += " released" if (row.anon_id, float(row.level)) in released else " withheld"
-        samples.append((caption, path.read_bytes()))
+        squares = boxes.get((row.anon_id, float(row.level)), ())
+        if squares:
+            caption += f", {len(squares)} face{'s' if len(squares) > 1 else ''} resampled (boxes)"
+        samples.append((caption, path.read_bytes(), squares))
     return samples
+
+
+def _resampled_squares(job: Job, chosen: pd.DataFrame) -> dict[tuple[str, float], list[tuple[int, int, int, int]]]:
+    """Face-region mode: (anon_id, level) -> the squares each shown output's faces were resampled in."""
+    if not job.settings.region.faces or chosen.empty:
+        return {}
+    faces = read_faces(job.layout, anon_ids=set(chosen["anon_id"]))
+    found: dict = {}
+    for face in faces.itertuples():
+        found.setdefault((face.anon_id, float(face.level)), []).append((face.left, face.top, face.side, face.side))
+    return found
 
 
 def _level_text(level, t_boom) -> str:

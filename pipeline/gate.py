@@ -77,11 +77,14 @@ def lowered_thresholds(settings) -> dict[str, tuple[float, float]]:
 
 
 def cleared_levels(distances: pd.DataFrame, thresholds: dict[str, float]) -> pd.DataFrame:
-    """Per (anon_id, level): cleared = every recognizer evaluated it and found distance > its gate threshold."""
+    """Per (anon_id, level): cleared = every recognizer evaluated it (every face of it, in face-region mode) and
+    found distance > its gate threshold."""
     columns = ["anon_id", "level", "cleared", "no_face_original"]
     if distances.empty:
         return pd.DataFrame(columns=columns)
-    d = distances[distances["recognizer"].isin(list(thresholds))].drop_duplicates(["anon_id", "level", "recognizer"])
+    # Face-region mode has a row per face: an image clears only when every face clears every recognizer.
+    keys = ["anon_id", "level", "recognizer"] + (["face"] if "face" in distances else [])
+    d = distances[distances["recognizer"].isin(list(thresholds))].drop_duplicates(keys)
     d = d.assign(
         clears=(d["status"] == "ok") & (d["distance"].astype(float) > d["recognizer"].map(thresholds)),
         no_face=d["status"] == "no_face_original",
@@ -124,7 +127,7 @@ def run_gate(job: Job) -> JobResult:
 
 # What the gate reads of each table: its decisions, the release's manifest and the cost sentence.
 GATE_MANIFEST_COLUMNS = ["anon_id", "level", "t_boom", "n_steps", "status", "error", "output_path", "sha256_output"]
-GATE_DISTANCE_COLUMNS = ["anon_id", "level", "recognizer", "status", "distance"]
+GATE_DISTANCE_COLUMNS = ["anon_id", "level", "face", "recognizer", "status", "distance"]
 
 
 def shard_rows(job: Job):
@@ -329,5 +332,16 @@ def gate_section(job: Job, decision: Decision) -> tuple[str, str]:
             if unique_sizes
             else "<p>No released image has a size of its own among the inputs (sizes do not link them).</p>"
         )
+        + (SCENE_LINKAGE_NOTICE if settings.region.faces else "")
     )
     return ("Release gate", body)
+
+
+# Face-region mode: what the release gives away by construction (said in the public report, docs/privacy.md).
+SCENE_LINKAGE_NOTICE = (
+    "<p class='notice'>Face-region mode (--region faces, released with --accept-scene-linkage): only the faces "
+    "were resampled and every other pixel is the original's, so anyone who holds the original photos links "
+    "each released image to its source by its background. What this release protects is who is in the "
+    "photos (the faces, measured above), not which photo each one is; clothing, places and other people's "
+    "context are also kept.</p>"
+)

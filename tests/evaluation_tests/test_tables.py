@@ -30,6 +30,7 @@ def ok_row(anon_id: str, level: float, recognizer: str, distance: float) -> dict
         "anon_id": anon_id,
         "level": level,
         "t_boom": int(level * 1000),
+        "face": None,
         "recognizer": recognizer,
         "metric": "cosine",
         "distance": distance,
