@@ -36,6 +36,7 @@ from anonymize.regions import (
 from anonymize.sampler import BoomerangOutput, BoomerangSampler, planned_steps
 from anonymize.seeding import make_generator, output_seed
 from anonymize.settings import SamplerSettings, validate_level
+from anonymize.tiling import EnhanceSettings, blend_tiles, cut_tiles, degrade, pad_to, tile_grid, upsample
 from anonymize.tiny_models import build_tiny_latent_pipeline, build_tiny_pixel_ddpm, made_by_boomerang
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "BoomerangSampler",
     "DEFAULT_FEATHER",
     "DEFAULT_MARGIN",
+    "EnhanceSettings",
     "FACE_DETECTORS",
     "FaceBox",
     "FaceJob",
@@ -55,9 +57,12 @@ __all__ = [
     "SamplerSettings",
     "WeightsNotFound",
     "blend_mask",
+    "blend_tiles",
     "build_tiny_latent_pipeline",
     "build_tiny_pixel_ddpm",
     "cut_region",
+    "cut_tiles",
+    "degrade",
     "decode_image",
     "detect_faces",
     "encode_png",
@@ -68,11 +73,14 @@ __all__ = [
     "make_generator",
     "output_seed",
     "pack_faces",
+    "pad_to",
     "paste_regions",
     "planned_steps",
     "region_for",
     "resolve_model",
+    "tile_grid",
     "to_model_input",
+    "upsample",
     "validate_level",
     "weights_sha256",
 ]

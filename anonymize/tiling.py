@@ -243,3 +243,52 @@ def _check_fits(tile: Tile, image_size: tuple[int, int]) -> None:
     if not tile.fits(image_size):
         width, height = image_size
         raise ValueError(f"{tile} does not lie inside the {width}x{height} image")
+
+
+@dataclass(frozen=True)
+class EnhanceSettings:
+    """Perceptual resolution enhancement (``boomerang enhance``).
+
+    Attributes:
+        scale: integer upsampling factor; outputs are exactly ``scale`` times the input's size.
+        filter: the PIL filter that upsamples before the model (``RESAMPLING_FILTERS``), Lanczos by default.
+        overlap: tiles overlap by this fraction of the model's resolution (a quarter by default).
+        degrade: the benchmark: each input is first cut to a multiple of ``scale`` and downscaled by it
+            (bicubic, as in the super-resolution literature), so the output can be compared with it.
+    """
+
+    scale: int = 4
+    filter: str = "lanczos"
+    overlap: float = 0.25
+    degrade: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.scale, bool) or not isinstance(self.scale, int) or not 1 <= self.scale <= 16:
+            raise ValueError(f"scale must be an integer in [1, 16], got {self.scale!r}")
+        if self.filter not in RESAMPLING_FILTERS:
+            raise ValueError(f"filter must be one of {', '.join(RESAMPLING_FILTERS)}, got {self.filter!r}")
+        if not 0 <= self.overlap <= 0.5:
+            raise ValueError(f"overlap must be a fraction of the tile in [0, 0.5], got {self.overlap!r}")
+
+    def overlap_pixels(self, resolution: int) -> int:
+        return min(resolution - 1, round(self.overlap * resolution))
+
+
+def degrade(img: Image.Image, scale: int) -> tuple[Image.Image, Image.Image]:
+    """(reference, low): ``img`` cut to a multiple of ``scale`` (right and bottom), and that downscaled by
+    ``scale`` with bicubic resampling: the pair an enhancement benchmark compares against."""
+    rgb = img.convert("RGB")
+    width, height = (rgb.width // scale) * scale, (rgb.height // scale) * scale
+    if width < scale or height < scale:
+        raise ValueError(f"a {rgb.width}x{rgb.height} image is smaller than the scale {scale}")
+    reference = rgb.crop((0, 0, width, height))
+    return reference, reference.resize((width // scale, height // scale), Image.Resampling.BICUBIC)
+
+
+def pad_to(img: Image.Image, side: int) -> Image.Image:
+    """``img`` padded right and bottom by repeating its edge pixels to at least ``side`` in each dimension
+    (a copy when it is large enough): ``tile_grid`` needs an image no smaller than a tile."""
+    array = np.asarray(img.convert("RGB"))
+    height, width = array.shape[:2]
+    pad = ((0, max(0, side - height)), (0, max(0, side - width)), (0, 0))
+    return Image.fromarray(np.pad(array, pad, mode="edge"))

@@ -42,6 +42,7 @@ ATTACK_COLUMNS = (
 # Counts that may be missing (no attack; n_faces outside face-region mode): nullable integers.
 NULLABLE_COUNTS = (
     "n_faces",
+    "diversity_images",
     "linkage_queries",
     "linkage_gallery",
     "reid_queries",
@@ -77,6 +78,10 @@ SUMMARY_COLUMNS = (
     "threshold",
     "deepface_threshold",
     *ATTACK_COLUMNS,
+    # --samples K (filled by the pipeline from the private embeddings): images with 2+ samples, and the mean
+    # cosine distance between the samples of one image.
+    "diversity_images",
+    "diversity_mean",
 )
 
 

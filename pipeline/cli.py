@@ -83,6 +83,12 @@ def _add_job_flags(parser: argparse.ArgumentParser, *, sampler: bool, evaluation
         group.add_argument("--device")
         group.add_argument("--dtype")
         group.add_argument("--revision")
+        group.add_argument(
+            "--samples",
+            type=int,
+            help="local samples per image and level (data augmentation; default 1): each its own generator, "
+            "output and manifest row; raising it on a rerun adds samples",
+        )
         group.add_argument("--batch-size", type=int, dest="batch_size", help="images per Ray task (default 4)")
         group.add_argument(
             "--model-batch",
@@ -211,6 +217,40 @@ def make_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text, epilog=_COMMON_HELP)
         p.add_argument("input", help="folder of images (recursive) or Parquet dataset; local path or URI")
         _add_job_flags(p, sampler=sampler, evaluation=evaluation)
+    text = "data augmentation: --samples K local samples per image, laid out in class folders under train/"
+    p = sub.add_parser("augment", help=text, description=text, epilog=_COMMON_HELP)
+    p.add_argument("input", help="folder of images in class folders (cats/a.jpg), or a Parquet dataset")
+    p.add_argument(
+        "--evaluate", action="store_true", help="also measure each sample against its original (default: off)"
+    )
+    p.add_argument("--label-column", dest="label_column", help="Parquet input: the column holding each image's class")
+    _add_job_flags(p, sampler=True, evaluation=True)
+    text = "perceptual resolution enhancement: upsample by --scale, then Boomerang at a small level, in tiles"
+    p = sub.add_parser("enhance", help=text, description=text, epilog=_COMMON_HELP)
+    p.add_argument("input", help="folder of images (recursive) or Parquet dataset; local path or URI")
+    p.add_argument("--scale", type=int, help="integer upsampling factor; outputs are exactly this many times larger")
+    p.add_argument("--filter", help="resampling filter before the model: lanczos (default), bicubic, bilinear, ...")
+    p.add_argument(
+        "--tile-overlap",
+        type=float,
+        dest="tile_overlap",
+        help="tiles of the model's size overlap by this fraction of it (default 0.25), blended with a feather",
+    )
+    p.add_argument(
+        "--benchmark",
+        action="store_true",
+        default=None,
+        help="downscale each input by --scale first, then report PSNR and SSIM against it next to plain "
+        "Lanczos and bicubic upsampling (a folder INPUT)",
+    )
+    _add_job_flags(p, sampler=True, evaluation=False)
+    p.set_defaults(scale=4)
+    for action in p._actions:
+        if action.dest == "levels":
+            action.help = (
+                "level(s) t_boom/T (default 0.2): 0.1-0.3 is the paper's range for enhancement; higher levels "
+                "change the content, not only the detail"
+            )
     p = sub.add_parser("evaluate", help="the evaluation stage alone, on any anonymizer's output")
     p.add_argument("--originals", required=True, help="the original images (folder or Parquet)")
     p.add_argument(

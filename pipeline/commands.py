@@ -6,6 +6,8 @@ import argparse
 from collections.abc import Callable
 from dataclasses import replace
 
+import pandas as pd
+
 from anonymize import WeightsNotFound
 from evaluation import MissingWeights
 
@@ -33,6 +35,8 @@ def dispatch(args: argparse.Namespace) -> int:
     return {
         "run": cmd_run,
         "anonymize": cmd_anonymize,
+        "augment": cmd_augment,
+        "enhance": cmd_enhance,
         "evaluate": cmd_evaluate,
         "report": cmd_report,
         "demo": cmd_demo,
@@ -49,6 +53,60 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
     if settings.gate:
         raise SettingsError("--gate needs evaluation: use `boomerang run --gate`")
     return run_job(settings, "anonymize")
+
+
+def cmd_augment(args: argparse.Namespace) -> int:
+    """K local samples per image (evaluation off unless --evaluate), then train/ in class folders."""
+    flags = vars(args).copy()
+    evaluate, label_column = flags.pop("evaluate"), flags.pop("label_column")
+    settings = settings_from_flags(flags)
+    if settings.gate:
+        raise SettingsError("augment makes training data, not a release: drop --gate")
+
+    def work(job: Job) -> JobResult:
+        from .augment import build_training_set
+        from .inputs import identity_labels
+
+        run_pass(job, job.settings.levels)
+        labels = identity_labels(job.inputs, None, label_column) if label_column else None
+        layout = job.layout
+        return finalize(job, extra={"train": build_training_set(layout, labels) | {"folder": "train"}})
+
+    return run_job(settings, "run" if evaluate else "anonymize", work)
+
+
+def cmd_enhance(args: argparse.Namespace) -> int:
+    """Upsample by --scale and Boomerang at a small level in tiles; with --benchmark, PSNR/SSIM against the
+    originals next to plain upsampling."""
+    flags = vars(args).copy()
+    flags["levels"] = flags.get("levels") or "0.2"
+    settings = settings_from_flags(flags)
+    if settings.enhance.degrade and settings.input and settings.input.endswith(".parquet"):
+        raise SettingsError("--benchmark reads the originals from a folder of images: pass a folder as INPUT")
+
+    def work(job: Job) -> JobResult:
+        run_pass(job, job.settings.levels)
+        result = finalize(job)
+        if not job.settings.enhance.degrade:
+            return result
+        from evaluation import DISTANCES_SCHEMA, SUMMARY_COLUMNS
+
+        from .enhance import measure_quality, quality_section
+        from .finalize import build_report, internal_samples
+
+        summary = measure_quality(job)
+        section = quality_section(summary, job.settings.enhance.scale, meaningful=job.notice is None)
+        report = build_report(
+            job,
+            result.overview.failures,
+            pd.DataFrame(columns=list(SUMMARY_COLUMNS)),
+            DISTANCES_SCHEMA.empty_table().to_pandas(),
+            internal_samples(job, result.overview.samples),
+            [section],
+        )
+        return replace(result, report=str(report))
+
+    return run_job(settings, "anonymize", work)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from anonymize import RegionSettings, SamplerSettings, validate_level
+from anonymize import EnhanceSettings, RegionSettings, SamplerSettings, validate_level
 from evaluation import EvaluationSettings
 
 DEFAULT_LADDER = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -36,6 +36,8 @@ class JobSettings:
     levels: tuple[float, ...] = (0.7,)
     seed: int = 0
     batch_size: int = 4
+    # Local samples per (image, level) (data augmentation): each its own generator, name and manifest row.
+    samples: int = 1
     workers: int | None = None  # None: fill the machine (pipeline.plan)
     gpus_per_worker: float | None = None  # None: 1 where the cluster has GPUs, else 0
     eval_workers: int | None = None  # None: fill the machine (pipeline.plan)
@@ -69,6 +71,7 @@ class JobSettings:
     sampler: SamplerSettings = field(default_factory=SamplerSettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     region: RegionSettings = field(default_factory=RegionSettings)
+    enhance: EnhanceSettings | None = None  # boomerang enhance
 
     def __post_init__(self) -> None:
         if not self.out:
@@ -85,7 +88,7 @@ class JobSettings:
             raise SettingsError(f"--levels has duplicates: {list(levels)}")
         if self.gate and list(self.ladder) != sorted(self.ladder):
             raise SettingsError(f"--ladder must increase, got {list(self.ladder)}")
-        for name in ("batch_size", "workers", "eval_workers", "eval_batch_size", "max_pixels", "shard_size"):
+        for name in ("batch_size", "samples", "workers", "eval_workers", "eval_batch_size", "max_pixels", "shard_size"):
             value = getattr(self, name)
             if value is None and name in ("workers", "eval_workers"):
                 continue
@@ -118,13 +121,15 @@ class JobSettings:
     def public_dict(self) -> dict[str, Any]:
         """Settings as plain data for run.json and the report: no paths of this machine (the input's may
         name people; --out may lie inside it) and no secret file."""
-        sections = ("sampler", "evaluation", "region")
+        sections = ("sampler", "evaluation", "region", "enhance")
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in sections}
         for private in _NOT_PUBLIC:
             data.pop(private)
         data["sampler"] = {f.name: getattr(self.sampler, f.name) for f in fields(self.sampler)}
         data["evaluation"] = {f.name: getattr(self.evaluation, f.name) for f in fields(self.evaluation)}
         data["region"] = {f.name: getattr(self.region, f.name) for f in fields(self.region)}
+        if self.enhance is not None:
+            data["enhance"] = {f.name: getattr(self.enhance, f.name) for f in fields(self.enhance)}
         return data
 
 
@@ -170,6 +175,10 @@ _REGION_KEYS = {
 }
 
 
+# Flag name -> EnhanceSettings field (boomerang enhance).
+_ENHANCE_KEYS = {"scale": "scale", "filter": "filter", "tile_overlap": "overlap", "benchmark": "degrade"}
+
+
 def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a TOML or YAML config file into a flat dict of settings (keys as the long flags, '-' or '_')."""
     path = Path(path)
@@ -207,8 +216,9 @@ def flatten(data: Mapping[str, Any]) -> dict[str, Any]:
         # Sections [sampler] and [evaluation] are accepted as well as flat keys.
         if key in ("sampler", "evaluation") and isinstance(value, Mapping):
             flat.update(flatten(value))
-        elif key == "region" and isinstance(value, Mapping):  # run.json's section: field names, not flags
-            flags = {field: flag for flag, field in _REGION_KEYS.items()}
+        elif key in ("region", "enhance") and isinstance(value, Mapping):  # run.json's sections: field names
+            keys = _REGION_KEYS if key == "region" else _ENHANCE_KEYS
+            flags = {field: flag for flag, field in keys.items()}
             flat.update({flags.get(str(k), str(k)): v for k, v in value.items()})
         else:
             flat[key] = value
@@ -242,7 +252,8 @@ def build_settings(values: Mapping[str, Any]) -> JobSettings:
     sampler: dict[str, Any] = {}
     evaluation: dict[str, Any] = {}
     region: dict[str, Any] = {}
-    job_fields = {f.name for f in fields(JobSettings)} - {"sampler", "evaluation", "region"}
+    enhance: dict[str, Any] = {}
+    job_fields = {f.name for f in fields(JobSettings)} - {"sampler", "evaluation", "region", "enhance"}
     for key, value in values.items():
         if value is None:
             continue
@@ -252,6 +263,8 @@ def build_settings(values: Mapping[str, Any]) -> JobSettings:
             evaluation[_EVALUATION_KEYS[key]] = value
         elif key in _REGION_KEYS:
             region[_REGION_KEYS[key]] = value
+        elif key in _ENHANCE_KEYS:
+            enhance[_ENHANCE_KEYS[key]] = value
         elif key in job_fields:
             job[key] = value
         elif key == "level":
@@ -288,6 +301,7 @@ def build_settings(values: Mapping[str, Any]) -> JobSettings:
         raise SettingsError(_flagify(str(err))) from None
     try:
         job["region"] = RegionSettings(**region)
+        job["enhance"] = EnhanceSettings(**enhance) if enhance else None
     except (TypeError, ValueError) as err:
         raise SettingsError(_flagify(str(err))) from None
     try:
@@ -325,6 +339,6 @@ def _str_tuple(name: str, value: Any) -> tuple[str, ...]:
 def _flagify(message: str) -> str:
     """Settings errors from the libraries name fields; users know them as flags."""
     head, sep, rest = message.partition(" ")
-    if head in (*_SAMPLER_KEYS.values(), *_EVALUATION_KEYS.values(), *_REGION_KEYS, "no_face"):
+    if head in (*_SAMPLER_KEYS.values(), *_EVALUATION_KEYS.values(), *_REGION_KEYS, "no_face", *_ENHANCE_KEYS):
         return f"--{head.replace('_', '-')}{sep}{rest}"
     return message

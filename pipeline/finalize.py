@@ -16,6 +16,7 @@ from evaluation import summary_table, write_parquet_atomic, write_report
 from evaluation.summary import merge_partials, partial_stats, summary_from_partials
 
 from .attacks import ATTACKS_SCHEMA, linkage_attack, linkage_section, with_linkage
+from .diversity import diversity_section, sample_diversity, with_diversity
 from .provenance import now, read_json, write_json_atomic
 from .records import ROWS_PER_STEP, read_faces, shards_with_rows, table_files, table_steps
 
@@ -109,6 +110,8 @@ def finalize(job: Job, sections=(), extra: dict | None = None, released: set | N
                 write_parquet_atomic(table, path)
             summary = with_linkage(summary, attacks)
             sections = [*sections, *filter(None, [linkage_section(summary)])]
+        summary = with_diversity(summary, sample_diversity(layout))
+        sections = [*sections, *filter(None, [diversity_section(summary)])]
         write_parquet_atomic(summary_table(summary), layout.summary)
         samples = internal_samples(job, overview.samples, released)
         report = str(build_report(job, overview.failures, summary, distances, samples, sections))
@@ -311,9 +314,10 @@ def closing_lines(result: JobResult) -> list[str]:
     c = result.counts
     levels = ", ".join(f"{v:g}" for v in c["levels"])
     where = f"at level(s) {levels}" if levels else f"({job.settings.label or 'no level'})"
+    k = job.settings.samples
+    images = f"{c['images'] // k} images x {k} samples" if k > 1 and c["images"] % k == 0 else f"{c['images']} images"
     lines = [
-        f"{c['images']} images {where}: {c['ok']} outputs ok, {c['errors']} failed "
-        f"({job.pairs_done_now} processed in this run)."
+        f"{images} {where}: {c['ok']} outputs ok, {c['errors']} failed ({job.pairs_done_now} processed in this run)."
     ]
     if c["errors"]:
         reasons = result.overview.failures["error"].fillna("error").str.split(":").str[0]
@@ -332,6 +336,9 @@ def closing_lines(result: JobResult) -> list[str]:
         lines.append(f"Report: {result.report}")
     if job.notice:
         lines.append("NOTE: these images and numbers are not meaningful (random-weight models that boomerang made).")
+    train = result.extra.get("train")
+    if train:
+        lines.append(f"Training set: {job.layout.train} ({train['images']} images in {train['classes']} classes).")
     gate = result.extra.get("gate")
     if gate:
         reasons = ", ".join(f"{reason} {n}" for reason, n in gate["withheld_reasons"].items())

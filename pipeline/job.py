@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TextIO
 
 from .cluster import ClusterInfo, connect, disconnect
@@ -44,7 +44,7 @@ from .records import (
     write_identities,
 )
 from .resume import ShardCompactor, shard_todo
-from .secret import anon_id, load_secret
+from .secret import anon_id, load_secret, output_key
 from .shards import plan_shards
 from .stages import AnonymizeConfig, AnonymizeStage, EvaluateConfig, EvaluateStage, WriteStage, error_row
 
@@ -109,6 +109,13 @@ class Job:
     notice: str | None = None  # set when the numbers are not meaningful (project-made random weights)
     pairs_done_now: int = 0
     errors_now: int = 0
+    # --samples K: the inputs hold one item per (image, sample), keyed by secret.output_key; key -> (image id,
+    # sample). Empty with one sample: each item's key is its image id.
+    samples: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+    def sample_of(self, key: str) -> tuple[str, int]:
+        """(image id, sample index) of an input item's key."""
+        return self.samples.get(key, (key, 0))
 
     @property
     def evaluated(self) -> bool:
@@ -159,14 +166,42 @@ def _prepare_locked(settings: JobSettings, mode: str, layout: RunLayout, lock: R
         check_rerun(read_json(layout.run_json), determining, has_outputs=layout.has_outputs())
     layout.prepare(settings.overwrite)
     secret = load_secret(layout, settings.secret_file)
-    job = Job(settings, mode, layout, inputs, secret, None, stream=stream, lock=lock)
-    job.anon_ids = {item.image_id: anon_id(secret, item.image_id) for item in inputs.items}
+    samples = with_samples(inputs, settings.samples if mode != "evaluate" else 1)
+    job = Job(settings, mode, layout, samples.inputs, secret, None, stream=stream, lock=lock)
+    job.samples = samples.of
+    job.anon_ids = {item.image_id: anon_id(secret, item.image_id) for item in job.inputs.items}
     write_identities(
-        layout, ((job.anon_ids[i.image_id], i.image_id, i.source, labels.get(i.image_id)) for i in inputs.items)
+        layout,
+        (
+            (job.anon_ids[i.image_id], image, i.source, labels.get(image), sample)
+            for i in job.inputs.items
+            for image, sample in (job.sample_of(i.image_id),)
+        ),
     )
     job.notice = DEMO_NOTICE if settings.demo or made_here(model, recognizers) else None
     _start_record(job, model, recognizers, determining)
     return job
+
+
+@dataclass(frozen=True)
+class Samples:
+    inputs: InputSet
+    of: dict[str, tuple[str, int]]
+
+
+def with_samples(inputs: InputSet, k: int) -> Samples:
+    """The inputs with one item per (image, local sample): sample 0 keeps the image's id as its key (so one
+    sample names and seeds outputs as before), sample s > 0 is keyed by `output_key(id, s)`. Everything keyed
+    by item (anon_ids, shards, resume, the gate's rounds) then works per sample."""
+    if k == 1:
+        return Samples(inputs, {})
+    items, of = [], {}
+    for item in inputs.items:
+        for sample in range(k):
+            key = output_key(item.image_id, sample)
+            items.append(replace(item, image_id=key))
+            of[key] = (item.image_id, sample)
+    return Samples(replace(inputs, items=tuple(items)), of)
 
 
 def _start_record(job: Job, model: dict | None, recognizers: dict | None, determining: dict) -> None:
@@ -253,9 +288,12 @@ def run_pass(job: Job, levels: tuple[float, ...], image_ids: set[str] | None = N
             if item.problem:
                 problems += [(item, level) for level in todo]
             else:
+                image_id, sample = job.sample_of(item.image_id)
                 work.append(
                     {
-                        "image_id": item.image_id,
+                        "key": item.image_id,
+                        "image_id": image_id,
+                        "sample": sample,
                         "anon_id": aid,
                         "source": item.source,
                         "source_size": item.size,
@@ -272,7 +310,7 @@ def run_pass(job: Job, levels: tuple[float, ...], image_ids: set[str] | None = N
         # Shard by shard, so that shards finish (and are compacted) one after another instead of all at the
         # end; within a shard in input order, as before sharding.
         order = {item.image_id: i for i, item in enumerate(job.inputs.items)}
-        work.sort(key=lambda w: (shards.of(w["anon_id"]), order[w["image_id"]]))
+        work.sort(key=lambda w: (shards.of(w["anon_id"]), order[w["key"]]))
     compactor = ShardCompactor(layout, planned)
     progress = Progress(total, label or job.mode, stream=job.stream)
     if problems:
@@ -292,7 +330,12 @@ def run_pass(job: Job, levels: tuple[float, ...], image_ids: set[str] | None = N
 def _write_problems(job: Job, problems: list[tuple[InputItem, float]]):
     """Inputs known bad before reading (bad names, duplicate ids) still get their rows."""
     rows = [
-        error_row({"anon_id": job.anon_ids[item.image_id]}, level, problem(item.problem)) for item, level in problems
+        error_row(
+            {"anon_id": job.anon_ids[item.image_id], "sample": job.sample_of(item.image_id)[1]},
+            level,
+            problem(item.problem),
+        )
+        for item, level in problems
     ]
     distance_rows = None
     if job.evaluated:
@@ -325,7 +368,9 @@ def _plan(job: Job, work: list[dict]):
             columns=[job.inputs.id_column, job.inputs.image_column],
             num_cpus=TASK_CPUS,
         )
-        by_id = {w["image_id"]: w for w in work}
+        by_id: dict[str, list[dict]] = defaultdict(list)  # an image's samples share its Parquet row
+        for w in work:
+            by_id[w["image_id"]].append(w)
         ds = ds.map_batches(
             _attach_work,
             fn_kwargs={
@@ -347,7 +392,13 @@ def _plan(job: Job, work: list[dict]):
         fn_constructor_args=(
             settings.sampler,
             AnonymizeConfig(
-                str(job.layout.root), settings.seed, job.secret, settings.max_pixels, threads, settings.region
+                str(job.layout.root),
+                settings.seed,
+                job.secret,
+                settings.max_pixels,
+                threads,
+                settings.region,
+                settings.enhance,
             ),
         ),
         batch_size=settings.batch_size,
@@ -401,6 +452,17 @@ def _attach_work(batch, work: dict, id_column: str, image_column: str):
 
     ids = batch[id_column].astype(str)
     keep = ids.isin(work.keys())
-    rows = [dict(work[i], image=img) for i, img in zip(ids[keep], batch[image_column][keep], strict=True)]
-    columns = ["image_id", "anon_id", "source", "source_size", "source_mtime", "problem", "levels", "image"]
+    rows = [dict(w, image=img) for i, img in zip(ids[keep], batch[image_column][keep], strict=True) for w in work[i]]
+    columns = [
+        "key",
+        "image_id",
+        "sample",
+        "anon_id",
+        "source",
+        "source_size",
+        "source_mtime",
+        "problem",
+        "levels",
+        "image",
+    ]
     return pd.DataFrame(rows, columns=columns)

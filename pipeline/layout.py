@@ -32,7 +32,7 @@ def level_dirname(level: float) -> str:
 
 
 # What a run writes at the top of its folder; --overwrite removes exactly these.
-RUN_ENTRIES = ("run.json", "images", "manifest.parquet", "evaluation", "report", "private", "release")
+RUN_ENTRIES = ("run.json", "images", "manifest.parquet", "evaluation", "report", "private", "release", "train")
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,8 @@ class RunLayout:
     embeddings = property(lambda self: self.root / "private" / "embeddings.parquet")
     failure_file = property(lambda self: self.root / "private" / "failure.txt")
     release = property(lambda self: self.root / "release")
+    # `boomerang augment`: the outputs again, laid out for a data loader (class folders, labels.parquet).
+    train = property(lambda self: self.root / "train")
 
     def image_path(self, level: float, anon_id: str) -> Path:
         return self.images / level_dirname(level) / f"{anon_id}.png"

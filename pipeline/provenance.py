@@ -115,6 +115,14 @@ def output_settings(settings, mode: str, model: dict | None, recognizers: dict |
             "model_batch": s.model_batch,
             "seed": settings.seed,
         }
+        if settings.enhance is not None:
+            e = settings.enhance
+            found |= {
+                "enhance_scale": e.scale,
+                "enhance_filter": e.filter,
+                "enhance_overlap": e.overlap,
+                "enhance_degrade": e.degrade,
+            }
         if settings.region.faces:  # recorded only in face-region mode: older folders stay resumable
             r = settings.region
             found |= {

@@ -38,6 +38,7 @@ MANIFEST_SCHEMA = pa.schema(
     [
         ("anon_id", pa.string()),
         ("level", pa.float64()),
+        ("sample", pa.int32()),  # the local sample's index (--samples K: 0..K-1)
         ("t_boom", pa.int32()),
         ("n_steps", pa.int32()),
         ("status", pa.string()),  # "ok" | "error" | "no_face_detected" (face-region mode, no output)
@@ -100,6 +101,7 @@ IDENTITY_SCHEMA = pa.schema(
         ("image_id", pa.string()),
         ("source", pa.string()),
         ("identity", pa.string()),  # who is in the image (--identity-from / --identity-column), else null
+        ("sample", pa.int32()),  # which local sample of the image this anon_id names (--samples K)
     ]
 )
 
@@ -209,13 +211,15 @@ def read_manifest(layout: RunLayout, columns: list[str] | None = None) -> pd.Dat
     return read_parts(layout.manifest, MANIFEST_SCHEMA, columns)
 
 
-def write_identities(layout: RunLayout, items: Iterable[tuple[str, str, str, str | None]]) -> None:
-    """private/identities.parquet: each image once, (anon_id, image id, source, identity), merged with
-    earlier runs'."""
+def write_identities(layout: RunLayout, items: Iterable[tuple[str, str, str, str | None, int]]) -> None:
+    """private/identities.parquet: each output name once, (anon_id, image id, source, identity, sample), merged
+    with earlier runs'."""
     fresh = pd.DataFrame(list(items), columns=IDENTITY_SCHEMA.names)
     old = pd.read_parquet(layout.identities) if layout.identities.is_file() else fresh.iloc[0:0]
     if "identity" not in old:  # written before identities were kept
         old = old.assign(identity=None)
+    if "sample" not in old:  # written before --samples: every output was sample 0
+        old = old.assign(sample=0)
     fresh = pd.concat([old[~old["anon_id"].isin(fresh["anon_id"])], fresh], ignore_index=True)
     fresh = fresh.sort_values("anon_id", ignore_index=True)
     table = pa.Table.from_pandas(fresh, schema=IDENTITY_SCHEMA, preserve_index=False)

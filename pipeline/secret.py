@@ -68,6 +68,12 @@ def _read_given(secret_file: str) -> bytes:
     return parse_secret(path.read_text(encoding="ascii", errors="replace"), f"--secret-file {secret_file!r}")
 
 
+def output_key(image_id: str, sample: int = 0) -> str:
+    """What names one output of an image: the image id for sample 0 (so `--samples 1` names outputs as ever),
+    the id and the sample index for the others (`--samples K`). Only ever hashed (`anon_id`), never shown."""
+    return image_id if sample == 0 else f"{image_id}\x00sample={sample}"
+
+
 def anon_id(secret: bytes, image_id: str) -> str:
     """Pseudonymous output name: a keyed hash of the image id (never the file name, which may be a person's)."""
     return hmac.new(secret, image_id.encode("utf-8"), hashlib.sha256).hexdigest()[:24]

@@ -19,12 +19,16 @@ import pandas as pd
 
 from anonymize import (
     BoomerangSampler,
+    EnhanceSettings,
     FaceJob,
     ImageError,
     RegionSettings,
     SamplerSettings,
+    blend_tiles,
     cut_region,
+    cut_tiles,
     decode_image,
+    degrade,
     detect_faces,
     encode_png,
     face_jobs,
@@ -32,8 +36,11 @@ from anonymize import (
     load_model,
     make_generator,
     output_seed,
+    pad_to,
     paste_regions,
+    tile_grid,
     to_model_input,
+    upsample,
 )
 
 from .errors import RowError, classify, problem, scrub
@@ -45,6 +52,7 @@ OUTPUT_COLUMNS = (
     "anon_id",
     "image_id",
     "level",
+    "sample",
     "t_boom",
     "n_steps",
     "seed",
@@ -65,7 +73,14 @@ OUTPUT_COLUMNS = (
 )
 
 
-INTEGER_COLUMNS = {"seed": "Int64", "t_boom": "Int32", "n_steps": "Int32", "source_size": "Int64", "faces": "Int32"}
+INTEGER_COLUMNS = {
+    "seed": "Int64",
+    "sample": "Int32",
+    "t_boom": "Int32",
+    "n_steps": "Int32",
+    "source_size": "Int64",
+    "faces": "Int32",
+}
 
 # Face-region mode: the row of an image in which the detector found no face (never a copy of the original).
 NO_FACE_DETECTED = "no_face_detected"
@@ -82,6 +97,7 @@ class AnonymizeConfig:
     max_pixels: int
     threads: int | None = None
     region: RegionSettings = RegionSettings()
+    enhance: EnhanceSettings | None = None  # boomerang enhance: upsample, then Boomerang in tiles
 
 
 @dataclass
@@ -115,6 +131,7 @@ class AnonymizeStage:
         for item in batch.to_dict("records"):
             levels = [float(level) for level in item["levels"]]
             base = {key: item.get(key) for key in ("anon_id", "image_id", "source_size", "source_mtime")}
+            base["sample"] = int(item.get("sample") or 0)
             if item.get("problem"):
                 rows += [self._error(base, level, problem(item["problem"])) for level in levels]
                 continue
@@ -144,6 +161,9 @@ class AnonymizeStage:
             here = [entry for entry in decoded if level in entry.levels]
             # The sampler splits each call into fixed-size model calls (SamplerSettings.model_batch): the faces
             # of many images fill one model batch, so images cost what their faces cost.
+            if self.config.enhance is not None:
+                rows += self._enhance(here, level)
+                continue
             rows += self._sample([e for e in here if not e.faces], level)
             rows += self._sample_faces([e for e in here if e.faces], level)
         # Nullable integer columns: with NaN for an error row, pandas would turn 63-bit seeds into
@@ -153,7 +173,7 @@ class AnonymizeStage:
     def _sample(self, chunk: list[_Decoded], level: float) -> list[dict]:
         if not chunk:
             return []
-        seeds = [self._seed(entry.base["image_id"], level) for entry in chunk]
+        seeds = [self._seed(entry.base, level) for entry in chunk]
         inputs = [to_model_input(entry.image, self.model.resolution) for entry in chunk]
         started = time.perf_counter()
         try:
@@ -175,7 +195,8 @@ class AnonymizeStage:
         if not chunk:
             return []
         jobs = [job for entry in chunk for job in entry.faces]
-        seeds = [self._seed(job.image_id, level, job.face_index) for job in jobs]
+        bases = [entry.base for entry in chunk for _ in entry.faces]
+        seeds = [self._seed(base, level, job.face_index) for base, job in zip(bases, jobs, strict=True)]
         resolution = self.model.resolution
         squares = [cut_region(entry.image, job.region, resolution) for entry in chunk for job in entry.faces]
         started = time.perf_counter()
@@ -194,6 +215,36 @@ class AnonymizeStage:
             output = paste_regions(entry.image, pieces, self.config.region.feather)
             row = self._output_row(entry, level, result, output, seconds)
             rows.append(row | {"seed": None, "face_boxes": json.dumps(records)})
+        return rows
+
+    def _enhance(self, chunk: list[_Decoded], level: float) -> list[dict]:
+        """Enhance mode: each image upsampled, cut into overlapping tiles of the model's size (edge-padded up to
+        one tile where smaller), all tiles of the chunk in one sampler call (one generator per tile, its index
+        in the face slot of the seed), blended back: outputs are exactly `scale` times the input's size."""
+        if not chunk:
+            return []
+        settings, resolution = self.config.enhance, self.model.resolution
+        overlap = settings.overlap_pixels(resolution)
+        plans = []
+        for entry in chunk:
+            image = degrade(entry.image, settings.scale)[1] if settings.degrade else entry.image
+            big = upsample(image, settings.scale, settings.filter)
+            padded = pad_to(big, resolution)
+            plans.append((entry, big.size, padded, tile_grid(padded.size, resolution, overlap)))
+        crops = [crop for _, _, padded, tiles in plans for crop in cut_tiles(padded, tiles)]
+        seeds = [self._seed(entry.base, level, i) for entry, _, _, tiles in plans for i in range(len(tiles))]
+        started = time.perf_counter()
+        try:
+            result = self._run_sampler(crops, level, seeds)
+        except (ValueError, RuntimeError, MemoryError) as err:
+            error = classify(err)
+            return [self._error(entry.base, level, error) for entry in chunk]
+        seconds = (time.perf_counter() - started) / len(chunk)
+        rows, outputs = [], iter(result.images)
+        for entry, size, padded, tiles in plans:
+            blended = blend_tiles(padded.size, tiles, [next(outputs) for _ in tiles], overlap)
+            output = blended.crop((0, 0, *size))
+            rows.append(self._output_row(entry, level, result, output, seconds) | {"seed": None})
         return rows
 
     def _output_row(self, entry: _Decoded, level: float, result, output, seconds: float) -> dict:
@@ -226,11 +277,14 @@ class AnonymizeStage:
                 _free_accelerator_memory()
                 self.sampler.settings = replace(self.sampler.settings, model_batch=model_batch // 2)
 
-    def _seed(self, image_id: str, level: float, face_index: int | None = None) -> int:
-        return output_seed(self.config.secret, self.config.seed, image_id, level, face_index=face_index)
+    def _seed(self, base: dict, level: float, face_index: int | None = None) -> int:
+        """One output's (or, in face-region mode, one face's) seed: keyed by the run's secret over the image id,
+        level, local sample and face."""
+        config = self.config
+        return output_seed(config.secret, config.seed, base["image_id"], level, base["sample"], face_index)
 
     def _error(self, base: dict, level: float, error: RowError) -> dict:
-        return error_row(base, level, error) | {"seed": self._seed(base["image_id"], level)}
+        return error_row(base, level, error) | {"seed": self._seed(base, level)}
 
     def _no_face(self, base: dict, level: float) -> dict:
         return {

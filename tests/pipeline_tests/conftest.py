@@ -13,9 +13,9 @@ def cli(ray_runtime, deepface_home, tiny_sd, capsys):
     def run(*argv: str, model: bool = True, recognizers: str = "Facenet"):
         args = list(argv)
         command = args[0]
-        if model and command in ("run", "anonymize"):
+        if model and command in ("run", "anonymize", "augment", "enhance"):
             args += ["--model", str(tiny_sd)]
-        if command in ("run", "anonymize") and "--steps" not in args:
+        if command in ("run", "anonymize", "augment", "enhance") and "--steps" not in args:
             args += ["--steps", "10"]
         if command in ("run", "evaluate"):
             args += ["--deepface-home", str(deepface_home)]

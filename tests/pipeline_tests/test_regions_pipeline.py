@@ -99,6 +99,12 @@ def test_region_mode_changes_the_faces_and_no_other_pixel(cli, tmp_path):
     page = (layout.report / "index.html").read_text()
     assert page.count('stroke="#e8590c"') == 3 and "faces resampled" in page
 
+    # A rerun finds everything done: no Ray, no row added, the no-face image not retried.
+    before = read_manifest(layout)
+    status, _, stderr = cli("run", str(tmp_path / "in"), "--out", str(out), *REGION)
+    assert status == 0, stderr
+    pd.testing.assert_frame_equal(read_manifest(layout), before)
+
 
 def test_the_gate_releases_an_image_only_when_every_face_cleared(cli, tmp_path):
     write_scenes(tmp_path / "in")
