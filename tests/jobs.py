@@ -36,17 +36,26 @@ def kill_job_when(argv: Sequence[str], ready: Callable[[], bool], timeout: float
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    family: list[int] = []
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and proc.poll() is None:
             if ready():
+                family = descendants(proc.pid)
                 return
             time.sleep(0.1)
         raise AssertionError("the job ended or stalled before the moment to kill it")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray runtime it started
+            # Ray workers may run in sessions of their own, out of the group's reach: they stop when they
+            # notice their raylet is gone, and a batch they were finishing could still land after the kill.
+            # The caller reads what the kill left only once every process of the job is gone.
+            for pid in family:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         proc.wait()
+        wait_for(lambda: not any(alive(pid) for pid in family), "every process of the killed job to end")
 
 
 def manifest_parts(out: Path) -> list[Path]:
