@@ -15,72 +15,66 @@ Typical use::
     png = encode_png(from_model_output(out.images[0], placement))
 """
 
-from anonymize.imaging import ImageError, Placement, decode_image, encode_png, from_model_output, to_model_input
-from anonymize.loading import LoadedModel, PickleRefused, WeightsNotFound, load_model, resolve_model, weights_sha256
-from anonymize.regions import (
-    DEFAULT_FEATHER,
-    DEFAULT_MARGIN,
-    FACE_DETECTORS,
-    FaceBox,
-    FaceJob,
-    Region,
-    RegionSettings,
-    blend_mask,
-    cut_region,
-    detect_faces,
-    face_jobs,
-    pack_faces,
-    paste_regions,
-    region_for,
-)
-from anonymize.sampler import BoomerangOutput, BoomerangSampler, planned_steps
-from anonymize.seeding import make_generator, output_seed
-from anonymize.settings import SamplerSettings, validate_level
-from anonymize.tiling import EnhanceSettings, blend_tiles, cut_tiles, degrade, pad_to, tile_grid, upsample
-from anonymize.tiny_models import build_tiny_latent_pipeline, build_tiny_pixel_ddpm, made_by_boomerang
+import importlib
 
-__all__ = [
-    "BoomerangOutput",
-    "BoomerangSampler",
-    "DEFAULT_FEATHER",
-    "DEFAULT_MARGIN",
-    "EnhanceSettings",
-    "FACE_DETECTORS",
-    "FaceBox",
-    "FaceJob",
-    "ImageError",
-    "LoadedModel",
-    "PickleRefused",
-    "Placement",
-    "Region",
-    "RegionSettings",
-    "SamplerSettings",
-    "WeightsNotFound",
-    "blend_mask",
-    "blend_tiles",
-    "build_tiny_latent_pipeline",
-    "build_tiny_pixel_ddpm",
-    "cut_region",
-    "cut_tiles",
-    "degrade",
-    "decode_image",
-    "detect_faces",
-    "encode_png",
-    "face_jobs",
-    "from_model_output",
-    "load_model",
-    "made_by_boomerang",
-    "make_generator",
-    "output_seed",
-    "pack_faces",
-    "pad_to",
-    "paste_regions",
-    "planned_steps",
-    "region_for",
-    "resolve_model",
-    "tile_grid",
-    "to_model_input",
-    "upsample",
-    "validate_level",
-    "weights_sha256",
-]
+# Public name -> the module that defines it, imported on first use: torch and diffusers load only where a model
+# runs, so a driver that names models, checks weights and computes seeds starts without them.
+_EXPORTS = {
+    "ImageError": "imaging",
+    "Placement": "imaging",
+    "decode_image": "imaging",
+    "encode_png": "imaging",
+    "from_model_output": "imaging",
+    "to_model_input": "imaging",
+    "LoadedModel": "loading",
+    "PickleRefused": "loading",
+    "WeightsNotFound": "loading",
+    "load_model": "loading",
+    "resolve_model": "loading",
+    "weights_sha256": "loading",
+    "DEFAULT_FEATHER": "regions",
+    "DEFAULT_MARGIN": "regions",
+    "FACE_DETECTORS": "regions",
+    "FaceBox": "regions",
+    "FaceJob": "regions",
+    "Region": "regions",
+    "RegionSettings": "regions",
+    "blend_mask": "regions",
+    "cut_region": "regions",
+    "detect_faces": "regions",
+    "face_jobs": "regions",
+    "pack_faces": "regions",
+    "paste_regions": "regions",
+    "region_for": "regions",
+    "BoomerangOutput": "sampler",
+    "BoomerangSampler": "sampler",
+    "planned_steps": "sampler",
+    "make_generator": "seeding",
+    "output_seed": "seeding",
+    "SamplerSettings": "settings",
+    "validate_level": "settings",
+    "EnhanceSettings": "tiling",
+    "blend_tiles": "tiling",
+    "cut_tiles": "tiling",
+    "degrade": "tiling",
+    "pad_to": "tiling",
+    "tile_grid": "tiling",
+    "upsample": "tiling",
+    "build_tiny_latent_pipeline": "tiny_models",
+    "build_tiny_pixel_ddpm": "tiny_models",
+    "made_by_boomerang": "tiny_models",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'anonymize' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"anonymize.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -15,18 +15,20 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from anonymize.settings import SamplerSettings
+
+if TYPE_CHECKING:
+    import torch
 
 _HOW_TO_SUPPLY = (
     "pass --model /path/to/a/diffusers/folder, or put it in the Hugging Face cache (HF_HOME) on a machine with network"
 )
 _SAFE_WEIGHTS = (".safetensors",)
 _PICKLE_WEIGHTS = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# torch is imported where a model is loaded (`_torch`), not with this module: the driver checks and names the
+# weights without it (about a second of start-up on a small machine).
 
 
 class WeightsNotFound(Exception):
@@ -89,7 +91,7 @@ class LoadedModel:
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": str(self.device),
             "diffusers_version": diffusers.__version__,
-            "torch_version": torch.__version__,
+            "torch_version": _torch().__version__,
         }
 
 
@@ -103,8 +105,9 @@ def load_model(settings: SamplerSettings) -> LoadedModel:
     """
     from diffusers import DiffusionPipeline
 
+    torch = _torch()
     device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = _DTYPES[settings.dtype] if settings.dtype else _default_dtype(device)
+    dtype = getattr(torch, settings.dtype) if settings.dtype else _default_dtype(device)
     folder, commit = resolve_model(settings)
     try:
         with quiet_progress_bars():
@@ -305,7 +308,14 @@ def _resolution(pipe: Any, kind: str, requested: int | None) -> int:
     return requested
 
 
+def _torch():
+    import torch
+
+    return torch
+
+
 def _default_dtype(device: torch.device) -> torch.dtype:
+    torch = _torch()
     # Half precision is what SD is run in on GPUs; on CPUs it is slow or unsupported.
     return torch.float16 if device.type == "cuda" else torch.float32
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 _SEED_BITS = 63  # a non-negative int64: fits torch.Generator.manual_seed, Parquet and JSON alike
 MIN_SECRET_BYTES = 16
@@ -62,6 +64,8 @@ def make_generator(seed: int, device: str | torch.device | None = None) -> torch
     draws depend on the GPU and the torch build. ``device`` is accepted for symmetry and ignored.
     """
     del device  # deliberately CPU, see above
+    import torch  # here: the driver computes seeds and names without loading torch
+
     generator = torch.Generator(device="cpu")
     generator.manual_seed(seed)
     return generator

@@ -22,8 +22,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
-
 # The latent pipeline's scheduler config is that of Stable Diffusion 1.5; the loader swaps the scheduler
 # class but keeps this config, as it does for the real model.
 _SD15_SCHEDULER = {
@@ -59,6 +57,7 @@ def build_tiny_latent_pipeline(path: str | os.PathLike, seed: int = 0) -> Path:
 
     If ``path`` already holds a complete pipeline it is returned untouched.
     """
+    import torch  # here: `made_by_boomerang` is asked by drivers that never build a model
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -110,6 +109,7 @@ def build_tiny_pixel_ddpm(path: str | os.PathLike, seed: int = 0) -> Path:
 
     If ``path`` already holds a complete pipeline it is returned untouched.
     """
+    import torch  # here: `made_by_boomerang` is asked by drivers that never build a model
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
     def build(folder: Path) -> None:

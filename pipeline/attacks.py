@@ -20,7 +20,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from evaluation.attacks import hit_rates, rank_of_true, reid_rank
 from evaluation.report import linkage_plot_html
 from evaluation.summary import ATTACK_COLUMNS, NULLABLE_COUNTS
 
@@ -67,6 +66,8 @@ def linkage_attack(layout: RunLayout, max_queries: int | None = MAX_QUERIES, rei
     In face-region mode every face is its own query and its own original in the gallery; re-identification
     uses the image's identity label only for images with one face (a group photo's label names no face).
     """
+    from evaluation.attacks import rank_of_true, reid_rank  # torch: only where there are embeddings to rank
+
     by_recognizer: dict[str, list[pa.Table]] = {}
     for path in table_files(layout.embeddings):
         table = pq.ParquetFile(path).read()
@@ -202,6 +203,8 @@ def _matrix(column: pa.ChunkedArray) -> np.ndarray:
 
 def with_linkage(summary: pd.DataFrame, attacks: pd.DataFrame) -> pd.DataFrame:
     """The summary with its attack columns filled from the attack rows, per (level, recognizer)."""
+    from evaluation.attacks import hit_rates
+
     stats = []
     for (attack, level, recognizer), rows in attacks.groupby(["attack", "level", "recognizer"], dropna=False):
         ranks = rows["rank"].astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan)

@@ -128,6 +128,13 @@ def _add_job_flags(parser: argparse.ArgumentParser, *, sampler: bool, evaluation
             dest="eval_workers",
             help="evaluation actors (default: the CPUs the anonymize actors leave, at least one)",
         )
+        group.add_argument(
+            "--eval-gpus-per-worker",
+            type=float,
+            dest="eval_gpus_per_worker",
+            help="share of a GPU per evaluation actor (default 0.25 where the cluster has GPUs, one evaluation "
+            "actor per GPU next to its anonymize actor; 0 evaluates on CPUs)",
+        )
         group.add_argument("--eval-batch-size", type=int, dest="eval_batch_size")
         group.add_argument("--report-originals", action="store_true", default=None, dest="report_originals")
     group = parser.add_argument_group("face regions")

@@ -39,7 +39,8 @@ class JobSettings:
     # Local samples per (image, level) (data augmentation): each its own generator, name and manifest row.
     samples: int = 1
     workers: int | None = None  # None: fill the machine (pipeline.plan)
-    gpus_per_worker: float | None = None  # None: 1 where the cluster has GPUs, else 0
+    gpus_per_worker: float | None = None  # None: one actor per GPU (0.75 of it with evaluation), else 0
+    eval_gpus_per_worker: float | None = None  # None: 0.25 of each GPU where the cluster has GPUs, else 0
     eval_workers: int | None = None  # None: fill the machine (pipeline.plan)
     eval_batch_size: int = 8
     # Images per shard (pipeline.shards): one file per shard per table, so 10^6 images make 245 files, not
@@ -117,6 +118,11 @@ class JobSettings:
         gpus = self.gpus_per_worker
         if gpus is not None and (not isinstance(gpus, (int, float)) or math.isnan(gpus) or gpus < 0):
             raise SettingsError(f"--gpus-per-worker must be a number >= 0, got {gpus!r}")
+        share = self.eval_gpus_per_worker
+        if share is not None and (not isinstance(share, (int, float)) or not 0 <= share <= 0.5):
+            raise SettingsError(
+                f"--eval-gpus-per-worker must be a share of a GPU in [0, 0.5] (recognizers are small), got {share!r}"
+            )
 
     def public_dict(self) -> dict[str, Any]:
         """Settings as plain data for run.json and the report: no paths of this machine (the input's may

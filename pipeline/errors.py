@@ -71,3 +71,15 @@ def scrub(text: str | None, secrets: tuple[str, ...] = ()) -> str | None:
     for secret in sorted((s for s in secrets if s), key=len, reverse=True):
         text = text.replace(secret, "<id>")
     return _PATHLIKE.sub("<path>", text)
+
+
+def error_row(base: dict, level: float, error: RowError) -> dict:
+    """An (image, level) row that failed: the public reason, its kind, and the detail for private/."""
+    return {
+        **base,
+        "level": level,
+        "status": "error",
+        "error": error.public,
+        "error_kind": error.kind,
+        "error_detail": error.detail or None,
+    }

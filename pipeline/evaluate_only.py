@@ -16,7 +16,7 @@ from collections import Counter
 import fsspec
 import pandas as pd
 
-from .errors import MISSING_OUTPUT, classify
+from .errors import MISSING_OUTPUT, classify, error_row
 from .finalize import JobResult, finalize
 from .inputs import InputError, discover, read_bytes
 from .job import TASK_CPUS, Job, ensure_cluster
@@ -25,7 +25,6 @@ from .progress import Progress
 from .records import compact_finished, finish_batch, read_manifest, remove_orphans
 from .resume import ShardCompactor, done_by_shard
 from .shards import plan_shards
-from .stages import EvaluateConfig, EvaluateStage, error_row
 
 _LEVEL = re.compile(r"(?:^|/)level=([0-9.]+)/")
 
@@ -127,6 +126,8 @@ def missing_outputs(job: Job, pairs: list[dict]) -> list[dict]:
 
 
 def evaluate_pass(job: Job, anonymized: str) -> JobResult:
+    from .stages import EvaluateConfig, EvaluateStage
+
     """Evaluate every (original, anonymized) pair not yet done, record missing outputs, finalize."""
     import ray.data
     from ray.data import ActorPoolStrategy

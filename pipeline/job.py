@@ -19,7 +19,7 @@ from typing import TextIO
 
 from .cluster import ClusterInfo, connect, disconnect
 from .config import JobSettings
-from .errors import problem, scrub
+from .errors import error_row, problem, scrub
 from .inputs import InputItem, InputSet, discover, identity_labels
 from .layout import RunLayout, write_private_bytes
 from .lock import RunLock
@@ -46,7 +46,6 @@ from .records import (
 from .resume import ShardCompactor, shard_todo
 from .secret import anon_id, load_secret, output_key
 from .shards import plan_shards
-from .stages import AnonymizeConfig, AnonymizeStage, EvaluateConfig, EvaluateStage, WriteStage, error_row
 
 
 class JobError(RuntimeError):
@@ -250,7 +249,12 @@ def ensure_cluster(job: Job) -> ClusterInfo:
         record = read_json(job.layout.run_json)
         record["ray"] = {"address": cluster.address, "cpus": cluster.cpus, "gpus": cluster.gpus, "nodes": cluster.nodes}
         actors = actor_plan(job)
-        record["ray"]["actors"] = {"anonymize": actors.anonymize, "evaluate": actors.evaluate}
+        record["ray"]["actors"] = {
+            "anonymize": actors.anonymize,
+            "evaluate": actors.evaluate,
+            "gpus_per_anonymize": actors.gpus_per_anonymize,
+            "gpus_per_evaluate": actors.gpus_per_evaluate,
+        }
         write_json_atomic(job.layout.run_json, record)
     return job.cluster
 
@@ -355,6 +359,9 @@ def _plan(job: Job, work: list[dict]):
     import ray.data
     from ray.data import ActorPoolStrategy
 
+    # The stages import torch and diffusers: only a job that runs them pays for that.
+    from .stages import AnonymizeConfig, AnonymizeStage, EvaluateConfig, EvaluateStage, WriteStage
+
     settings = job.settings
     actors = actor_plan(job)
     gpus = actors.gpus_per_anonymize
@@ -419,6 +426,9 @@ def _plan(job: Job, work: list[dict]):
             batch_size=settings.eval_batch_size,
             batch_format="pandas",
             compute=ActorPoolStrategy(size=actors.evaluate),
+            # A share of a GPU: Ray makes it the actor's visible device, and deepface's PyTorch recognizers
+            # move themselves to it (cuda:0 when one is visible).
+            num_gpus=actors.gpus_per_evaluate,
             num_cpus=cpu_actor,
         )
     else:
@@ -442,6 +452,7 @@ def actor_plan(job: Job) -> ActorPlan:
         workers=settings.workers,
         eval_workers=settings.eval_workers,
         gpus_per_worker=settings.gpus_per_worker,
+        eval_gpus_per_worker=settings.eval_gpus_per_worker,
         evaluated=job.evaluated,
     )
 

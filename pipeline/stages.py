@@ -43,7 +43,7 @@ from anonymize import (
     upsample,
 )
 
-from .errors import RowError, classify, problem, scrub
+from .errors import RowError, classify, error_row, problem, scrub
 from .inputs import read_bytes
 from .layout import RunLayout
 from .records import finish_batch
@@ -311,18 +311,6 @@ def _face_record(job: FaceJob, box, seed: int) -> dict:
         "top": region.top,
         "side": region.side,
         "seed": seed,
-    }
-
-
-def error_row(base: dict, level: float, error: RowError) -> dict:
-    """An (image, level) row that failed: the public reason, its kind, and the detail for private/."""
-    return {
-        **base,
-        "level": level,
-        "status": "error",
-        "error": error.public,
-        "error_kind": error.kind,
-        "error_detail": error.detail or None,
     }
 
 

@@ -28,3 +28,17 @@ def test_libraries_never_import_the_application_or_each_other(package):
     for source in sources:
         bad = imported_packages(source) & FORBIDDEN[package]
         assert not bad, f"{source.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+def test_the_driver_starts_without_torch_or_diffusers():
+    """The command line and the driver's modules load without torch and diffusers (about 3 s on this
+    machine); only the actors that run a model, and the attack's matrix products, import them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pipeline.cli, pipeline.commands, pipeline.job, pipeline.gate, pipeline.evaluate_only\n"
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert result.stdout.strip() == "[]"

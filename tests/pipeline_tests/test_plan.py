@@ -25,8 +25,13 @@ from pipeline.plan import ActorPlan, plan_actors
         (16, 0, {"workers": 4}, ActorPlan(4, 12, 0.0, 0.5)),
         (16, 0, {"eval_workers": 2}, ActorPlan(14, 2, 0.0, 0.5)),
         (16, 0, {"workers": 3, "eval_workers": 2}, ActorPlan(3, 2, 0.0, 0.5)),
-        # GPUs: one anonymize actor per GPU (or per share of one), the CPUs left evaluate.
-        (32, 8, {}, ActorPlan(8, 24, 1.0, 0.5)),
+        # GPUs: one anonymize actor per GPU and one evaluation actor next to it, sharing it (0.75 / 0.25).
+        (32, 8, {}, ActorPlan(8, 8, 0.75, 0.5, 0.25)),
+        (8, 1, {}, ActorPlan(1, 1, 0.75, 0.5, 0.25)),
+        (32, 8, {"evaluated": False}, ActorPlan(8, 0, 1.0, 0.5)),
+        (32, 8, {"eval_gpus_per_worker": 0.5}, ActorPlan(8, 8, 0.5, 0.5, 0.5)),
+        # Evaluation on CPUs (asked, or next to an explicit anonymize share): the CPUs left evaluate.
+        (32, 8, {"eval_gpus_per_worker": 0.0}, ActorPlan(8, 24, 1.0, 0.5)),
         (32, 8, {"gpus_per_worker": 0.5}, ActorPlan(16, 16, 0.5, 0.5)),
         (32, 8, {"gpus_per_worker": 0.0}, ActorPlan(24, 8, 0.0, 0.5)),
     ],
@@ -35,13 +40,18 @@ def test_the_default_plan_fills_the_machine(cpus, gpus, flags, expected):
     plan = plan_actors(cpus, gpus, **flags)
     assert plan == expected
     assert plan.cpus_per_actor * (plan.anonymize + max(plan.evaluate, 1)) <= cpus / 2 + 1e-9
+    # Never more GPU asked for than the cluster has: the actors would wait for it forever.
+    assert plan.anonymize * plan.gpus_per_anonymize + plan.evaluate * plan.gpus_per_evaluate <= gpus + 1e-9
 
 
 def test_the_plan_reads_as_doctor_prints_it():
     assert plan_actors(16, 0).describe() == (
         "12 anonymize actors (1 CPU thread each), 4 evaluation actors (1 CPU thread each)"
     )
-    assert plan_actors(8, 1).describe() == "1 anonymize actor (1 GPU each), 7 evaluation actors (1 CPU thread each)"
+    assert plan_actors(8, 1).describe() == "1 anonymize actor (0.75 GPU each), 1 evaluation actor (0.25 GPU each)"
+    assert plan_actors(8, 1, eval_gpus_per_worker=0).describe() == (
+        "1 anonymize actor (1 GPU each), 7 evaluation actors (1 CPU thread each)"
+    )
 
 
 def test_local_paths_are_made_absolute_before_anything_reaches_a_worker(tmp_path, monkeypatch):
