@@ -57,11 +57,13 @@ def build_tiny_latent_pipeline(path: str | os.PathLike, seed: int = 0) -> Path:
 
     If ``path`` already holds a complete pipeline it is returned untouched.
     """
-    import torch  # here: `made_by_boomerang` is asked by drivers that never build a model
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     def build(folder: Path) -> None:
+        # Imported here, when a model is built: a cached folder is returned without torch or diffusers.
+        import torch
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextConfig, CLIPTextModel
+
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(
             sample_size=32,
@@ -109,10 +111,11 @@ def build_tiny_pixel_ddpm(path: str | os.PathLike, seed: int = 0) -> Path:
 
     If ``path`` already holds a complete pipeline it is returned untouched.
     """
-    import torch  # here: `made_by_boomerang` is asked by drivers that never build a model
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
     def build(folder: Path) -> None:
+        import torch
+        from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
         torch.manual_seed(seed)
         unet = UNet2DModel(
             sample_size=32,

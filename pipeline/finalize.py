@@ -116,8 +116,10 @@ def finalize(job: Job, sections=(), extra: dict | None = None, released: set | N
         samples = internal_samples(job, overview.samples, released)
         report = str(build_report(job, overview.failures, summary, distances, samples, sections))
     record = read_json(layout.run_json)
+    job.timings.mark("finished")
     record.update(
         {
+            "timings": dict(job.timings),
             "finished": now(),
             "status": "finished",
             "counts": overview.counts,

@@ -46,6 +46,7 @@ from .records import (
 from .resume import ShardCompactor, shard_todo
 from .secret import anon_id, load_secret, output_key
 from .shards import plan_shards
+from .timings import Timings, since_start
 
 
 class JobError(RuntimeError):
@@ -111,6 +112,7 @@ class Job:
     # --samples K: the inputs hold one item per (image, sample), keyed by secret.output_key; key -> (image id,
     # sample). Empty with one sample: each item's key is its image id.
     samples: dict[str, tuple[str, int]] = field(default_factory=dict)
+    timings: Timings = field(default_factory=Timings)  # start-up milestones (pipeline.timings), for run.json
 
     def sample_of(self, key: str) -> tuple[str, int]:
         """(image id, sample index) of an input item's key."""
@@ -135,11 +137,15 @@ def prepare(settings: JobSettings, mode: str, stream: TextIO | None = None) -> J
     """
     if settings.input is None:
         raise JobError("no INPUT given: pass a folder of images or a Parquet dataset")
+    imported = since_start()  # the command line and the driver's modules loaded
     layout = RunLayout.at(settings.out)
     layout.root.mkdir(parents=True, exist_ok=True)
     lock = RunLock(layout.lock_file).acquire()
     try:
-        return _prepare_locked(settings, mode, layout, lock, stream)
+        job = _prepare_locked(settings, mode, layout, lock, stream)
+        job.timings["imported"] = imported
+        job.timings.mark("prepared")
+        return job
     except BaseException:
         lock.close()
         raise
@@ -311,6 +317,7 @@ def run_pass(job: Job, levels: tuple[float, ...], image_ids: set[str] | None = N
         return 0
     if work:
         ensure_cluster(job)
+        job.timings.mark("ray")
         # Shard by shard, so that shards finish (and are compacted) one after another instead of all at the
         # end; within a shard in input order, as before sharding.
         order = {item.image_id: i for i, item in enumerate(job.inputs.items)}
@@ -322,9 +329,11 @@ def run_pass(job: Job, levels: tuple[float, ...], image_ids: set[str] | None = N
         progress.update(len(problems), len(problems))
     if work:
         for batch in _plan(job, work).iter_batches(batch_format="pandas", batch_size=None):
+            job.timings.mark("first_output")
             progress.update(len(batch), int((batch["status"] != "ok").sum()))
             compactor.update(batch)
     compactor.finish()
+    job.timings.mark("pass_done")
     progress.close()
     job.pairs_done_now += progress.done
     job.errors_now += progress.errors
