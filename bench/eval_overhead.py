@@ -84,6 +84,12 @@ def main() -> None:
     parser.add_argument("--recognizers", default="Facenet")
     parser.add_argument("--eval-batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--default-flags",
+        action="store_true",
+        help="evaluate with the default plan (an actor per CPU) instead of --eval-workers 1; compare with the "
+        "bare loop on all cores (steady_vs_all_cores)",
+    )
     args = parser.parse_args()
     recognizers = args.recognizers.split(",")
 
@@ -96,7 +102,8 @@ def main() -> None:
     pairs = pairs_of(work / "anon", work / "in")
     argv = ["evaluate", "--originals", str(work / "in"), "--anonymized", str(work / "anon"), "--out"]
     argv += [str(work / "eval"), "--overwrite", "--recognizers", args.recognizers, "--detector", "skip"]
-    argv += ["--deepface-home", str(home), "--eval-batch-size", str(args.eval_batch_size), "--eval-workers", "1"]
+    argv += ["--deepface-home", str(home), "--eval-batch-size", str(args.eval_batch_size)]
+    argv += [] if args.default_flags else ["--eval-workers", "1"]
     all_cores = common.set_threads()
     rows = []
     for repeat in range(args.repeats):

@@ -40,11 +40,11 @@ def resolve_model(name: str) -> str:
     return name
 
 
-def actor_threads(workers: int = 1, eval_workers: int = 1) -> int:
-    """The torch threads pipeline.job gives each CPU anonymize actor (its rule, restated here)."""
-    import os
+def actor_threads() -> int:
+    """The torch threads pipeline.job gives each CPU anonymize actor: one (bytes independent of the actors)."""
+    from pipeline.job import CPU_THREADS_PER_ACTOR
 
-    return max(1, ((os.cpu_count() or 1) - eval_workers) // workers)
+    return CPU_THREADS_PER_ACTOR
 
 
 def bare_loop(
@@ -77,14 +77,16 @@ def bare_loop(
     return times
 
 
-def pipeline_run(model: str, folder: Path, out: Path, level: float, steps: int, batch: int, model_batch: int):
+def pipeline_run(
+    model: str, folder: Path, out: Path, level: float, steps: int, batch: int, model_batch: int, default_flags: bool
+):
     argv = ["anonymize", str(folder), "--out", str(out), "--overwrite", "--model", model, "--steps", str(steps)]
     argv += ["--levels", str(level), "--batch-size", str(batch), "--model-batch", str(model_batch)]
     # One manifest part per batch, a fine clock: `anonymize` has no --eval-batch-size flag (its write
     # stage batches by that setting), so it comes from a config file.
     config = out.parent / "overhead.toml"
     config.write_text(f"eval_batch_size = {batch}\n")
-    argv += ["--workers", "1", "--config", str(config)]
+    argv += ["--config", str(config)] + ([] if default_flags else ["--workers", "1"])
     return common.run_cli(argv)
 
 
@@ -97,6 +99,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--model-batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--default-flags",
+        action="store_true",
+        help="run the pipeline with its default plan (one actor per CPU) instead of --workers 1; compare with "
+        "the bare loop on all cores (steady_vs_all_cores)",
+    )
     args = parser.parse_args()
 
     model = resolve_model(args.model)
@@ -109,7 +117,7 @@ def main() -> None:
     for repeat in range(args.repeats):
         bare = bare_loop(model, work / "in", ids, *same, threads=threads)
         bare_all = bare_loop(model, work / "in", ids, *same, threads=all_cores) if all_cores != threads else bare
-        run = pipeline_run(model, work / "in", work / "out", *same)
+        run = pipeline_run(model, work / "in", work / "out", *same, default_flags=args.default_flags)
         rows.append({"repeat": repeat, **common.overhead_row(args.batch_size, bare, bare_all, run)})
         print(common.table(rows[-1:], list(rows[-1])), flush=True)
     shutil.rmtree(work, ignore_errors=True)

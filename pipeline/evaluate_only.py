@@ -126,11 +126,11 @@ def missing_outputs(job: Job, pairs: list[dict]) -> list[dict]:
 
 
 def evaluate_pass(job: Job, anonymized: str) -> JobResult:
-    from .stages import EvaluateConfig, EvaluateStage
-
     """Evaluate every (original, anonymized) pair not yet done, record missing outputs, finalize."""
     import ray.data
     from ray.data import ActorPoolStrategy
+
+    from .stages import EvaluateConfig, EvaluateStage
 
     settings = job.settings
     shards = plan_shards(job.layout, job.anon_ids.values(), settings.shard_size)
@@ -156,7 +156,10 @@ def evaluate_pass(job: Job, anonymized: str) -> JobResult:
         job.pairs_done_now += len(missing)
     if pairs:
         ensure_cluster(job)
-        workers = settings.eval_workers or max(1, int(job.cluster.cpus))
+        # Nothing else runs: every CPU evaluates, or on GPU nodes two evaluation actors share each GPU.
+        gpus = job.cluster.gpus
+        share = settings.eval_gpus_per_worker if settings.eval_gpus_per_worker is not None else (0.5 if gpus else 0.0)
+        workers = settings.eval_workers or max(1, int(gpus / share) if share else int(job.cluster.cpus))
         progress = Progress(len(pairs), "evaluate")
         inputs = job.inputs
         parquet = (inputs.uri, inputs.id_column, inputs.image_column) if inputs.kind == "parquet" else None
@@ -174,6 +177,7 @@ def evaluate_pass(job: Job, anonymized: str) -> JobResult:
             # Nothing else runs: by default every CPU evaluates (one torch thread per actor), the actors
             # reserving at most half the CPUs in Ray's accounting (pipeline.plan).
             compute=ActorPoolStrategy(size=workers),
+            num_gpus=share,
             num_cpus=min(0.5, job.cluster.cpus / 2 / workers),
         )
         for batch in ds.iter_batches(batch_format="pandas", batch_size=None):
