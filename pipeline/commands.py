@@ -81,6 +81,8 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     flags = vars(args).copy()
     flags["levels"] = flags.get("levels") or "0.2"
     settings = settings_from_flags(flags)
+    if settings.region.faces:
+        raise SettingsError("enhance works on whole images, in tiles: drop --region faces")
     if settings.enhance.degrade and settings.input and settings.input.endswith(".parquet"):
         raise SettingsError("--benchmark reads the originals from a folder of images: pass a folder as INPUT")
 

@@ -169,6 +169,13 @@ def test_evaluate_another_tools_output(cli, tmp_path):
         (["run", "{data}", "--out", "{out}", "--model", "{missing}"], "model"),
         (["run", "{data}", "--out", "{out}", "--recognizers", "Facenet512"], "facenet512_weights"),
         (["run", "{data}", "--out", "{out}", "--gpus-per-worker", "1"], "--gpus-per-worker"),
+        (["run", "{data}", "--out", "{out}", "--eval-gpus-per-worker", "0.8"], "--eval-gpus-per-worker"),
+        (["run", "{data}", "--out", "{out}", "--samples", "0"], "--samples"),
+        (["run", "{data}", "--out", "{out}", "--region", "faces", "--region-margin", "-1"], "--region-margin"),
+        (["run", "{data}", "--out", "{out}", "--region", "faces", "--region-detector", "eyes"], "--region-detector"),
+        (["enhance", "{data}", "--out", "{out}", "--scale", "0"], "scale"),
+        (["enhance", "{data}", "--out", "{out}", "--region", "faces"], "--region"),
+        (["augment", "{data}", "--out", "{out}", "--gate"], "--gate"),
     ],
 )
 def test_a_job_that_cannot_run_exits_2_with_one_line(cli, tmp_path, argv, expected):
