@@ -156,7 +156,7 @@ class Region:
 
     def __post_init__(self) -> None:
         if self.side < 1 or self.left < 0 or self.top < 0:
-            raise ValueError(f"a region needs left, top >= 0 and side >= 1, got {self}")
+            raise ValueError(f"a {type(self).__name__.lower()} needs left, top >= 0 and side >= 1, got {self}")
 
     @property
     def box(self) -> tuple[int, int, int, int]:

@@ -41,6 +41,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from anonymize.regions import Region
+
 # The filters ``upsample`` accepts, by the names a settings file uses.
 RESAMPLING_FILTERS: dict[str, Image.Resampling] = {
     "lanczos": Image.Resampling.LANCZOS,
@@ -53,26 +55,9 @@ RESAMPLING_FILTERS: dict[str, Image.Resampling] = {
 
 
 @dataclass(frozen=True)
-class Tile:
-    """One square the model processes: ``side`` pixels from (left, top) of the upsampled image."""
-
-    left: int
-    top: int
-    side: int
-
-    def __post_init__(self) -> None:
-        if self.side < 1 or self.left < 0 or self.top < 0:
-            raise ValueError(f"a tile needs left, top >= 0 and side >= 1, got {self}")
-
-    @property
-    def box(self) -> tuple[int, int, int, int]:
-        """(left, top, right, bottom), right and bottom exclusive: the box ``PIL.Image.crop`` takes."""
-        return (self.left, self.top, self.left + self.side, self.top + self.side)
-
-    def fits(self, image_size: tuple[int, int]) -> bool:
-        """True when the square lies entirely inside an image of ``image_size`` (width, height)."""
-        width, height = image_size
-        return self.left + self.side <= width and self.top + self.side <= height
+class Tile(Region):
+    """One square the model processes: ``side`` pixels from (left, top) of the upsampled image (a face
+    region's geometry: ``box``, ``fits``)."""
 
 
 def upsample(img: Image.Image, scale: int, filter: str = "lanczos") -> Image.Image:
