@@ -326,5 +326,21 @@ def _one_line(err: BaseException) -> str:
     return text or type(err).__name__
 
 
+def run() -> None:
+    """The `boomerang` command: `main`, then leave at once.
+
+    By the time `main` returns, everything is written and Ray is disconnected (or shut down). A process that
+    had joined a cluster with `--address` was seen to hang in the interpreter's teardown after printing its
+    closing lines (native threads of Ray and torch); the exit status is what counts, so the streams are
+    flushed and the process ends without that teardown.
+    """
+    import os
+
+    status = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
