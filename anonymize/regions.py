@@ -307,14 +307,19 @@ def _ramp(side: int, feather: float, fade_start: bool, fade_end: bool) -> np.nda
     width = feather * side
     if width < 1:  # under a pixel there is no ramp to draw: a hard edge
         return np.ones(side, np.float64)
+    t = np.clip(edge_distance(side, fade_start, fade_end) / width, 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)  # smoothstep: no kink where the ramp meets the flat middle
+
+
+def edge_distance(side: int, from_start: bool, from_end: bool) -> np.ndarray:
+    """Each of ``side`` pixels' distance to the nearest of the square's edges that fade (inf where none does)."""
     i = np.arange(side, dtype=np.float64)
     distance = np.full(side, np.inf)
-    if fade_start:
+    if from_start:
         distance = np.minimum(distance, i)
-    if fade_end:
+    if from_end:
         distance = np.minimum(distance, side - 1 - i)
-    t = np.clip(distance / width, 0.0, 1.0)
-    return t * t * (3.0 - 2.0 * t)  # smoothstep: no kink where the ramp meets the flat middle
+    return distance
 
 
 def paste_regions(

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from anonymize.regions import Region
+from anonymize.regions import Region, edge_distance
 
 # The filters ``upsample`` accepts, by the names a settings file uses.
 RESAMPLING_FILTERS: dict[str, Image.Resampling] = {
@@ -157,13 +157,7 @@ def tile_weights(tile: Tile, size: tuple[int, int], overlap: int) -> np.ndarray:
 
 
 def _ramp(side: int, overlap: int, fade_start: bool, fade_end: bool) -> np.ndarray:
-    i = np.arange(side, dtype=np.float64)
-    distance = np.full(side, np.inf)
-    if fade_start:
-        distance = np.minimum(distance, i)
-    if fade_end:
-        distance = np.minimum(distance, side - 1 - i)
-    t = np.clip((distance + 1.0) / (overlap + 1.0), 0.0, 1.0)
+    t = np.clip((edge_distance(side, fade_start, fade_end) + 1.0) / (overlap + 1.0), 0.0, 1.0)
     return t * t * (3.0 - 2.0 * t)  # smoothstep: no kink where the ramp meets the flat middle
 
 

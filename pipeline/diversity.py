@@ -26,18 +26,18 @@ def sample_diversity(layout: RunLayout) -> pd.DataFrame:
     columns = ["level", "recognizer", *DIVERSITY_COLUMNS]
     if not layout.identities.is_file():
         return pd.DataFrame(columns=columns)
-    ids = pq.read_table(layout.identities, columns=None).to_pandas()
+    ids = pq.read_table(layout.identities, columns=["anon_id", "image_id", "sample"]).to_pandas()
     if "sample" not in ids or ids["sample"].fillna(0).max() < 1:
         return pd.DataFrame(columns=columns)
     image_of = dict(zip(ids["anon_id"], ids["image_id"], strict=True))
     rows = []
-    for table in read_files(table_files(layout.embeddings), columns=None):
+    # Samples exist only in runs whose embeddings carry `face`; the originals' vectors are not needed here.
+    wanted = ["anon_id", "level", "face", "recognizer", "anonymized"]
+    for table in read_files(table_files(layout.embeddings), columns=wanted):
         frame = table.to_pandas()
         if frame.empty:
             continue
         frame["image"] = frame["anon_id"].map(image_of)
-        if "face" not in frame:
-            frame["face"] = None
         rows.append(frame[["level", "recognizer", "image", "face", "anonymized"]])
     if not rows:
         return pd.DataFrame(columns=columns)
