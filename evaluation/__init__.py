@@ -63,6 +63,7 @@ _EXPORTS = {
     "summary_table": "tables",
     "write_parquet_atomic": "tables",
     "write_report": "report",
+    "render_report": "report",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -86,8 +86,20 @@ _ORIGINAL_BOX_NOTE = (
 )
 
 
-def write_report(
-    report_dir: Path,
+def write_report(report_dir: Path, **content) -> Path:
+    """Write ``report_dir/index.html`` and the two plot SVGs (``render_report``'s files, index.html last);
+    return the path of index.html."""
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in render_report(**content).items():
+        target = report_dir / name
+        tmp = target.with_name(f".{name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, target)
+    return report_dir / "index.html"
+
+
+def render_report(
     *,
     title: str,
     settings: dict,
@@ -98,7 +110,7 @@ def write_report(
     notice: str | None = None,
     sections: Sequence[tuple[str, str]] = (),
 ) -> Path:
-    """Write ``report_dir/index.html`` and the two plot PNGs; return the path of index.html.
+    """The report's files, name -> text: the two plot SVGs, then ``index.html`` (which embeds them).
 
     Args:
         title: page heading.
@@ -112,12 +124,8 @@ def write_report(
         sections: extra (title, HTML) sections appended by the caller; the HTML is inserted as
             given, so the caller escapes what it puts in.
     """
-    report_dir = Path(report_dir)
-    report_dir.mkdir(parents=True, exist_ok=True)
     distance_svg = _distance_plot(summary)
     fraction_svg = _fraction_plot(summary)
-    (report_dir / DISTANCE_PLOT).write_text(distance_svg, encoding="utf-8")
-    (report_dir / FRACTION_PLOT).write_text(fraction_svg, encoding="utf-8")
 
     parts = [
         "<!DOCTYPE html>",
@@ -158,11 +166,7 @@ def write_report(
         _mapping_html(versions, "package"),
         "</body></html>",
     ]
-    index = report_dir / "index.html"
-    tmp = index.with_name(".index.html.tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    os.replace(tmp, index)
-    return index
+    return {DISTANCE_PLOT: distance_svg, FRACTION_PLOT: fraction_svg, "index.html": "\n".join(parts)}
 
 
 def _e(value) -> str:

@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from evaluation.report import linkage_plot_html
 from evaluation.summary import ATTACK_COLUMNS, NULLABLE_COUNTS
 
+from . import storage
 from .layout import RunLayout
 from .records import table_files
 
@@ -70,7 +70,7 @@ def linkage_attack(layout: RunLayout, max_queries: int | None = MAX_QUERIES, rei
 
     by_recognizer: dict[str, list[pa.Table]] = {}
     for path in table_files(layout.embeddings):
-        table = pq.ParquetFile(path).read()
+        table = storage.parquet_file(path).read()
         for name in pc.unique(table["recognizer"]).to_pylist():
             by_recognizer.setdefault(name, []).append(table.filter(pc.equal(table["recognizer"], name)))
     labels = _identities(layout)
@@ -178,7 +178,7 @@ def _identities(layout: RunLayout) -> dict[str, str]:
     """anon_id -> who is in the image, where the run was told (private/identities.parquet)."""
     if not layout.identities.is_file():
         return {}
-    table = pq.read_table(layout.identities)
+    table = storage.read_table(layout.identities)
     if "identity" not in table.schema.names:
         return {}
     ids, people = table["anon_id"].to_pylist(), table["identity"].to_pylist()

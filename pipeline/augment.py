@@ -13,15 +13,13 @@ a training set, not a release.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import PurePosixPath
 
 import pandas as pd
 import pyarrow as pa
 
-from evaluation import write_parquet_atomic
-
-from .layout import RunLayout, level_dirname
+from . import storage
+from .layout import RunLayout, level_dirname, write_public_table
 from .records import read_manifest
 
 LABELS_SCHEMA = pa.schema(
@@ -47,10 +45,11 @@ def build_training_set(layout: RunLayout, label_column: dict[str, str] | None = 
     """Rebuild `train/` from the manifest's ok rows; returns counts for run.json."""
     manifest = read_manifest(layout, columns=["anon_id", "level", "sample", "status", "output_path"])
     ok = manifest[manifest["status"] == "ok"].sort_values(["level", "anon_id"])
-    labels = class_labels(pd.read_parquet(layout.identities, columns=["anon_id", "image_id"]), label_column)
-    if layout.train.exists():
-        shutil.rmtree(layout.train)
-    layout.train.mkdir(parents=True)
+    labels = class_labels(
+        storage.read_table(layout.identities, columns=["anon_id", "image_id"]).to_pandas(), label_column
+    )
+    storage.remove_tree(layout.train)
+    storage.make_dirs(layout.train)
     several = ok["level"].nunique() > 1
     rows = []
     for row in ok.itertuples():
@@ -59,16 +58,19 @@ def build_training_set(layout: RunLayout, label_column: dict[str, str] | None = 
         if several:
             relative = PurePosixPath(level_dirname(row.level)) / relative
         target = layout.train / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
+        storage.make_dirs(target.parent)
         _link_or_copy(layout.root / row.output_path, target)
         sample = None if pd.isna(row.sample) else int(row.sample)
         rows.append({"path": relative.as_posix(), "label": label, "level": float(row.level), "sample": sample})
-    write_parquet_atomic(pa.Table.from_pylist(rows, schema=LABELS_SCHEMA), layout.train / "labels.parquet")
+    write_public_table(pa.Table.from_pylist(rows, schema=LABELS_SCHEMA), layout.train / "labels.parquet")
     return {"images": len(rows), "classes": len({r["label"] for r in rows})}
 
 
 def _link_or_copy(source, target) -> None:
-    try:
-        os.link(source, target)
-    except OSError:  # another file system, or links not allowed
-        shutil.copyfile(source, target)
+    if storage.is_local(source) and storage.is_local(target):
+        try:
+            os.link(source, target)
+            return
+        except OSError:  # another file system, or links not allowed
+            pass
+    storage.copy_file(source, target)

@@ -17,7 +17,7 @@ from .finalize import JobResult, closing_lines, finalize
 from .inputs import InputError
 from .job import Job, JobError, JobFailed, prepare, record_failure, run_pass
 from .layout import OutputError, RunLayout
-from .lock import RunLock
+from .lock import run_lock
 from .provenance import RefusedRerun, read_json
 
 # Errors that mean "this job cannot run": one line on stderr and exit status 2, never a trace.
@@ -162,7 +162,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     values = flatten(record["settings"])
     values["out"] = str(layout.root)
     settings = build_settings(values)
-    with RunLock(layout.lock_file) as lock:
+    with run_lock(layout.lock_file) as lock:
         job = Job(
             settings, "run", layout, inputs=None, secret=b"", cluster=None, lock=lock, notice=record.get("notice")
         )

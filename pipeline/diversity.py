@@ -13,8 +13,8 @@ import html
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
+from . import storage
 from .layout import RunLayout
 from .records import read_files, table_files
 
@@ -26,7 +26,7 @@ def sample_diversity(layout: RunLayout) -> pd.DataFrame:
     columns = ["level", "recognizer", *DIVERSITY_COLUMNS]
     if not layout.identities.is_file():
         return pd.DataFrame(columns=columns)
-    ids = pq.read_table(layout.identities, columns=["anon_id", "image_id", "sample"]).to_pandas()
+    ids = storage.read_table(layout.identities, columns=["anon_id", "image_id", "sample"]).to_pandas()
     if "sample" not in ids or ids["sample"].fillna(0).max() < 1:
         return pd.DataFrame(columns=columns)
     image_of = dict(zip(ids["anon_id"], ids["image_id"], strict=True))

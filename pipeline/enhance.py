@@ -19,10 +19,10 @@ import pandas as pd
 import pyarrow as pa
 
 from anonymize import decode_image, degrade, upsample
-from evaluation import write_parquet_atomic
 from evaluation.quality import quality_row
 
 from .inputs import read_bytes
+from .layout import write_public_table
 from .records import read_manifest
 
 QUALITY_SCHEMA = pa.schema(
@@ -59,9 +59,9 @@ def measure_quality(job) -> pd.DataFrame:
                 {"anon_id": anon_id, "level": float(row.level), "method": "boomerang"} | quality_row(truth, output)
             )
     table = pa.Table.from_pylist(rows, schema=QUALITY_SCHEMA)
-    write_parquet_atomic(table, layout.evaluation / "quality.parquet")
+    write_public_table(table, layout.evaluation / "quality.parquet")
     summary = quality_summary(table.to_pandas())
-    write_parquet_atomic(
+    write_public_table(
         pa.Table.from_pandas(summary, preserve_index=False), layout.evaluation / "quality_summary.parquet"
     )
     return summary

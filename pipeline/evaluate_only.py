@@ -16,6 +16,7 @@ from collections import Counter
 import fsspec
 import pandas as pd
 
+from . import storage
 from .errors import MISSING_OUTPUT, classify, error_row
 from .finalize import JobResult, finalize
 from .inputs import InputError, discover, read_bytes
@@ -36,7 +37,7 @@ def match_pairs(job: Job, anonymized: str) -> list[dict]:
     pairs = []
     if theirs is not None and theirs.manifest.is_dir():
         manifest = read_manifest(theirs)
-        identities = pd.read_parquet(theirs.identities).set_index("anon_id")["image_id"]
+        identities = storage.read_table(theirs.identities).to_pandas().set_index("anon_id")["image_id"]
         for row in manifest[manifest["status"] == "ok"].itertuples():
             item = by_id.get(identities.get(row.anon_id))
             if item is not None:

@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from evaluation import summary_table, write_parquet_atomic, write_report
+from evaluation import render_report, summary_table
 from evaluation.summary import merge_partials, partial_stats, summary_from_partials
 
+from . import storage
 from .attacks import ATTACKS_SCHEMA, linkage_attack, linkage_section, with_linkage
 from .diversity import diversity_section, sample_diversity, with_diversity
+from .layout import write_public_table
 from .provenance import now, read_json, write_json_atomic
 from .records import ROWS_PER_STEP, read_faces, shards_with_rows, table_files, table_steps
 
@@ -106,13 +107,13 @@ def finalize(job: Job, sections=(), extra: dict | None = None, released: set | N
             table = pa.Table.from_pandas(attacks, schema=ATTACKS_SCHEMA, preserve_index=False)
             path = layout.evaluation / "attacks.parquet"
             # A rerun that found everything done leaves the file (and its mtime) alone.
-            if not (path.is_file() and pq.read_table(path).equals(table)):
-                write_parquet_atomic(table, path)
+            if not (path.is_file() and storage.read_table(path).equals(table)):
+                write_public_table(table, path)
             summary = with_linkage(summary, attacks)
             sections = [*sections, *filter(None, [linkage_section(summary)])]
         summary = with_diversity(summary, sample_diversity(layout))
         sections = [*sections, *filter(None, [diversity_section(summary)])]
-        write_parquet_atomic(summary_table(summary), layout.summary)
+        write_public_table(summary_table(summary), layout.summary)
         samples = internal_samples(job, overview.samples, released)
         report = str(build_report(job, overview.failures, summary, distances, samples, sections))
     record = read_json(layout.run_json)
@@ -146,7 +147,7 @@ def restate_thresholds(folder: Path, settings) -> tuple[dict, pd.DataFrame]:
     pending: list[pa.Table] = []
     rows = 0
     for part in table_files(folder):
-        file = pq.ParquetFile(part)
+        file = storage.parquet_file(part)
         # Files from before a column existed (compared_at) lack it: read what there is.
         columns = [c for c in (*_SUMMARY_READS, "error") if c in file.schema_arrow.names]
         table = _restated(part, file.read(columns=columns), settings)
@@ -189,8 +190,8 @@ def _restated(part: Path, table: pa.Table, settings) -> pa.Table:
     cleared = _array(pc.if_else(ok, pc.greater(table["distance"], wanted), pa.scalar(None, pa.bool_())))
     if _array(table["threshold"]).equals(wanted) and _array(table["cleared"]).equals(cleared):
         return table
-    whole = pq.read_table(part)
-    write_parquet_atomic(_replaced(whole, threshold=wanted, cleared=cleared), part)
+    whole = storage.read_table(part)
+    write_public_table(_replaced(whole, threshold=wanted, cleared=cleared), part)
     return _replaced(table, threshold=wanted, cleared=cleared)
 
 
@@ -274,8 +275,7 @@ def build_report(job: Job, failed, summary, distances, samples, sections=(), rep
         ignore_index=True,
     )
     record = read_json(layout.run_json)
-    return write_report(
-        report_dir or layout.report,
+    files = render_report(
         title="Boomerang anonymization report",
         settings=job.settings.public_dict(),
         versions={
@@ -288,6 +288,11 @@ def build_report(job: Job, failed, summary, distances, samples, sections=(), rep
         notice=job.notice,
         sections=list(sections),
     )
+    folder = report_dir or layout.report
+    storage.make_dirs(folder)
+    for name, text in files.items():  # index.html last: it names the others
+        storage.write_text(folder / name, text)
+    return folder / "index.html"
 
 
 def _original_thumbnails(job: Job, rows: pd.DataFrame) -> dict[str, bytes]:
@@ -295,7 +300,7 @@ def _original_thumbnails(job: Job, rows: pd.DataFrame) -> dict[str, bytes]:
 
     from .inputs import read_bytes
 
-    identities = pd.read_parquet(job.layout.identities).set_index("anon_id")
+    identities = storage.read_table(job.layout.identities).to_pandas().set_index("anon_id")
     thumbs = {}
     for anon_id in rows["anon_id"].unique():
         source = identities["source"].get(anon_id)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import html
 import math
-import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -21,12 +20,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from evaluation import DISTANCES_SCHEMA, write_parquet_atomic
+from evaluation import DISTANCES_SCHEMA
 
+from . import storage
 from .attacks import linkable
 from .finalize import JobResult, build_report, finalize
 from .job import Job, run_pass
-from .layout import write_private_table
+from .layout import write_private_table, write_public_table
 from .linkage import image_sizes
 from .records import shards_with_rows, table_steps
 
@@ -252,14 +252,13 @@ def build_release(job: Job, released: pd.DataFrame, withheld: pd.DataFrame) -> d
     """release/: exactly the cleared images at their lowest clearing level; withheld ones in private/."""
     layout = job.layout
     target = layout.release
-    if target.exists():
-        shutil.rmtree(target)
-    (target / "images").mkdir(parents=True)
+    storage.remove_tree(target)
+    storage.make_dirs(target / "images")
     rows = []
     # Sorted by anon_id (a keyed hash): no trace of the source order in names, order or file times.
     for row in released.sort_values("anon_id").itertuples():
         name = f"{row.anon_id}.png"
-        shutil.copyfile(layout.root / row.output_path, target / "images" / name)
+        storage.copy_file(layout.root / row.output_path, target / "images" / name)
         rows.append(
             {
                 "anon_id": row.anon_id,
@@ -270,8 +269,8 @@ def build_release(job: Job, released: pd.DataFrame, withheld: pd.DataFrame) -> d
                 "output_path": f"images/{name}",
             }
         )
-    write_parquet_atomic(pa.Table.from_pylist(rows, schema=RELEASE_SCHEMA), target / "manifest.parquet")
-    identities = pd.read_parquet(layout.identities)
+    write_public_table(pa.Table.from_pylist(rows, schema=RELEASE_SCHEMA), target / "manifest.parquet")
+    identities = storage.read_table(layout.identities).to_pandas()
     private = withheld.merge(identities[["anon_id", "image_id", "source"]], on="anon_id", how="left")
     write_private_table(pa.Table.from_pandas(private, preserve_index=False), layout.private / "withheld.parquet")
     return {

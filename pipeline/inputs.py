@@ -14,6 +14,8 @@ from pathlib import PurePosixPath
 
 import fsspec
 
+from . import storage
+
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
 )
@@ -112,17 +114,25 @@ def _is_parquet(fs, root: str) -> bool:
     return False
 
 
+def _excluded_prefix(exclude, local: bool) -> str | None:
+    """The prefix of paths under `exclude` as `fs.find` names them (a local folder, or an object-store URL's
+    bucket/key), when it is on the input's kind of store."""
+    if exclude is None or storage.is_local(exclude) != local:
+        return None
+    return (os.path.realpath(exclude) if local else exclude.path).rstrip("/") + "/"
+
+
 def _discover_folder(uri: str, fs, root: str, exclude) -> list[InputItem]:
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     local = protocol in ("file", "local")
     prefix = "" if local else f"{protocol}://"
     root = root.rstrip("/")
-    skip = os.path.realpath(exclude) + "/" if exclude is not None and local else None
+    skip = _excluded_prefix(exclude, local)
     items = []
     # fs.find walks without following symlinks, so a symlink loop cannot trap it.
     found = fs.find(root, detail=True)
     for path in sorted(found):
-        if skip and os.path.realpath(path).startswith(skip):
+        if skip and (os.path.realpath(path) if local else path).startswith(skip):
             continue
         name = path.rsplit("/", 1)[-1]
         dot = name.rfind(".")

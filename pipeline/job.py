@@ -15,14 +15,15 @@ import os
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
+from . import storage
 from .cluster import ClusterInfo, connect, disconnect
 from .config import JobSettings
 from .errors import error_row, problem, scrub
 from .inputs import InputItem, InputSet, discover, identity_labels
 from .layout import RunLayout, write_private_bytes
-from .lock import RunLock
+from .lock import run_lock
 from .plan import ActorPlan, plan_actors
 from .progress import Progress
 from .provenance import (
@@ -47,6 +48,9 @@ from .resume import ShardCompactor, shard_todo
 from .secret import anon_id, load_secret, output_key
 from .shards import plan_shards
 from .timings import Timings, since_start
+
+if TYPE_CHECKING:
+    from .lock import ObjectLock, RunLock
 
 
 class JobError(RuntimeError):
@@ -105,7 +109,7 @@ class Job:
     cluster: ClusterInfo | None  # connected on first use: a finished job's rerun never starts Ray
     anon_ids: dict[str, str] = field(default_factory=dict)  # image_id -> anon_id
     stream: TextIO | None = None
-    lock: RunLock | None = None
+    lock: RunLock | ObjectLock | None = None
     notice: str | None = None  # set when the numbers are not meaningful (project-made random weights)
     pairs_done_now: int = 0
     errors_now: int = 0
@@ -139,8 +143,8 @@ def prepare(settings: JobSettings, mode: str, stream: TextIO | None = None) -> J
         raise JobError("no INPUT given: pass a folder of images or a Parquet dataset")
     imported = since_start()  # the command line and the driver's modules loaded
     layout = RunLayout.at(settings.out)
-    layout.root.mkdir(parents=True, exist_ok=True)
-    lock = RunLock(layout.lock_file).acquire()
+    storage.make_dirs(layout.root)
+    lock = run_lock(layout.lock_file).acquire()
     try:
         job = _prepare_locked(settings, mode, layout, lock, stream)
         job.timings["imported"] = imported
@@ -151,7 +155,7 @@ def prepare(settings: JobSettings, mode: str, stream: TextIO | None = None) -> J
         raise
 
 
-def _prepare_locked(settings: JobSettings, mode: str, layout: RunLayout, lock: RunLock, stream) -> Job:
+def _prepare_locked(settings: JobSettings, mode: str, layout: RunLayout, lock: RunLock | ObjectLock, stream) -> Job:
     inputs = discover(
         settings.input, id_column=settings.id_column, image_column=settings.image_column, exclude=layout.root
     )

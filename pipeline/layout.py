@@ -1,22 +1,19 @@
 """The output folder of a run: where every file goes, and how private files are written.
 
-See product-spec section 5. Parquet "files" are folders of part files, each written atomically by the
-stage that produced the rows, so a half-written part never exists under its final name. `private/` is
-0700 and every file in it 0600 from the moment it exists (created with that mode, never chmod-ed later).
+See product-spec section 5. Parquet "files" are folders of part files, each written whole by the stage that
+produced the rows, so a half-written part never exists under its final name. `--out` is a local folder or an
+object-store URL (pipeline.storage). Locally `private/` is 0700 and every file in it 0600 from the moment it
+exists (created with that mode, never chmod-ed later).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from evaluation.tables import fsync_folder
+from . import storage
+from .storage import Location
 
 
 class OutputError(ValueError):
@@ -39,17 +36,15 @@ RUN_ENTRIES = ("run.json", "images", "manifest.parquet", "evaluation", "report",
 class RunLayout:
     """Paths inside one run folder."""
 
-    root: Path
+    root: Location
 
     @classmethod
     def at(cls, out: str) -> RunLayout:
-        if "://" in out and not out.startswith("file://"):
-            raise OutputError(
-                f"--out {out!r}: write to a local or mounted shared folder (NFS, FUSE-mounted bucket); "
-                "object-store URIs are read-only inputs for now"
-            )
-        root = Path(out.removeprefix("file://")).expanduser().resolve()
-        if root.exists() and not root.is_dir():
+        try:
+            root = storage.locate(out)
+        except storage.StorageError as err:
+            raise OutputError(f"--out {err}") from None
+        if root.is_file():
             raise OutputError(f"--out {out!r} is a file; give a folder (new, or one that holds a boomerang run)")
         return cls(root)
 
@@ -72,10 +67,14 @@ class RunLayout:
     # `boomerang augment`: the outputs again, laid out for a data loader (class folders, labels.parquet).
     train = property(lambda self: self.root / "train")
 
-    def image_path(self, level: float, anon_id: str) -> Path:
+    @property
+    def local(self) -> bool:
+        return storage.is_local(self.root)
+
+    def image_path(self, level: float, anon_id: str) -> Location:
         return self.images / level_dirname(level) / f"{anon_id}.png"
 
-    def relative(self, path: Path) -> str:
+    def relative(self, path: Location) -> str:
         return path.relative_to(self.root).as_posix()
 
     def holds_run(self) -> bool:
@@ -97,42 +96,26 @@ class RunLayout:
                     f"--overwrite refused: {self.root} is not empty and holds no boomerang run (no run.json)"
                 )
             for child in RUN_ENTRIES:
-                target = self.root / child
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
-        for folder in (self.root, self.manifest, self.distances):
-            folder.mkdir(parents=True, exist_ok=True)
-        make_private_dir(self.private)
-        make_private_dir(self.outputs)
-        make_private_dir(self.embeddings)
+                storage.remove_tree(self.root / child)
+        storage.make_dirs(self.root, self.manifest, self.distances)
+        storage.make_dirs(self.private, self.outputs, self.embeddings, private=True)
 
 
-def make_private_dir(folder: Path) -> None:
-    """Create `folder` 0700 (no window in which it is readable by others)."""
-    with contextlib.suppress(FileExistsError):
-        folder.mkdir(mode=0o700)
-    os.chmod(folder, 0o700)  # an existing folder from an older run, or one made under a loose umask
+def make_private_dir(folder: Location) -> None:
+    """Create `folder` 0700 (no window in which it is readable by others); nothing on an object store."""
+    storage.make_dirs(folder, private=True)
 
 
-def write_private_bytes(path: Path, data: bytes) -> None:
-    """Write a file of private/ atomically, 0600 from creation, fsync-ed (file and folder)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_folder(path.parent)
+def write_private_bytes(path: Location, data: bytes) -> None:
+    """Write a file of private/ whole, 0600 from creation (locally: fsync-ed, file and folder)."""
+    storage.write_bytes(path, data, private=True)
 
 
-def write_private_table(table: pa.Table, path: Path) -> None:
+def write_private_table(table: pa.Table, path: Location) -> None:
     """A Parquet file of private/, written like `write_private_bytes`."""
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    write_private_bytes(path, sink.getvalue().to_pybytes())
+    storage.write_table(table, path, private=True)
+
+
+def write_public_table(table: pa.Table, path: Location) -> None:
+    """A Parquet file outside private/, written whole."""
+    storage.write_table(table, path)

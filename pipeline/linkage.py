@@ -14,13 +14,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import storage
+
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def png_size(path: str | os.PathLike) -> tuple[int, int] | None:
+def png_size(path) -> tuple[int, int] | None:
     """(width, height) from a PNG's IHDR chunk, without decoding the image; None if it cannot be read."""
     try:
-        with open(path, "rb") as handle:
+        with open(path, "rb") if storage.is_local(path) else path.open("rb") as handle:
             head = handle.read(24)
     except FileNotFoundError:
         return None
@@ -35,10 +37,13 @@ def image_sizes(root: Path, manifest: pd.DataFrame) -> dict[str, tuple[int, int]
     Every image that decoded has an ok output of its own size; one per image is enough to know the sizes.
     """
     ok = manifest[(manifest["status"] == "ok") & manifest["output_path"].notna()].drop_duplicates("anon_id")
-    # Plain strings, not Path objects: pathlib's parsing cost more than the reads at 10^6 images.
-    base = os.fspath(root)
     paths = zip(ok["anon_id"].tolist(), ok["output_path"].tolist(), strict=True)
-    sizes = {a: png_size(os.path.join(base, path)) for a, path in paths}
+    if storage.is_local(root):
+        # Plain strings, not Path objects: pathlib's parsing cost more than the reads at 10^6 images.
+        base = os.fspath(root)
+        sizes = {a: png_size(os.path.join(base, path)) for a, path in paths}
+    else:
+        sizes = {a: png_size(root / path) for a, path in paths}
     return {a: size for a, size in sizes.items() if size is not None}
 
 

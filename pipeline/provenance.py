@@ -9,14 +9,15 @@ threshold restates `cleared` everywhere (pipeline.finalize).
 from __future__ import annotations
 
 import json
-import os
 import platform
 import sys
 from datetime import datetime, timezone
 from importlib import metadata
-from pathlib import Path
 
 from anonymize import SamplerSettings, made_by_boomerang, resolve_model, weights_sha256
+
+from . import storage
+from .storage import Location
 
 PACKAGES = (
     "boomerang-anonymize",
@@ -192,11 +193,9 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+def write_json_atomic(path: Location, data: dict) -> None:
+    storage.write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def read_json(path: Path) -> dict:
+def read_json(path: Location) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}

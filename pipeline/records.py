@@ -19,19 +19,19 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from evaluation import distances_table, write_parquet_atomic
+from evaluation import distances_table
 
+from . import storage
 from .errors import TRANSIENT
-from .layout import RunLayout, write_private_table
+from .layout import RunLayout, write_private_table, write_public_table
 from .shards import batch_name, batch_parts, load_shards, shard_files, shard_name, shard_of_name
+from .storage import Location
 
 # Shareable: no source id, no path, no per-image seed; `error` is a reason code and a fixed text.
 MANIFEST_SCHEMA = pa.schema(
@@ -129,9 +129,9 @@ def write_batch(
             write_private_table(pa.Table.from_pylist(mine, schema=EMBEDDINGS_SCHEMA), layout.embeddings / name)
         if distance_rows is not None:
             mine = [d for d in distance_rows if d["anon_id"] in ids]
-            write_parquet_atomic(distances_table(mine), layout.distances / name)
+            write_public_table(distances_table(mine), layout.distances / name)
         write_private_table(table([_with_boxes(row) for row in group], OUTPUTS_SCHEMA), layout.outputs / name)
-        write_parquet_atomic(table(group, MANIFEST_SCHEMA), layout.manifest / name)
+        write_public_table(table(group, MANIFEST_SCHEMA), layout.manifest / name)
         names.append(name)
     return names
 
@@ -165,10 +165,10 @@ def read_faces(layout: RunLayout, anon_ids: set[str] | None = None) -> pd.DataFr
     columns = ["anon_id", "level", *FACE_BOX.names]
     frames = []
     for path in table_files(layout.outputs):
-        if "face_boxes" not in pq.ParquetFile(path).schema_arrow.names:
+        if "face_boxes" not in storage.read_schema(path).names:
             continue
         filters = [("anon_id", "in", sorted(anon_ids))] if anon_ids is not None else None
-        data = pq.read_table(path, columns=["anon_id", "level", "face_boxes"], filters=filters)
+        data = storage.read_table(path, columns=["anon_id", "level", "face_boxes"], filters=filters)
         counts = pc.list_value_length(data["face_boxes"]).fill_null(0)
         flat = pc.list_flatten(data["face_boxes"])
         if not len(flat):
@@ -198,13 +198,13 @@ def _plain(value):
     return value
 
 
-def read_parts(folder: Path, schema: pa.Schema | None = None, columns: list[str] | None = None) -> pd.DataFrame:
+def read_parts(folder: Location, schema: pa.Schema | None = None, columns: list[str] | None = None) -> pd.DataFrame:
     """All part files of a Parquet folder as one frame (empty with the schema's columns if none)."""
     parts = table_files(folder)
     if not parts:
         empty = schema.empty_table().to_pandas() if schema is not None else pd.DataFrame()
         return empty[columns] if columns and schema is not None else empty
-    return pa.concat_tables([pq.read_table(p, columns=columns) for p in parts], promote_options="default").to_pandas()
+    return pa.concat_tables(read_files(parts, columns), promote_options="default").to_pandas()
 
 
 def read_manifest(layout: RunLayout, columns: list[str] | None = None) -> pd.DataFrame:
@@ -215,7 +215,7 @@ def write_identities(layout: RunLayout, items: Iterable[tuple[str, str, str, str
     """private/identities.parquet: each output name once, (anon_id, image id, source, identity, sample), merged
     with earlier runs'."""
     fresh = pd.DataFrame(list(items), columns=IDENTITY_SCHEMA.names)
-    old = pd.read_parquet(layout.identities) if layout.identities.is_file() else fresh.iloc[0:0]
+    old = storage.read_table(layout.identities).to_pandas() if layout.identities.is_file() else fresh.iloc[0:0]
     if "identity" not in old:  # written before identities were kept
         old = old.assign(identity=None)
     if "sample" not in old:  # written before --samples: every output was sample 0
@@ -247,6 +247,8 @@ def remove_orphans(layout: RunLayout, *, evaluated: bool) -> int:
             if part.name not in manifest:
                 part.unlink()
                 removed += 1
+    if not layout.local:  # an object store has no temporary files: a PUT lands whole or not at all
+        return removed
     for folder in (layout.embeddings, layout.distances, layout.outputs, layout.manifest, layout.images, layout.private):
         for tmp in folder.rglob(".*.tmp"):
             tmp.unlink()
@@ -254,7 +256,7 @@ def remove_orphans(layout: RunLayout, *, evaluated: bool) -> int:
 
 
 # (table folder, key columns of one row, private) in the order a shard's files are written: manifest last.
-def _tables(layout: RunLayout) -> tuple[tuple[Path, tuple[str, ...], bool], ...]:
+def _tables(layout: RunLayout) -> tuple[tuple[Location, tuple[str, ...], bool], ...]:
     return (
         (layout.embeddings, ("anon_id", "level", "recognizer", "face"), True),
         (layout.distances, ("anon_id", "level", "recognizer", "face"), False),
@@ -290,7 +292,7 @@ def compact_shard(layout: RunLayout, shard: int) -> bool:
         elif folder == layout.manifest:
             evaluated = evaluated_pairs is not None and pair_keys(merged) <= evaluated_pairs
             merged = with_marker(merged, evaluated)
-        (write_private_table if private else write_parquet_atomic)(merged, folder / name)
+        (write_private_table if private else write_public_table)(merged, folder / name)
     for folder, _, _ in _tables(layout):
         for n in done:
             (folder / n).unlink(missing_ok=True)
@@ -336,7 +338,7 @@ def read_marker(layout: RunLayout, shard: int) -> dict | None:
     """The marker of a shard's manifest file; None if the shard has no file (or one from before markers)."""
     path = layout.manifest / shard_name(shard)
     try:
-        metadata = pq.read_schema(path).metadata or {}
+        metadata = storage.read_schema(path).metadata or {}
     except FileNotFoundError:
         return None
     return json.loads(metadata[MARKER_KEY]) if MARKER_KEY in metadata else None
@@ -371,19 +373,19 @@ def compact_finished(layout: RunLayout) -> list[int]:
     return [s for s in shards if compact_shard(layout, s)]
 
 
-def read_files(paths: Sequence[Path], columns: list[str] | None = None) -> list[pa.Table]:
+def read_files(paths: Sequence[Location], columns: list[str] | None = None) -> list[pa.Table]:
     """Small Parquet files, read a few at a time: a shard's hundreds of batch parts are mostly per-file cost.
 
     `ParquetFile.read` skips the dataset layer of `pq.read_table`, three times faster on files of a few
     rows; reading releases the GIL, so threads overlap the opens.
     """
     if len(paths) < 8:
-        return [pq.ParquetFile(p).read(columns=columns) for p in paths]
+        return [storage.parquet_file(p).read(columns=columns) for p in paths]
     with ThreadPoolExecutor(4) as pool:
-        return list(pool.map(lambda p: pq.ParquetFile(p).read(columns=columns), paths))
+        return list(pool.map(lambda p: storage.parquet_file(p).read(columns=columns), paths))
 
 
-def read_shard(folder: Path, shard: int, columns: list[str] | None = None, filters=None):
+def read_shard(folder: Location, shard: int, columns: list[str] | None = None, filters=None):
     """One shard's rows of a table (its compacted file and any batch parts), or None if it has none."""
     paths = shard_sources(folder, shard)
     if not paths:
@@ -391,7 +393,7 @@ def read_shard(folder: Path, shard: int, columns: list[str] | None = None, filte
     if filters is None:
         tables = read_files(paths, columns)
     else:
-        tables = [pq.read_table(p, columns=columns, filters=filters) for p in paths]
+        tables = [storage.read_table(p, columns=columns, filters=filters) for p in paths]
     return pa.concat_tables(tables, promote_options="default").to_pandas()
 
 
@@ -400,7 +402,7 @@ def read_shard(folder: Path, shard: int, columns: list[str] | None = None, filte
 ROWS_PER_STEP = 1 << 18
 
 
-def table_steps(shards: Iterable[int], sources: Sequence[tuple[Path, list[str] | None]]):
+def table_steps(shards: Iterable[int], sources: Sequence[tuple[Location, list[str] | None]]):
     """Tables read in lockstep, in steps of consecutive shards of about ROWS_PER_STEP rows of the first.
 
     `sources`: (table folder, columns) pairs; each step is a tuple with one Arrow table per source (None
@@ -424,7 +426,7 @@ def _joined(pending: list[list[pa.Table]]) -> tuple[pa.Table | None, ...]:
     return tuple(pa.concat_tables(t, promote_options="default") if t else None for t in pending)
 
 
-def table_files(folder: Path) -> list[Path]:
+def table_files(folder: Location) -> list[Location]:
     """Every file a reader of a table folder should read, each row once: per shard, `shard_sources`."""
     if not folder.is_dir():
         return []
@@ -434,7 +436,7 @@ def table_files(folder: Path) -> list[Path]:
     return [path for shard in sorted(shards) for path in shard_sources(folder, shard)] + others
 
 
-def shard_sources(folder: Path, shard: int) -> list[Path]:
+def shard_sources(folder: Location, shard: int) -> list[Location]:
     """A shard's files in a table folder: its compacted file (if any), then its batch parts not merged into
     it yet (a job killed between writing a shard file and deleting its parts leaves both)."""
     compacted = folder / shard_name(shard)
@@ -442,7 +444,7 @@ def shard_sources(folder: Path, shard: int) -> list[Path]:
     if not compacted.is_file():
         return parts
     if parts:
-        absorbed = set(json.loads((pq.read_schema(compacted).metadata or {}).get(ABSORBED_KEY, b"[]")))
+        absorbed = set(json.loads((storage.read_schema(compacted).metadata or {}).get(ABSORBED_KEY, b"[]")))
         parts = [p for p in parts if p.name not in absorbed]
     return [compacted, *parts]
 
@@ -469,7 +471,7 @@ def forget_pairs(layout: RunLayout, pairs: set[tuple[str, float]]) -> int:
     for folder, _, private in _tables(layout):
         for shard in touched:
             for part in shard_sources(folder, shard):
-                data = pq.read_table(part)
+                data = storage.read_table(part)
                 keys = zip(data.column("anon_id").to_pylist(), data.column("level").to_pylist(), strict=True)
                 keep = [(a, float(lv)) not in pairs for a, lv in keys]
                 if all(keep):
@@ -482,5 +484,5 @@ def forget_pairs(layout: RunLayout, pairs: set[tuple[str, float]]) -> int:
                 if folder == layout.manifest and part.name == shard_name(shard):
                     marker = read_marker(layout, shard)
                     kept = with_marker(kept, bool(marker and marker["evaluated"]))
-                (write_private_table if private else write_parquet_atomic)(kept, part)
+                (write_private_table if private else write_public_table)(kept, part)
     return changed

@@ -12,8 +12,8 @@ from collections import Counter
 from collections.abc import Iterable
 
 import pandas as pd
-import pyarrow.parquet as pq
 
+from . import storage
 from .errors import TRANSIENT
 from .layout import RunLayout
 from .records import compact_finished, compact_shard, ids_digest, read_marker, read_shard, shards_with_rows
@@ -71,7 +71,7 @@ def shard_todo(
         if not marker["transient_errors"] and not (marker["other_errors"] and (retry_errors or _any_known(seen_now))):
             return {}, set()
         path = layout.manifest / shard_name(shard)
-        rows = pq.read_table(path, columns=DONE_COLUMNS, filters=[("status", "!=", "ok")]).to_pandas()
+        rows = storage.read_table(path, columns=DONE_COLUMNS, filters=[("status", "!=", "ok")]).to_pandas()
         rows["level"] = rows["level"].astype(float)
         retry = {(a, lv) for a, lv in pairs_to_retry(layout, shard, rows, seen_now, retry_errors) if a in seen_now}
         retry = {(a, lv) for a, lv in retry if lv in levels}

@@ -18,13 +18,13 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
+from . import storage
 from .layout import RunLayout
+from .storage import Location
 
 SHARDS_FILE = "_shards.json"
 # The compacted file of a shard, and a batch part of it; anything else in a table folder is not ours.
@@ -66,7 +66,7 @@ def shard_of_name(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def batch_parts(folder: Path, shard: int | None = None) -> list[Path]:
+def batch_parts(folder: Location, shard: int | None = None) -> list[Location]:
     """Batch parts in a table folder (of one shard, or all), by name."""
     if not folder.is_dir():
         return []
@@ -74,7 +74,7 @@ def batch_parts(folder: Path, shard: int | None = None) -> list[Path]:
     return sorted(p for p in folder.glob(pattern) if BATCH_NAME.match(p.name))
 
 
-def shard_files(folder: Path) -> dict[int, Path]:
+def shard_files(folder: Location) -> dict[int, Location]:
     """The compacted file of each shard that has one."""
     if not folder.is_dir():
         return {}
@@ -87,25 +87,21 @@ def plan_shards(layout: RunLayout, anon_ids: Iterable[str], size: int) -> Shards
     if found is not None:
         return found
     shards = Shards.cut(anon_ids, size)
-    path = layout.manifest / SHARDS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"size": shards.size, "starts": list(shards.starts)}))
-    os.replace(tmp, path)
+    storage.write_text(layout.manifest / SHARDS_FILE, json.dumps({"size": shards.size, "starts": list(shards.starts)}))
     _cache.clear()
     return shards
 
 
-_cache: dict[tuple[str, int], Shards] = {}
+_cache: dict[tuple, Shards] = {}
 
 
 def load_shards(layout: RunLayout) -> Shards | None:
     """The folder's shards (cached per file version: every batch of every actor asks)."""
     path = layout.manifest / SHARDS_FILE
-    try:
-        key = (str(path), path.stat().st_mtime_ns)
-    except FileNotFoundError:
+    found = storage.version(path)
+    if found is None:
         return None
+    key = (str(path), found)
     if key not in _cache:
         data = json.loads(path.read_text())
         _cache.clear()

@@ -43,6 +43,7 @@ from anonymize import (
     upsample,
 )
 
+from . import storage
 from .errors import RowError, classify, error_row, problem, scrub
 from .inputs import read_bytes
 from .layout import RunLayout
@@ -250,7 +251,7 @@ class AnonymizeStage:
     def _output_row(self, entry: _Decoded, level: float, result, output, seconds: float) -> dict:
         png = encode_png(output)
         path = self.layout.image_path(level, entry.base["anon_id"])
-        _write_atomic(path, png)
+        storage.write_bytes(path, png)
         return {
             **entry.base,
             "level": level,
@@ -323,19 +324,6 @@ def _free_accelerator_memory() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _write_atomic(path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # a full disk must not leave half a file behind
 
 
 @dataclass(frozen=True)

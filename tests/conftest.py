@@ -67,3 +67,30 @@ def dlib_weights(deepface_home):
     linked = link_dlib_weights(deepface_home)
     assert all(path.is_file() for path in linked)
     return linked[0]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """One in-process S3 server (moto) for the session, with its endpoint and dummy credentials in os.environ.
+
+    s3fs filesystems made before the variables were set would still point elsewhere, so its instance cache is
+    cleared on the way in and out."""
+    pytest.importorskip("moto.server", reason="pip install 'moto[server]' for object-store tests")
+    pytest.importorskip("s3fs", reason="pip install s3fs for object-store tests")
+    import fsspec
+    from s3 import S3Server
+
+    s3fs_class = fsspec.get_filesystem_class("s3")
+    with S3Server() as server:
+        saved = {name: os.environ.get(name) for name in server.env}
+        os.environ.update(server.env)
+        s3fs_class.clear_instance_cache()
+        try:
+            yield server
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            s3fs_class.clear_instance_cache()

@@ -1,0 +1,175 @@
+"""Where a run's files live: a local (or mounted) folder, or an object store through fsspec.
+
+A local location is a `pathlib.Path`; a URL (s3://, gs://, abfs://, ...) is a `upath.UPath` over the fsspec
+filesystem of its scheme, with the same `/`, `glob`, `exists`, `read_bytes` the rest of the pipeline uses.
+What differs is here, in one place:
+
+- A file is written whole or not at all. Locally: a hidden temporary file in the same folder, fsync, rename,
+  fsync of the folder. On an object store a PUT publishes the object only once the upload completes, so the
+  write itself is the commit (no rename, which object stores lack, is needed).
+- Private files are 0600 from creation locally. An object store has no file modes: who reads `private/` is
+  the bucket's access policy (docs/reliability.md).
+- Folders exist only locally; on an object store a "folder" is a key prefix and needs no creating.
+- Listings are never cached: parts written by workers on other nodes must show up in the driver's next
+  listing (fsspec's default listing cache would hide them).
+- Object-store credentials and endpoints come from each node's environment (AWS_*, GOOGLE_*, instance roles,
+  fsspec configuration), never from flags: nothing secret is pickled to workers or recorded in run.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from pathlib import Path, PurePath
+from typing import TYPE_CHECKING, TypeAlias, Union
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from evaluation.tables import fsync_folder
+
+if TYPE_CHECKING:
+    from upath import UPath
+
+# A local folder, or an object-store URL (upath is imported only where a URL is given).
+Location: TypeAlias = Union[Path, "UPath"]  # noqa: UP007 - a string member needs Union on Python 3.10
+
+
+class StorageError(ValueError):
+    """A location that cannot be used (no filesystem for its scheme, malformed URL)."""
+
+
+def is_url(text: str) -> bool:
+    return "://" in text and not text.startswith("file://")
+
+
+def locate(text: str) -> Location:
+    """The location `text` names: an absolute local `Path`, or a `UPath` for a URL."""
+    if not is_url(text):
+        return Path(text.removeprefix("file://")).expanduser().resolve()
+    if "@" in text.split("://", 1)[1].split("/", 1)[0]:
+        raise StorageError(
+            f"{text.split('://', 1)[0]}://...: a URL with credentials in it would be printed and recorded; "
+            "give them in the environment (AWS_ACCESS_KEY_ID, ..., or the store's config file) instead"
+        )
+    from upath import UPath
+
+    try:
+        return UPath(text, use_listings_cache=False)
+    except (ImportError, ValueError) as err:  # no fsspec implementation installed for the scheme
+        scheme = text.split("://", 1)[0]
+        raise StorageError(
+            f"{text!r}: cannot open {scheme}:// ({err}); install its fsspec package (s3fs, gcsfs, adlfs)"
+        ) from None
+
+
+def is_local(path: Location | str) -> bool:
+    return isinstance(path, (PurePath, str))
+
+
+def write_bytes(path: Location, data: bytes, *, private: bool = False) -> None:
+    """Write `path` whole or not at all (see the module's docstring); `private`: 0600 from creation locally."""
+    if not is_local(path):
+        path.fs.pipe_file(path.path, data)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o666)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_folder(path.parent)
+
+
+def write_text(path: Location, text: str, *, private: bool = False) -> None:
+    write_bytes(path, text.encode(), private=private)
+
+
+def table_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def write_table(table: pa.Table, path: Location, *, private: bool = False) -> None:
+    """A Parquet file, written like `write_bytes`."""
+    write_bytes(path, table_bytes(table), private=private)
+
+
+def _arrow(path: Location) -> dict:
+    return {"source": path} if is_local(path) else {"source": path.path, "filesystem": path.fs}
+
+
+def read_table(path: Location, **options) -> pa.Table:
+    """`pyarrow.parquet.read_table` of a file (or a folder of parts) at `path`."""
+    return pq.read_table(**_arrow(path), **options)
+
+
+def parquet_file(path: Location) -> pq.ParquetFile:
+    if is_local(path):
+        return pq.ParquetFile(path)
+    return pq.ParquetFile(path.path, filesystem=path.fs)
+
+
+def read_schema(path: Location) -> pa.Schema:
+    return parquet_file(path).schema_arrow
+
+
+def make_dirs(*folders: Location, private: bool = False) -> None:
+    """Create local folders (0700 with `private`, also when they already existed); nothing on an object store."""
+    for folder in folders:
+        if not is_local(folder):
+            continue
+        if not private:
+            folder.mkdir(parents=True, exist_ok=True)
+            continue
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir(mode=0o700)
+        os.chmod(folder, 0o700)  # an existing folder from an older run, or one made under a loose umask
+
+
+def remove_tree(path: Location) -> None:
+    """Delete a folder (a key prefix) or a file, if there."""
+    if is_local(path):
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        return
+    with contextlib.suppress(FileNotFoundError):
+        path.fs.rm(path.path, recursive=True)
+
+
+def copy_file(source: Location, target: Location) -> None:
+    """Copy one file whole (server-side where both are in one store)."""
+    if is_local(source) and is_local(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+    elif not is_local(source) and not is_local(target) and source.protocol == target.protocol:
+        source.fs.copy(source.path, target.path)
+    else:
+        write_bytes(target, source.read_bytes())
+
+
+def version(path: Location):
+    """Something that changes when the file at `path` is rewritten (None if there is none)."""
+    try:
+        if is_local(path):
+            return path.stat().st_mtime_ns
+        info = path.fs.info(path.path)
+    except FileNotFoundError:
+        return None
+    return info.get("ETag") or info.get("etag") or info.get("md5Hash") or (info.get("mtime"), info.get("size"))

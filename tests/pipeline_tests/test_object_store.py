@@ -1,0 +1,160 @@
+"""Run folders on an object store: `--out s3://...` against a real S3 HTTP API (moto's server, tests/s3.py).
+
+Jobs here run as their own processes: the test session's Ray workers were started before the S3 settings
+were in the environment, and object-store settings reach workers the way they do on a cluster, through
+each node's environment (pipeline.storage).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import fsspec
+import pandas as pd
+import pyarrow as pa
+import pytest
+from jobs import Gate, kill_job_when
+from samples import write_faces
+from scans import leaks
+
+from pipeline import storage
+from pipeline.layout import OutputError, RunLayout
+
+HERE = Path(__file__).parent
+
+
+def listing(url: str) -> list[str]:
+    """Object keys under `url`, listed afresh (never from a cache)."""
+    fs, root = fsspec.core.url_to_fs(url, use_listings_cache=False)
+    return sorted(path[len(root) + 1 :] for path in fs.find(root))
+
+
+def read_table(url: str) -> pd.DataFrame:
+    """A table as a user reads it: pandas, straight from the URL (a fresh client: no cached listing)."""
+    return pd.read_parquet(url, storage_options={"use_listings_cache": False})
+
+
+def boomerang(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *argv], capture_output=True, text=True, timeout=600, check=False
+    )
+
+
+def test_object_store_files_are_written_whole_and_read_back(s3_server):
+    root = storage.locate(f"{s3_server.bucket('storage')}/run")
+    layout = RunLayout.at(str(root))
+    layout.prepare(overwrite=False)  # folders are key prefixes: nothing to create
+    assert listing(str(root)) == []
+
+    table = pa.table({"anon_id": ["a", "b"], "level": [0.5, 0.5]})
+    storage.write_table(table, layout.manifest / "part-00000.parquet")
+    first = storage.version(layout.manifest / "part-00000.parquet")
+    assert storage.read_table(layout.manifest / "part-00000.parquet").equals(table)
+    storage.write_table(table.slice(1), layout.manifest / "part-00000.parquet")
+    assert storage.version(layout.manifest / "part-00000.parquet") != first
+    assert read_table(str(layout.manifest))["anon_id"].tolist() == ["b"]
+
+    storage.write_bytes(layout.images / "level=0.50" / "a.png", b"png bytes")
+    storage.copy_file(layout.images / "level=0.50" / "a.png", layout.release / "images" / "a.png")
+    assert (layout.release / "images" / "a.png").read_bytes() == b"png bytes"
+    storage.remove_tree(layout.release)
+    assert listing(str(root)) == ["images/level=0.50/a.png", "manifest.parquet/part-00000.parquet"]
+    assert layout.has_outputs()
+
+
+def test_urls_with_credentials_or_unknown_schemes_are_refused_in_one_line():
+    with pytest.raises(OutputError) as caught:
+        RunLayout.at("ftp://user:hunter2@host/run")
+    assert "hunter2" not in str(caught.value) and "environment" in str(caught.value)
+    with pytest.raises(OutputError) as caught:
+        RunLayout.at("nosuchscheme://bucket/run")
+    assert "nosuchscheme://" in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.slow
+@pytest.mark.heavy
+def test_a_run_on_s3_resumes_after_a_killed_driver_with_every_row_once(s3_server, tmp_path, tiny_sd, deepface_home):
+    data = tmp_path / "source_faces"
+    ids = write_faces(data, 8, size=(64, 64))
+    out = f"{s3_server.bucket('runs')}/killed"
+    argv = ["run", str(data), "--out", out, "--levels", "0.5", "--steps", "4", "--batch-size", "1"]
+    argv += ["--eval-batch-size", "1", "--model", str(tiny_sd), "--recognizers", "Facenet", "--detector", "skip"]
+    argv += ["--deepface-home", str(deepface_home)]
+
+    def manifest_parts() -> list[str]:
+        return [key for key in listing(f"{out}/manifest.parquet") if key.startswith("part-")]
+
+    # The job blocks on the 6th image (input order), so the kill lands with 2 to 5 rows done, on any machine.
+    gate_id = sorted(ids)[5]
+    with Gate.replacing(data / gate_id) as gate:
+        kill_job_when(argv, lambda: gate.held() and len(manifest_parts()) >= 2)
+    assert ".boomerang.lock" in listing(out)  # a killed driver cannot remove its lock object
+    partial = read_table(f"{out}/manifest.parquet")
+    assert 2 <= len(partial) <= sorted(ids).index(gate_id) < len(ids)
+
+    result = boomerang(*argv)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = read_table(f"{out}/manifest.parquet")
+    assert len(manifest) == len(ids) and manifest["anon_id"].is_unique and (manifest["status"] == "ok").all()
+    distances = read_table(f"{out}/evaluation/distances.parquet")
+    assert len(distances) == len(ids) and distances["anon_id"].is_unique
+    assert len(read_table(f"{out}/evaluation/summary.parquet")) == 1
+    with fsspec.open(f"{out}/run.json") as handle:
+        record = json.load(handle)
+    assert record["pairs_done_this_run"] == len(ids) - len(partial) and record["status"] == "finished"
+    keys = listing(out)
+    assert ".boomerang.lock" not in keys  # released by the driver that finished
+    assert sorted(k for k in keys if k.startswith("images/")) == sorted(manifest["output_path"])
+    assert "report/index.html" in keys
+    # One file per table and shard once the run is done: no batch part, no temporary object.
+    assert not [k for k in keys if k.endswith(".tmp") or k.count("-") > 1 and k.endswith(".parquet")]
+    # The attacker's scan of everything outside private/, as on a disk: no source name, path or secret.
+    copy = tmp_path / "copy"
+    fs, root = fsspec.core.url_to_fs(out)
+    fs.get(root, str(copy), recursive=True)
+    secret = (copy / "private" / "secret").read_text().strip()
+    assert not leaks(copy, [*ids, "Jane_Doe", "John_Roe", "_0001", str(data), data.name, secret])
+
+
+@pytest.mark.slow
+@pytest.mark.heavy
+def test_a_two_node_cluster_reads_and_writes_the_object_store_with_every_row_once(
+    s3_server, tmp_path, tiny_sd, deepface_home
+):
+    local = tmp_path / "in"
+    ids = write_faces(local, 6, size=(64, 64))
+    bucket = s3_server.bucket("cluster")
+    fs, _ = fsspec.core.url_to_fs(bucket)
+    fs.put(str(local), "cluster/in", recursive=True)
+    out = f"{bucket}/run"
+    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "cluster_s3_job.py"), f"{bucket}/in", out, str(tiny_sd), str(deepface_home)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        check=False,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith('{"status"')]
+    assert lines, proc.stdout[-2000:] + proc.stderr[-3000:]
+    result = json.loads(lines[-1])
+    assert result["status"] == 0 and result["nodes"] == 2, proc.stderr[-3000:]
+    manifest = read_table(f"{out}/manifest.parquet")
+    assert len(manifest) == len(ids) and manifest["anon_id"].is_unique and (manifest["status"] == "ok").all()
+    distances = read_table(f"{out}/evaluation/distances.parquet")
+    assert len(distances) == len(ids) and (distances["status"] == "ok").all()
+    identities = read_table(f"{out}/private/identities.parquet")
+    assert sorted(identities["image_id"]) == sorted(ids)
+    with fsspec.open(f"{out}/run.json") as handle:
+        record = json.load(handle)
+    assert record["ray"]["nodes"] == 2 and "out" not in record["settings"]
+    # The default plan fills the cluster, one actor per CPU: more actors than one node has CPUs, so the
+    # workers of both nodes read the input from and wrote their parts to the store.
+    actors = record["ray"]["actors"]
+    assert actors["anonymize"] + actors["evaluate"] == record["ray"]["cpus"] == 4
