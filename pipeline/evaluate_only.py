@@ -9,6 +9,7 @@ counted as not cleared: a tool that skips hard images must not look better for i
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import Counter
@@ -20,7 +21,7 @@ from . import storage
 from .errors import MISSING_OUTPUT, classify, error_row
 from .finalize import JobResult, finalize
 from .inputs import InputError, discover, read_bytes
-from .job import TASK_CPUS, Job, ensure_cluster
+from .job import Job, ensure_cluster
 from .layout import RunLayout
 from .progress import Progress
 from .records import compact_finished, finish_batch, read_manifest, remove_orphans
@@ -164,15 +165,12 @@ def evaluate_pass(job: Job, anonymized: str) -> JobResult:
         progress = Progress(len(pairs), "evaluate")
         inputs = job.inputs
         parquet = (inputs.uri, inputs.id_column, inputs.image_column) if inputs.kind == "parquet" else None
+        config = EvaluateConfig(str(job.layout.root), settings.max_pixels, settings.deepface_home, 1, settings.region)
+        # The actors read the images themselves: a separate read task would move every image's bytes
+        # between processes once more, which costs as much as the embeddings of small images.
         ds = ray.data.from_items(pairs).map_batches(
-            _load, fn_kwargs={"parquet": parquet}, batch_format="pandas", num_cpus=TASK_CPUS
-        )
-        ds = ds.map_batches(
             EvaluateStage,
-            fn_constructor_args=(
-                settings.evaluation,
-                EvaluateConfig(str(job.layout.root), settings.max_pixels, settings.deepface_home, 1, settings.region),
-            ),
+            fn_constructor_args=(settings.evaluation, config, functools.partial(_load, parquet=parquet)),
             batch_size=settings.eval_batch_size,
             batch_format="pandas",
             # Nothing else runs: by default every CPU evaluates (one torch thread per actor), the actors

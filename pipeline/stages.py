@@ -338,7 +338,9 @@ class EvaluateConfig:
 class EvaluateStage:
     """Compare each anonymized image with its original; write the batch's manifest and distance parts."""
 
-    def __init__(self, evaluation_settings, config: EvaluateConfig) -> None:
+    def __init__(self, evaluation_settings, config: EvaluateConfig, read=None) -> None:
+        """`read`: a function that turns a batch of pairs into one with both images' bytes (`boomerang evaluate`
+        reads another tool's files in the actor itself, so that only paths cross processes)."""
         # deepface reads DEEPFACE_HOME when it loads weights; set it before the recognizers are built.
         if config.deepface_home:
             os.environ["DEEPFACE_HOME"] = config.deepface_home
@@ -352,11 +354,12 @@ class EvaluateStage:
         self.config = config
         self.layout = RunLayout.at(config.out)
         self.evaluator = PairEvaluator(evaluation_settings)
+        self.read = read
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         from evaluation import Pair, error_rows
 
-        rows = batch.to_dict("records")
+        rows = (self.read(batch) if self.read else batch).to_dict("records")
         pairs, no_face = [], []
         for row in rows:
             row["t_boom"] = None if pd.isna(row["t_boom"]) else int(row["t_boom"])
