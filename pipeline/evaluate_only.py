@@ -23,6 +23,7 @@ from .finalize import JobResult, finalize
 from .inputs import InputError, discover, read_bytes
 from .job import Job, ensure_cluster
 from .layout import RunLayout
+from .plan import plan_evaluation
 from .progress import Progress
 from .records import compact_finished, finish_batch, read_manifest, remove_orphans
 from .resume import ShardCompactor, done_by_shard
@@ -158,10 +159,12 @@ def evaluate_pass(job: Job, anonymized: str) -> JobResult:
         job.pairs_done_now += len(missing)
     if pairs:
         ensure_cluster(job)
-        # Nothing else runs: every CPU evaluates, or on GPU nodes two evaluation actors share each GPU.
-        gpus = job.cluster.gpus
-        share = settings.eval_gpus_per_worker if settings.eval_gpus_per_worker is not None else (0.5 if gpus else 0.0)
-        workers = settings.eval_workers or max(1, int(gpus / share) if share else int(job.cluster.cpus))
+        plan = plan_evaluation(
+            job.cluster.cpus,
+            job.cluster.gpus,
+            eval_workers=settings.eval_workers,
+            eval_gpus_per_worker=settings.eval_gpus_per_worker,
+        )
         progress = Progress(len(pairs), "evaluate")
         inputs = job.inputs
         parquet = (inputs.uri, inputs.id_column, inputs.image_column) if inputs.kind == "parquet" else None
@@ -173,11 +176,10 @@ def evaluate_pass(job: Job, anonymized: str) -> JobResult:
             fn_constructor_args=(settings.evaluation, config, functools.partial(_load, parquet=parquet)),
             batch_size=settings.eval_batch_size,
             batch_format="pandas",
-            # Nothing else runs: by default every CPU evaluates (one torch thread per actor), the actors
-            # reserving at most half the CPUs in Ray's accounting (pipeline.plan).
-            compute=ActorPoolStrategy(size=workers),
-            num_gpus=share,
-            num_cpus=min(0.5, job.cluster.cpus / 2 / workers),
+            # The actors reserve at most half the CPUs in Ray's accounting (pipeline.plan).
+            compute=ActorPoolStrategy(size=plan.evaluate),
+            num_gpus=plan.gpus_per_evaluate,
+            num_cpus=plan.cpus_per_actor,
         )
         for batch in ds.iter_batches(batch_format="pandas", batch_size=None):
             progress.update(len(batch), int((batch["status"] != "ok").sum()))

@@ -79,3 +79,16 @@ def plan_actors(
     actors = anonymize + max(evaluate, 1)  # an anonymize-only job has one writer actor
     eval_gpus = float(eval_share) if evaluate else 0.0
     return ActorPlan(anonymize, evaluate, float(gpu_share), min(0.5, cpus / 2 / actors), eval_gpus)
+
+
+# `boomerang evaluate` runs nothing else: two evaluation actors share each GPU.
+EVAL_ONLY_GPU_SHARE = 0.5
+
+
+def plan_evaluation(
+    cpus: float, gpus: float, *, eval_workers: int | None = None, eval_gpus_per_worker: float | None = None
+) -> ActorPlan:
+    """`boomerang evaluate`'s actors: every CPU evaluates (one thread each), or two actors per GPU."""
+    share = eval_gpus_per_worker if eval_gpus_per_worker is not None else (EVAL_ONLY_GPU_SHARE if gpus else 0.0)
+    evaluate = eval_workers or max(1, int(gpus / share) if share else int(cpus))
+    return ActorPlan(0, evaluate, 0.0, min(0.5, cpus / 2 / evaluate), float(share))

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from pipeline.config import build_settings
-from pipeline.plan import ActorPlan, plan_actors
+from pipeline.plan import ActorPlan, plan_actors, plan_evaluation
 
 
 @pytest.mark.parametrize(
@@ -42,6 +42,25 @@ def test_the_default_plan_fills_the_machine(cpus, gpus, flags, expected):
     assert plan.cpus_per_actor * (plan.anonymize + max(plan.evaluate, 1)) <= cpus / 2 + 1e-9
     # Never more GPU asked for than the cluster has: the actors would wait for it forever.
     assert plan.anonymize * plan.gpus_per_anonymize + plan.evaluate * plan.gpus_per_evaluate <= gpus + 1e-9
+
+
+@pytest.mark.parametrize(
+    ("cpus", "gpus", "flags", "expected"),
+    [
+        # `boomerang evaluate` runs nothing else: every CPU evaluates, or two actors share each GPU.
+        (2, 0, {}, ActorPlan(0, 2, 0.0, 0.5)),
+        (16, 0, {}, ActorPlan(0, 16, 0.0, 0.5)),
+        (32, 8, {}, ActorPlan(0, 16, 0.0, 0.5, 0.5)),
+        (32, 8, {"eval_gpus_per_worker": 0.25}, ActorPlan(0, 32, 0.0, 0.5, 0.25)),
+        (32, 8, {"eval_gpus_per_worker": 0.0}, ActorPlan(0, 32, 0.0, 0.5)),
+        (16, 0, {"eval_workers": 3}, ActorPlan(0, 3, 0.0, 0.5)),
+    ],
+)
+def test_evaluation_alone_fills_the_machine(cpus, gpus, flags, expected):
+    plan = plan_evaluation(cpus, gpus, **flags)
+    assert plan == expected
+    assert plan.cpus_per_actor * plan.evaluate <= cpus / 2 + 1e-9
+    assert plan.evaluate * plan.gpus_per_evaluate <= gpus + 1e-9
 
 
 def test_the_plan_reads_as_doctor_prints_it():
