@@ -7,6 +7,7 @@ each node's environment (pipeline.storage).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -158,3 +159,35 @@ def test_a_two_node_cluster_reads_and_writes_the_object_store_with_every_row_onc
     # workers of both nodes read the input from and wrote their parts to the store.
     actors = record["ray"]["actors"]
     assert actors["anonymize"] + actors["evaluate"] == record["ray"]["cpus"] == 4
+
+
+@pytest.mark.slow
+@pytest.mark.heavy
+def test_a_gated_release_on_s3_its_report_and_overwrite(s3_server, tmp_path, tiny_sd, deepface_home):
+    data = tmp_path / "source_faces"
+    write_faces(data, 4, size=(64, 64))
+    out = f"{s3_server.bucket('runs')}/gated"
+    argv = ["run", str(data), "--out", out, "--steps", "4", "--model", str(tiny_sd), "--recognizers", "Facenet"]
+    argv += ["--detector", "skip", "--deepface-home", str(deepface_home), "--batch-size", "2", "--eval-batch-size", "2"]
+    gate = ["--gate", "--ladder", "0.3,0.6", "--gate-thresholds", "Facenet=0.01"]
+
+    result = boomerang(*argv, *gate)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    release = read_table(f"{out}/release/manifest.parquet")
+    assert len(release) >= 1
+    fs, root = fsspec.core.url_to_fs(out)
+    for row in release.itertuples():  # every released file is its output, byte for byte
+        assert hashlib.sha256(fs.cat_file(f"{root}/release/{row.output_path}")).hexdigest() == row.sha256_output
+    assert listing(f"{out}/release/images") == sorted(p.split("/")[-1] for p in release["output_path"])
+    assert "release/report/index.html" in listing(out)
+
+    rebuilt = boomerang("report", out)
+    assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
+    assert f"{out}/report/index.html" in rebuilt.stdout
+
+    again = boomerang(*argv, "--levels", "0.5", "--overwrite")
+    assert again.returncode == 0, again.stderr[-3000:]
+    keys = listing(out)
+    assert not [k for k in keys if k.startswith("release/")]  # --overwrite removed the earlier run's entries
+    assert set(read_table(f"{out}/manifest.parquet")["level"]) == {0.5}
