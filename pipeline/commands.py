@@ -156,6 +156,7 @@ def _default_work(job: Job) -> JobResult:
 
 def cmd_report(args: argparse.Namespace) -> int:
     layout = RunLayout.at(args.dir)
+    layout.check_store()
     record = read_json(layout.run_json)
     if not record.get("settings"):
         raise OutputError(f"{layout.root} holds no run.json from a boomerang run; pass the run's --out folder")

@@ -143,6 +143,7 @@ def prepare(settings: JobSettings, mode: str, stream: TextIO | None = None) -> J
         raise JobError("no INPUT given: pass a folder of images or a Parquet dataset")
     imported = since_start()  # the command line and the driver's modules loaded
     layout = RunLayout.at(settings.out)
+    layout.check_store()
     storage.make_dirs(layout.root)
     lock = run_lock(layout.lock_file).acquire()
     try:

@@ -67,6 +67,13 @@ class RunLayout:
     # `boomerang augment`: the outputs again, laid out for a data loader (class folders, labels.parquet).
     train = property(lambda self: self.root / "train")
 
+    def check_store(self) -> None:
+        """One line (OutputError) when `--out` is a URL whose store cannot be used; nothing for a local folder."""
+        try:
+            storage.check_reachable(self.root)
+        except storage.StorageError as err:
+            raise OutputError(f"--out {err}") from None
+
     @property
     def local(self) -> bool:
         return storage.is_local(self.root)

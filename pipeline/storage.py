@@ -65,6 +65,31 @@ def locate(text: str) -> Location:
         ) from None
 
 
+def check_reachable(path: Location) -> None:
+    """Raise StorageError, in one line, when the store behind a URL cannot be used: no such bucket, access
+    denied, or nothing answering at the endpoint. A local path is not checked (its folder is created)."""
+    if is_local(path):
+        return
+    bucket = path.path.split("/", 1)[0]
+    where = f"{path.protocol}://{bucket}"
+    try:
+        path.fs.info(bucket)
+    except FileNotFoundError:
+        raise StorageError(f"{where} does not exist: create the bucket first, or check the name") from None
+    except PermissionError as err:
+        raise StorageError(f"{where}: access denied ({_first_line(err)}); check the credentials") from None
+    except Exception as err:  # noqa: BLE001 - every client raises its own kinds for an unreachable store
+        raise StorageError(
+            f"cannot reach {where}: {_first_line(err)}; check the endpoint (e.g. AWS_ENDPOINT_URL), the network "
+            "and the credentials in this node's environment"
+        ) from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
 def is_local(path: Location | str) -> bool:
     return isinstance(path, (PurePath, str))
 

@@ -76,6 +76,29 @@ def test_urls_with_credentials_or_unknown_schemes_are_refused_in_one_line():
     assert "nosuchscheme://" in str(caught.value) and "\n" not in str(caught.value)
 
 
+def test_a_store_that_cannot_be_used_is_one_line_before_anything_runs(s3_server, tmp_path, capsys, monkeypatch):
+    from pipeline.cli import main
+
+    data = tmp_path / "faces"
+    write_faces(data, 1, size=(64, 64))
+    argv = ["anonymize", str(data), "--model", str(tmp_path / "no-model"), "--levels", "0.5"]
+    assert main([*argv, "--out", "s3://no-such-bucket/run"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "boomerang: --out s3://no-such-bucket does not exist: create the bucket first, or check the name"
+    )
+    s3fs = pytest.importorskip("s3fs")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        assert main([*argv, "--out", f"{s3_server.bucket('runs')}/unreachable"]) == 2
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("boomerang: --out cannot reach s3://runs:") and "AWS_ENDPOINT_URL" in err
+    assert "\n" not in err
+
+
 @pytest.mark.slow
 @pytest.mark.heavy
 def test_a_run_on_s3_resumes_after_a_killed_driver_with_every_row_once(s3_server, tmp_path, tiny_sd, deepface_home):
