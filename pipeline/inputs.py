@@ -61,6 +61,10 @@ def discover(
     """
     try:
         fs, root = fsspec.core.url_to_fs(uri)
+        if storage.is_url(uri):
+            storage.check_reachable(storage.locate(uri))
+    except storage.StorageError as err:
+        raise InputError(f"input {err}") from None
     except (ValueError, ImportError) as err:
         raise InputError(f"cannot open input {uri!r}: {err}") from None
     if not fs.exists(root):

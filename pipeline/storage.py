@@ -75,7 +75,7 @@ def check_reachable(path: Location) -> None:
     try:
         path.fs.info(bucket)
     except FileNotFoundError:
-        raise StorageError(f"{where} does not exist: create the bucket first, or check the name") from None
+        raise StorageError(f"{where}: no such bucket; check the name (an --out bucket must exist first)") from None
     except PermissionError as err:
         raise StorageError(f"{where}: access denied ({_first_line(err)}); check the credentials") from None
     except Exception as err:  # noqa: BLE001 - every client raises its own kinds for an unreachable store

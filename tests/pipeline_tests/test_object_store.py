@@ -84,8 +84,10 @@ def test_a_store_that_cannot_be_used_is_one_line_before_anything_runs(s3_server,
     argv = ["anonymize", str(data), "--model", str(tmp_path / "no-model"), "--levels", "0.5"]
     assert main([*argv, "--out", "s3://no-such-bucket/run"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "boomerang: --out s3://no-such-bucket does not exist: create the bucket first, or check the name"
+        "boomerang: --out s3://no-such-bucket: no such bucket; check the name (an --out bucket must exist first)"
     )
+    assert main([argv[0], "s3://no-such-bucket/faces", *argv[2:], "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.startswith("boomerang: input s3://no-such-bucket: no such bucket")
     s3fs = pytest.importorskip("s3fs")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
