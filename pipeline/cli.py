@@ -278,6 +278,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--recognizers", help="deepface models to look for")
     p.add_argument("--engine", default="pytorch")
     p.add_argument("--address")
+    p.add_argument("--out", help="check a job's output folder or object-store URL: reachable, and which lock it gets")
     return parser
 
 

@@ -186,6 +186,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import report
 
-    text, ok = report(model=args.model, recognizers=args.recognizers, engine=args.engine, address=args.address)
+    text, ok = report(
+        model=args.model, recognizers=args.recognizers, engine=args.engine, address=args.address, out=args.out
+    )
     print(text)
     return 0 if ok else 1

@@ -11,8 +11,11 @@ from evaluation import EvaluationSettings, weight_file
 from .plan import plan_actors
 
 
-def report(*, model: str | None, recognizers: str | None, engine: str, address: str | None) -> tuple[str, bool]:
-    """The doctor's lines, and whether every required part (model, recognizer weights, cluster) is present."""
+def report(
+    *, model: str | None, recognizers: str | None, engine: str, address: str | None, out: str | None = None
+) -> tuple[str, bool]:
+    """The doctor's lines, and whether every required part (model, recognizer weights, cluster, the --out
+    store when given) is present."""
     lines = ["boomerang doctor"]
     lines += _gpus()
     missing: list[str] = []
@@ -20,6 +23,11 @@ def report(*, model: str | None, recognizers: str | None, engine: str, address: 
     lines += ray_lines
     if not ray_ok:
         missing.append("the Ray cluster")
+    if out is not None:
+        line, out_ok = output_check(out)
+        lines.append(line)
+        if not out_ok:
+            missing.append("a usable --out")
     model_lines, model_ok = _model(model or SamplerSettings().model)
     lines += model_lines
     if not model_ok:
@@ -97,3 +105,17 @@ def _model(model: str) -> tuple[list[str], bool]:
             f"model {model}: MISSING from the Hugging Face cache {HF_HUB_CACHE}; with no network, "
             "download it elsewhere and set HF_HOME, or pass --model /path/to/folder"
         ], False
+
+
+def output_check(out: str) -> tuple[str, bool]:
+    """Where a job's run folder would go, whether its store answers, and which lock it would take."""
+    from .layout import OutputError, RunLayout
+    from .lock import describe
+
+    try:
+        layout = RunLayout.at(out)
+        layout.check_store()
+    except OutputError as err:
+        return f"output: {err}", False
+    kind = "local folder" if layout.local else "object store, reachable"
+    return f"output: {layout.root} ({kind}; lock: {describe(layout.lock_file)})", True

@@ -251,6 +251,15 @@ def run_lock(path: Path | UPath) -> RunLock | ObjectLock:
     return RunLock(path) if isinstance(path, Path) else ObjectLock(path)
 
 
+def describe(path: Path | UPath) -> str:
+    """Which lock a run folder gets, for `boomerang doctor`."""
+    if isinstance(path, Path):
+        return "an OS lock (flock) on .boomerang.lock"
+    if _creates_only_if_absent(path.fs):
+        return "a lock object created only if absent (conditional write)"
+    return "a lock object written, then read back (this store cannot create only if absent: one job at a time)"
+
+
 def _creates_only_if_absent(fs: AbstractFileSystem) -> bool:
     """Whether the filesystem has its own `pipe_file(mode="create")`: fsspec's generic one only checks and then
     writes (the fallback, without the read-back), and one with no `mode` may ignore it and overwrite."""

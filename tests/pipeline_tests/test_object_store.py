@@ -216,3 +216,17 @@ def test_a_gated_release_on_s3_its_report_and_overwrite(s3_server, tmp_path, tin
     keys = listing(out)
     assert not [k for k in keys if k.startswith("release/")]  # --overwrite removed the earlier run's entries
     assert set(read_table(f"{out}/manifest.parquet")["level"]) == {0.5}
+
+
+def test_doctor_checks_the_out_store_and_names_its_lock(s3_server, tmp_path, capsys):
+    from pipeline.doctor import output_check
+
+    url = f"{s3_server.bucket('runs')}/doctor"
+    line, ok = output_check(url)
+    assert ok and line == f"output: {url} (object store, reachable; lock: a lock object created only if absent " + (
+        "(conditional write))"
+    )
+    line, ok = output_check("s3://no-such-bucket/run")
+    assert not ok and "no such bucket" in line
+    line, ok = output_check(str(tmp_path / "run"))
+    assert ok and "local folder; lock: an OS lock (flock)" in line
