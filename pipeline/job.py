@@ -450,7 +450,8 @@ def _plan(job: Job, work: list[dict]):
             WriteStage,
             fn_constructor_args=(str(job.layout.root),),
             batch_format="pandas",
-            batch_size=settings.eval_batch_size,
+            # Nothing is evaluated: each anonymize batch is written (made durable) as it comes.
+            batch_size=settings.batch_size,
             compute=ActorPoolStrategy(size=1),
             num_cpus=cpu_actor,
         )
