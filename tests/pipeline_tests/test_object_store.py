@@ -180,8 +180,9 @@ def test_a_two_node_cluster_reads_and_writes_the_object_store_with_every_row_onc
     with fsspec.open(f"{out}/run.json") as handle:
         record = json.load(handle)
     assert record["ray"]["nodes"] == 2 and "out" not in record["settings"]
-    # The default plan fills the cluster, one actor per CPU: more actors than one node has CPUs, so the
-    # workers of both nodes read the input from and wrote their parts to the store.
+    # The default plan fills the cluster, one actor per CPU of the two nodes. Ray places them (each reserves
+    # half a CPU in its accounting), so this does not prove that both nodes' workers wrote: only that the
+    # job ran on the cluster and that every row of its folder on the store is there once.
     actors = record["ray"]["actors"]
     assert actors["anonymize"] + actors["evaluate"] == record["ray"]["cpus"] == 4
 
