@@ -48,8 +48,8 @@ def write_faces(folder: Path, n: int, size: tuple[int, int] = (96, 96)) -> list[
     return _write(folder, n, size)
 
 
-def tree_pss_mib(root_pid: int) -> float:
-    """Sum of PSS over ``root_pid`` and all its descendants (the driver, raylet, GCS and Ray workers)."""
+def children_by_parent() -> dict[int, list[int]]:
+    """Every live process's pid under its parent's pid, from /proc."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -60,6 +60,12 @@ def tree_pss_mib(root_pid: int) -> float:
         except (OSError, ValueError, IndexError):
             continue
         children.setdefault(ppid, []).append(int(entry))
+    return children
+
+
+def tree_pss_mib(root_pid: int) -> float:
+    """Sum of PSS over ``root_pid`` and all its descendants (the driver, raylet, GCS and Ray workers)."""
+    children = children_by_parent()
     total_kib, todo = 0, [root_pid]
     while todo:
         pid = todo.pop()

@@ -211,19 +211,14 @@ def kill_own_children(marker: str) -> None:
 
     common.run_cli starts the CLI in its own session and does not end it on a timeout.
     """
-    me = os.getpid()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for pid in common.children_by_parent().get(os.getpid(), []):
         try:
-            with open(f"/proc/{entry}/stat") as handle:
-                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, ValueError, IndexError):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
             continue
-        if ppid == me and marker in cmdline:
+        if marker in cmdline:
             with contextlib.suppress(OSError):
-                os.killpg(int(entry), signal.SIGKILL)  # its own session: process group id == its pid
+                os.killpg(pid, signal.SIGKILL)  # its own session: process group id == its pid
 
 
 def run_worker(kind: str, spec: dict, timeout: float) -> dict:

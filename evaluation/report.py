@@ -109,7 +109,7 @@ def render_report(
     samples: Sequence[tuple],
     notice: str | None = None,
     sections: Sequence[tuple[str, str]] = (),
-) -> Path:
+) -> dict[str, str]:
     """The report's files, name -> text: the two plot SVGs, then ``index.html`` (which embeds them).
 
     Args:

@@ -289,8 +289,7 @@ def build_report(job: Job, failed, summary, distances, samples, sections=(), rep
         sections=list(sections),
     )
     folder = report_dir or layout.report
-    storage.make_dirs(folder)
-    for name, text in files.items():  # index.html last: it names the others
+    for name, text in files.items():  # index.html last: it names the others (each write makes its folder)
         storage.write_text(folder / name, text)
     return folder / "index.html"
 

@@ -108,11 +108,6 @@ class RunLayout:
         storage.make_dirs(self.private, self.outputs, self.embeddings, private=True)
 
 
-def make_private_dir(folder: Location) -> None:
-    """Create `folder` 0700 (no window in which it is readable by others); nothing on an object store."""
-    storage.make_dirs(folder, private=True)
-
-
 def write_private_bytes(path: Location, data: bytes) -> None:
     """Write a file of private/ whole, 0600 from creation (locally: fsync-ed, file and folder)."""
     storage.write_bytes(path, data, private=True)

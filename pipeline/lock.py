@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 from fsspec.asyn import AsyncFileSystem
 from fsspec.spec import AbstractFileSystem
 
+from . import storage
 from .layout import OutputError
 
 if TYPE_CHECKING:
@@ -59,9 +60,8 @@ class RunLock:
                 f"{self.path.parent} is in use by another boomerang job ({holder}); wait for it to finish, "
                 "or stop it and run the command again"
             ) from None
-        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {started}\n".encode(), 0)
+        os.pwrite(fd, f"{_holder(_now())}\n".encode(), 0)
         self._fd = fd
         return self
 
@@ -110,7 +110,7 @@ class ObjectLock:
 
     def acquire(self) -> ObjectLock:
         token = secrets.token_hex(16)
-        self._since = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self._since = _now()
         for _ in range(3):
             if self._create(token):
                 break
@@ -212,11 +212,10 @@ class ObjectLock:
         return time.time() - lock["heartbeat"] > self.lease
 
     def _content(self, token: str) -> bytes:
-        pid, host = os.getpid(), socket.gethostname()
         lock = {
-            "holder": f"pid {pid} on {host}, since {self._since}",
-            "host": host,
-            "pid": pid,
+            "holder": _holder(self._since),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
             "token": token,
             "since": self._since,
             "heartbeat": time.time(),
@@ -248,16 +247,25 @@ class ObjectLock:
 
 def run_lock(path: Path | UPath) -> RunLock | ObjectLock:
     """The lock for `--out`'s lock file: `flock` for a local path, a lock object in an object store."""
-    return RunLock(path) if isinstance(path, Path) else ObjectLock(path)
+    return RunLock(path) if storage.is_local(path) else ObjectLock(path)
 
 
 def describe(path: Path | UPath) -> str:
     """Which lock a run folder gets, for `boomerang doctor`."""
-    if isinstance(path, Path):
+    if storage.is_local(path):
         return "an OS lock (flock) on .boomerang.lock"
     if _creates_only_if_absent(path.fs):
         return "a lock object created only if absent (conditional write)"
     return "a lock object written, then read back (this store cannot create only if absent: one job at a time)"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _holder(since: str) -> str:
+    """How a lock names its holder, for the driver that finds the folder taken."""
+    return f"pid {os.getpid()} on {socket.gethostname()}, since {since}"
 
 
 def _creates_only_if_absent(fs: AbstractFileSystem) -> bool:
