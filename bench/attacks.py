@@ -34,6 +34,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import common  # noqa: E402
+
+# --smoke: the same attacks at sizes that run in a second (the gallery still holds the duplicates).
+SMOKE_CONFIGS = (("linkage", 200, 1_000, 64), ("reid", 200, 1_000, 64))
 CONFIGS = (("linkage", 10_000, 100_000, 512), ("reid", 10_000, 100_000, 512), ("linkage", 10_000, 10_000, 4096))
 DUPLICATES = 100
 
@@ -95,12 +99,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--chunk", type=int, default=None, help="queries per chunk (default: the library's)")
     parser.add_argument("--one", nargs=4, metavar=("ATTACK", "N", "M", "D"), help="run one configuration here")
-    args = parser.parse_args()
+    args = common.parse(parser, {"repeats": 1})
     if args.one:
         attack, n, m, d = args.one[0], *map(int, args.one[1:])
         print(json.dumps(one(attack, n, m, d, args.chunk, args.repeats)), flush=True)
         return
-    for attack, n, m, d in CONFIGS:
+    for attack, n, m, d in SMOKE_CONFIGS if args.smoke else CONFIGS:
         argv = [sys.executable, __file__, "--one", attack, str(n), str(m), str(d), "--repeats", str(args.repeats)]
         if args.chunk:
             argv += ["--chunk", str(args.chunk)]

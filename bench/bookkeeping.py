@@ -31,6 +31,7 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import common  # noqa: E402
 from evaluation import DISTANCES_SCHEMA, write_parquet_atomic  # noqa: E402
 from pipeline.config import DEFAULT_SHARD_SIZE, JobSettings  # noqa: E402
 from pipeline.layout import RunLayout, write_private_table  # noqa: E402
@@ -107,11 +108,19 @@ def write_shard(layout: RunLayout, shard: int, aids: list[str], rng) -> None:
         "error": [None if o else "corrupt: image is truncated or corrupt" for o in ok],
     }
     name = shard_name(shard)
-    write_parquet_atomic(pa.Table.from_pydict(distances, schema=DISTANCES_SCHEMA), layout.distances / name)
-    write_private_table(pa.Table.from_pydict(outputs, schema=OUTPUTS_SCHEMA), layout.outputs / name)
+    write_parquet_atomic(columns_table(distances, DISTANCES_SCHEMA), layout.distances / name)
+    write_private_table(columns_table(outputs, OUTPUTS_SCHEMA), layout.outputs / name)
     # The manifest last, with the marker compaction writes (every row here has its distances).
-    manifest_table = with_marker(pa.Table.from_pydict(manifest, schema=MANIFEST_SCHEMA), evaluated=True)
+    manifest_table = with_marker(columns_table(manifest, MANIFEST_SCHEMA), evaluated=True)
     write_parquet_atomic(manifest_table, layout.manifest / name)
+
+
+def columns_table(columns: dict[str, list], schema: pa.Schema) -> pa.Table:
+    """The product's schema filled from `columns`; a column the simulation does not model (one a later mode
+    added, such as region mode's `face`) is null, as the product writes it outside that mode."""
+    n = len(next(iter(columns.values())))
+    arrays = [columns[f.name] if f.name in columns else pa.nulls(n, f.type) for f in schema]
+    return pa.Table.from_arrays([pa.array(a, type=f.type) for a, f in zip(arrays, schema, strict=True)], schema=schema)
 
 
 def fake_job(out: Path, n: int):
@@ -161,21 +170,21 @@ def child(what: str, out: Path, n: int) -> dict:
         decision = decide(job)
         assert len(decision.released) + len(decision.withheld) == n
     elif what == "compact":
-        seconds = compact_one(out)
+        seconds = compact_one(out, n)
         return {"seconds": seconds, "peak_mib": 0.0}
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"seconds": seconds, "peak_mib": (peak - base) / 1024}
 
 
-def compact_one(out: Path) -> float:
-    """One shard's worth of batch parts (4096 images in batches of 4), then its compaction."""
+def compact_one(out: Path, size: int) -> float:
+    """One shard's worth of batch parts (`size` images, --shard-size, in batches of 4), then its compaction."""
     from pipeline.records import compact_shard
 
     layout = RunLayout.at(str(out / "compact"))
     layout.prepare(overwrite=False)
-    ids = sorted(fake_anon_ids(DEFAULT_SHARD_SIZE))
-    plan_shards(layout, ids, DEFAULT_SHARD_SIZE)
+    ids = sorted(fake_anon_ids(size))
+    plan_shards(layout, ids, size)
     for i in range(0, len(ids), 4):
         rows = [{"anon_id": a, "level": LEVEL, "status": "ok", "seed": 1} for a in ids[i : i + 4]]
         write_batch(layout, rows, [])
@@ -207,7 +216,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE)
     parser.add_argument("--child", nargs=3, metavar=("WHAT", "OUT", "N"))
-    args = parser.parse_args()
+    args = common.parse(parser, {"n": [2000], "repeats": 1, "shard_size": 500})
     if args.child:
         what, out, n = args.child
         print(json.dumps(child(what, Path(out), int(n))))
@@ -228,7 +237,10 @@ def main() -> None:
             }
             row = {"n": n, "shard_size": args.shard_size, "build_s": round(built, 1), "files": files}
             for what in ("plan", "finalize", "gate", "compact"):
-                row[what] = measure(what, out, n, args.repeats if what != "compact" else 1)
+                if what == "compact":
+                    row[what] = measure(what, out, args.shard_size, 1)
+                else:
+                    row[what] = measure(what, out, n, args.repeats)
             print(json.dumps(row), flush=True)
 
 

@@ -6,6 +6,7 @@ figures worth keeping go into docs/benchmarks.md with the command that produced 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -232,10 +233,24 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
+def parse(parser: argparse.ArgumentParser, smoke: dict) -> argparse.Namespace:
+    """The command line, with `--smoke`: `smoke`'s values replace the sizes, so the script runs in seconds
+    through the same product code (CI runs every script this way; its figures mean nothing)."""
+    described = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in smoke.items())
+    help_text = f"a seconds-long run that proves the script works ({described})"
+    parser.add_argument("--smoke", action="store_true", help=help_text)
+    args = parser.parse_args()
+    if args.smoke:
+        for key, value in smoke.items():
+            setattr(args, key, value)
+    return args
+
+
 def save(name: str, result: dict) -> Path:
-    """Write bench/results/<name>.json with the machine description and the exact command line."""
+    """Write bench/results/<name>.json (<name>-smoke.json for a --smoke run, which never replaces real figures)
+    with the machine description and the exact command line."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    path = RESULTS / f"{name}{'-smoke' if '--smoke' in sys.argv else ''}.json"
     record = {"command": " ".join([Path(sys.executable).name, "-m", f"bench.{name}", *sys.argv[1:]]), **result}
     record["machine"] = machine()
     path.write_text(json.dumps(record, indent=2, default=str) + "\n")

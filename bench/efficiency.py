@@ -137,7 +137,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     parser.add_argument("--sd15-step", action="store_true", help="also time one real SD 1.5 UNet call")
     parser.add_argument("--sd15-resolution", type=int, default=512)
-    args = parser.parse_args()
+    args = common.parse(parser, {"model": "tiny", "steps": 2, "batch": 1, "repeats": 1})
 
     threads = common.set_threads(args.threads)
     dtype = getattr(torch, args.dtype)

@@ -90,7 +90,7 @@ def main() -> None:
         help="evaluate with the default plan (an actor per CPU) instead of --eval-workers 1; compare with the "
         "bare loop on all cores (steady_vs_all_cores)",
     )
-    args = parser.parse_args()
+    args = common.parse(parser, {"n": 4, "repeats": 1, "eval_batch_size": 2})
     recognizers = args.recognizers.split(",")
 
     home = deepface_home(recognizers)

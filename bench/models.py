@@ -151,8 +151,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", choices=sorted(SPECS))
     parser.add_argument("--out", help="folder (default .cache/bench/<name>)")
+    parser.add_argument("--smoke", action="store_true", help="count the parameters on the meta device only (no build)")
     args = parser.parse_args()
-    print(build(args.name, args.out))
+    if not args.smoke:
+        print(build(args.name, args.out))
     print(json.dumps(parameter_count(args.name)))
 
 

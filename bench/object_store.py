@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=8)
-    args = parser.parse_args()
+    args = common.parse(parser, {"n": 4, "repeats": 1, "steps": 2, "batch_size": 2})
 
     server, s3_env = s3_server()
     os.environ.update(s3_env)

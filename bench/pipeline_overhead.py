@@ -105,7 +105,7 @@ def main() -> None:
         help="run the pipeline with its default plan (one actor per CPU) instead of --workers 1; compare with "
         "the bare loop on all cores (steady_vs_all_cores)",
     )
-    args = parser.parse_args()
+    args = common.parse(parser, {"model": "tiny", "n": 4, "steps": 2, "batch_size": 2, "model_batch": 2, "repeats": 1})
 
     model = resolve_model(args.model)
     work = Path(tempfile.mkdtemp(prefix="bench-overhead-"))

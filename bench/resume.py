@@ -15,6 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from bench import common
 from bench.pipeline_overhead import resolve_model
 
@@ -25,7 +27,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--level", type=float, default=0.5)
     parser.add_argument("--batch-size", type=int, default=8)
-    args = parser.parse_args()
+    args = common.parse(parser, {"n": 8, "steps": 2})
 
     work = Path(tempfile.mkdtemp(prefix="bench-resume-"))
     common.write_faces(work / "in", args.n, size=(64, 64))
@@ -36,7 +38,7 @@ def main() -> None:
         again = common.run_cli(argv)
         parts = sorted((work / "out" / "manifest.parquet").glob("part-*.parquet"))
         removed = parts[: max(1, len(parts) // 10)]
-        removed_rows = sum(common._rows(p) for p in removed)
+        removed_rows = sum(pq.ParquetFile(p).metadata.num_rows for p in removed)
         for part in removed:
             part.unlink()
         partial = common.run_cli(argv)

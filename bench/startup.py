@@ -59,7 +59,7 @@ def one_run(out: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = common.parse(parser, {"repeats": 1})
     runs = []
     with tempfile.TemporaryDirectory(prefix="boomerang-startup-") as tmp:
         # The first demo builds the tiny models and random recognizers into the cache: not start-up.
