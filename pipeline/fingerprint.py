@@ -223,34 +223,56 @@ def digest(fp: dict) -> str:
     return hashlib.sha256(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def upgrade(recorded: dict, version: int | None, settings_type) -> dict:
-    """A recorded fingerprint as the current version keys it.
+def upgrade(recorded: dict, version: int | None, defaults: dict) -> dict:
+    """A recorded fingerprint as this version keys it, every key it lacks in the stages it covers read as
+    its default (`defaults`).
 
-    Version 1 (no version recorded) used other names and left out what it did not know: region keys outside
-    face-region mode, enhancement outside `boomerang enhance`, `sampler.allow_pickle`. Those are filled with
-    their defaults (what that version ran with); the device and dtype it never resolved stay absent.
+    A record lacks a key when its run came before the field existed, so it ran as the default does (a new
+    field's default keeps the old behaviour); version 1 (no version recorded) also used other names and left
+    out region keys outside face-region mode, enhancement outside `boomerang enhance`, and allow_pickle.
+    The device and dtype a record never resolved stay absent (`DEFERRED`).
     """
-    if version == VERSION or not recorded:
-        return dict(recorded)
-    found = {_LEGACY.get(k, k): v for k, v in recorded.items()}
-    if found.get("sampler.dtype") is None:
-        found.pop("sampler.dtype", None)  # version 1 kept the flag, None when it was not given
-    if "evaluation.recognizers" in found:
-        # Runs from before the setting existed compared a faceless anonymized image on the whole image.
-        found.setdefault("evaluation.no_face_anonymized", "whole_image")
-    if any(k.startswith("enhance.") for k in found):
-        found["enhance"] = "on"
+    found = dict(recorded)
+    if version != VERSION and found:
+        found = {_LEGACY.get(k, k): v for k, v in found.items()}
+        if found.get("sampler.dtype") is None:
+            found.pop("sampler.dtype", None)  # version 1 kept the flag, None when it was not given
+        if "evaluation.recognizers" in found:
+            # Runs from before the setting existed compared a faceless anonymized image on the whole image.
+            found.setdefault("evaluation.no_face_anonymized", "whole_image")
+        if any(k.startswith("enhance.") for k in found):
+            found["enhance"] = "on"
     stages = stages_recorded(found)
-    for key, value in walk(_defaults(settings_type), {}).items():
+    for key, value in defaults.items():
         if set(stage_of(key)) & stages and key not in DEFERRED:
             found.setdefault(key, value)
     return found
 
 
-def _defaults(settings_type):
-    """The settings with every default (a placeholder --out, which the fingerprint leaves out)."""
-    kwargs = {f.name: "-" for f in fields(settings_type) if f.default is MISSING and f.default_factory is MISSING}
-    return settings_type(**{"out": "-", **kwargs})
+def defaults(settings) -> dict[str, Any]:
+    """The fingerprint keys of `settings`' own types at their defaults (pinned keys left out)."""
+    return walk(_default_like(settings), {})
+
+
+def _default_like(obj):
+    """`obj`'s type with every field at its default; nested settings at their own types' defaults, so a field
+    of a subclass has its default too. Built without `__init__`: the defaults of one section may not pass
+    another's cross-checks (thresholds name recognizers), and only single fields are read from it."""
+    blank = object.__new__(type(obj))
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if f.default is None:
+            default = None
+        elif is_dataclass(value):
+            default = _default_like(value)
+        elif f.default is not MISSING:
+            default = f.default
+        elif f.default_factory is not MISSING:
+            default = f.default_factory()
+        else:
+            default = value
+        object.__setattr__(blank, f.name, default)
+    return blank
 
 
 def _section(obj, name: str) -> bool:

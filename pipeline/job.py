@@ -21,7 +21,7 @@ from . import storage
 from .cluster import ClusterInfo, connect, disconnect
 from .config import JobSettings
 from .errors import error_row, problem, scrub
-from .fingerprint import anonymize_device, device_keys, fingerprint
+from .fingerprint import anonymize_device, defaults, device_keys, fingerprint
 from .inputs import InputItem, InputSet, discover, identity_labels
 from .layout import RunLayout, write_private_bytes
 from .lock import run_lock
@@ -180,7 +180,9 @@ def _prepare_locked(settings: JobSettings, mode: str, layout: RunLayout, lock: R
     device = _device_before_cluster(settings) if mode != "evaluate" else None
     determining = fingerprint(settings, mode, model, recognizers, device)
     if not settings.overwrite:
-        check_rerun(read_json(layout.run_json), determining, has_outputs=layout.has_outputs())
+        check_rerun(
+            read_json(layout.run_json), determining, has_outputs=layout.has_outputs(), defaults=defaults(settings)
+        )
     layout.prepare(settings.overwrite)
     secret = load_secret(layout, settings.secret_file)
     samples = with_samples(inputs, settings.samples if mode != "evaluate" else 1)
@@ -235,7 +237,7 @@ def _start_record(job: Job, model: dict | None, recognizers: dict | None, determ
             "error": None,
         }
     )
-    record_fingerprint(record, determining)
+    record_fingerprint(record, determining, defaults(settings))
     if model is not None:
         record["model"] = model
     if recognizers is not None:
@@ -270,12 +272,12 @@ def _record_device(job: Job, actors: ActorPlan, record: dict) -> None:
     job.determining = {**job.determining, **device_keys(job.settings.sampler, job.device)}
     if not job.settings.overwrite:
         try:
-            check_rerun(record, job.determining, has_outputs=job.layout.has_outputs())
+            check_rerun(record, job.determining, has_outputs=job.layout.has_outputs(), defaults=defaults(job.settings))
         except RefusedRerun as err:  # nothing was sent; the record says so rather than "running"
             record.update(status="refused", error=scrub(str(err)), finished=now())
             write_json_atomic(job.layout.run_json, record)
             raise
-    record_fingerprint(record, job.determining)
+    record_fingerprint(record, job.determining, defaults(job.settings))
 
 
 def ensure_cluster(job: Job) -> ClusterInfo:

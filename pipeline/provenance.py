@@ -79,18 +79,19 @@ class RefusedRerun(ValueError):
     """A rerun whose settings would change what the folder's outputs were made with (exit status 2)."""
 
 
-def check_rerun(record: dict, determining: dict, *, has_outputs: bool) -> None:
+def check_rerun(record: dict, determining: dict, *, has_outputs: bool, defaults: dict | None = None) -> None:
     """Refuse a rerun that changes what the folder's outputs were made with, naming the flag and both values.
 
     `determining` is this job's `pipeline.fingerprint.fingerprint`. Every key of a stage that both the
-    record and this job cover is compared, over the union of their keys: a key recorded and absent now, or
-    present now and not recorded, is a change too (face-region mode against a whole-image folder). Keys
-    version 1 never recorded are read as their defaults (`fingerprint.upgrade`); the device and dtype are
-    compared only where both sides know them (`fingerprint.DEFERRED`).
+    record and this job cover is compared, over the union of their keys: a key recorded and absent now is a
+    change, and a key the record lacks (a field newer than the folder, or one version 1 did not record) is
+    read as its default, `defaults` (`fingerprint.defaults` of this job's settings), so a new field set to
+    anything else is refused. The device and dtype are compared only where both sides know them
+    (`fingerprint.DEFERRED`).
     """
     if not has_outputs:
         return
-    recorded = recorded_fingerprint(record)
+    recorded = recorded_fingerprint(record, defaults)
     common = fingerprint.stages_recorded(recorded) & fingerprint.stages_recorded(determining)
     for key in [*determining, *(k for k in recorded if k not in determining)]:
         if not set(fingerprint.stage_of(key)) & common:
@@ -113,16 +114,19 @@ def check_rerun(record: dict, determining: dict, *, has_outputs: bool) -> None:
         )
 
 
-def recorded_fingerprint(record: dict) -> dict:
-    """run.json's `determines_outputs`, keyed as this version keys it (older records upgraded)."""
+def recorded_fingerprint(record: dict, defaults: dict | None = None) -> dict:
+    """run.json's `determines_outputs`, keyed as this version keys it, with what it lacks at its defaults
+    (`fingerprint.upgrade`; `defaults` of the default JobSettings when not given)."""
+    if defaults is None:
+        defaults = fingerprint.defaults(JobSettings(out="-"))
     version = record.get("determines_outputs_version")
-    return fingerprint.upgrade(dict(record.get("determines_outputs") or {}), version, JobSettings)
+    return fingerprint.upgrade(dict(record.get("determines_outputs") or {}), version, defaults)
 
 
-def record_fingerprint(record: dict, determining: dict) -> None:
+def record_fingerprint(record: dict, determining: dict, defaults: dict | None = None) -> None:
     """Put `determining` into a run.json record over what it holds (stages this job did not run stay), with
     the fingerprint's version and a short digest of the whole."""
-    merged = {**recorded_fingerprint(record), **determining}
+    merged = {**recorded_fingerprint(record, defaults), **determining}
     record["determines_outputs"] = merged
     record["determines_outputs_version"] = fingerprint.VERSION
     record["determines_outputs_digest"] = fingerprint.digest(merged)
