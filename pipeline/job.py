@@ -21,19 +21,21 @@ from . import storage
 from .cluster import ClusterInfo, connect, disconnect
 from .config import JobSettings
 from .errors import error_row, problem, scrub
+from .fingerprint import anonymize_device, defaults, device_keys, fingerprint
 from .inputs import InputItem, InputSet, discover, identity_labels
 from .layout import RunLayout, write_private_bytes
 from .lock import run_lock
 from .plan import ActorPlan, plan_actors
 from .progress import Progress
 from .provenance import (
+    RefusedRerun,
     check_rerun,
     made_here,
     model_identity,
     now,
-    output_settings,
     read_json,
     recognizer_identity,
+    record_fingerprint,
     versions,
     write_json_atomic,
 )
@@ -117,6 +119,10 @@ class Job:
     # sample). Empty with one sample: each item's key is its image id.
     samples: dict[str, tuple[str, int]] = field(default_factory=dict)
     timings: Timings = field(default_factory=Timings)  # start-up milestones (pipeline.timings), for run.json
+    # What determines the outputs (pipeline.fingerprint), checked against run.json before anything was written;
+    # the anonymize device joins it once the cluster is known (ensure_cluster), then `device` is set.
+    determining: dict = field(default_factory=dict)
+    device: str | None = None
 
     def sample_of(self, key: str) -> tuple[str, int]:
         """(image id, sample index) of an input item's key."""
@@ -171,14 +177,17 @@ def _prepare_locked(settings: JobSettings, mode: str, layout: RunLayout, lock: R
 
         check_weights(settings.evaluation.recognizers, settings.evaluation.engine)
         recognizers = recognizer_identity(settings.evaluation)
-    determining = output_settings(settings, mode, model, recognizers)
+    device = _device_before_cluster(settings) if mode != "evaluate" else None
+    determining = fingerprint(settings, mode, model, recognizers, device)
     if not settings.overwrite:
-        check_rerun(read_json(layout.run_json), determining, has_outputs=layout.has_outputs())
+        check_rerun(
+            read_json(layout.run_json), determining, has_outputs=layout.has_outputs(), defaults=defaults(settings)
+        )
     layout.prepare(settings.overwrite)
     secret = load_secret(layout, settings.secret_file)
     samples = with_samples(inputs, settings.samples if mode != "evaluate" else 1)
     job = Job(settings, mode, layout, samples.inputs, secret, None, stream=stream, lock=lock)
-    job.samples = samples.of
+    job.samples, job.determining, job.device = samples.of, determining, device
     job.anon_ids = {item.image_id: anon_id(secret, item.image_id) for item in job.inputs.items}
     write_identities(
         layout,
@@ -221,7 +230,6 @@ def _start_record(job: Job, model: dict | None, recognizers: dict | None, determ
         {
             "command": job.mode,
             "settings": settings.public_dict(),
-            "determines_outputs": {**record.get("determines_outputs", {}), **determining},
             "versions": versions(),
             "started": now(),
             "finished": None,
@@ -229,6 +237,7 @@ def _start_record(job: Job, model: dict | None, recognizers: dict | None, determ
             "error": None,
         }
     )
+    record_fingerprint(record, determining, defaults(settings))
     if model is not None:
         record["model"] = model
     if recognizers is not None:
@@ -244,6 +253,31 @@ DEMO_NOTICE = (
     "These images and numbers are NOT meaningful: they were made with random-weight models that boomerang "
     "generated (a tiny diffusion model and/or random-weight face recognizers) and say nothing about real anonymity."
 )
+
+
+def _device_before_cluster(settings: JobSettings) -> str | None:
+    """The anonymize actors' device where the settings alone decide it (--device, or an explicit GPU share);
+    None when it depends on the cluster's GPUs, which the driver learns only when there is work."""
+    if settings.sampler.device or settings.gpus_per_worker is not None:
+        return anonymize_device(settings.sampler.device, settings.gpus_per_worker or 0.0)
+    return None
+
+
+def _record_device(job: Job, actors: ActorPlan, record: dict) -> None:
+    """Once the cluster is known: the device the anonymize actors will use joins the fingerprint, and a rerun
+    whose device or dtype differs from the recorded ones is refused before any work is sent."""
+    if job.mode == "evaluate":
+        return
+    job.device = anonymize_device(job.settings.sampler.device, actors.gpus_per_anonymize)
+    job.determining = {**job.determining, **device_keys(job.settings.sampler, job.device)}
+    if not job.settings.overwrite:
+        try:
+            check_rerun(record, job.determining, has_outputs=job.layout.has_outputs(), defaults=defaults(job.settings))
+        except RefusedRerun as err:  # nothing was sent; the record says so rather than "running"
+            record.update(status="refused", error=scrub(str(err)), finished=now())
+            write_json_atomic(job.layout.run_json, record)
+            raise
+    record_fingerprint(record, job.determining, defaults(job.settings))
 
 
 def ensure_cluster(job: Job) -> ClusterInfo:
@@ -266,6 +300,7 @@ def ensure_cluster(job: Job) -> ClusterInfo:
             "gpus_per_anonymize": actors.gpus_per_anonymize,
             "gpus_per_evaluate": actors.gpus_per_evaluate,
         }
+        _record_device(job, actors, record)
         write_json_atomic(job.layout.run_json, record)
     return job.cluster
 
@@ -408,10 +443,14 @@ def _plan(job: Job, work: list[dict]):
     # count would change float reduction order, so --workers would change the bytes; and more threads
     # than cores across the actors makes OpenMP spin (10x slower on a 2-core machine).
     threads = None if gpus else CPU_THREADS_PER_ACTOR
+    # The device and dtype recorded in the fingerprint, pinned: an actor without a GPU share would otherwise
+    # take any GPU its node has (Ray leaves CUDA_VISIBLE_DEVICES alone for it).
+    device = job.device or anonymize_device(settings.sampler.device, gpus)
+    sampler = replace(settings.sampler, device=device, dtype=device_keys(settings.sampler, device)["sampler.dtype"])
     ds = ds.map_batches(
         AnonymizeStage,
         fn_constructor_args=(
-            settings.sampler,
+            sampler,
             AnonymizeConfig(
                 str(job.layout.root),
                 settings.seed,

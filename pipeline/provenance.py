@@ -1,9 +1,9 @@
 """What produced a run: software versions, model and recognizer identity, and run.json.
 
-run.json's `determines_outputs` holds every setting that changes output bytes or distances. A rerun on
-the same folder with a different value would leave outputs of one setting under a record naming
-another, so it is refused (exit 2) before anything is written; thresholds are not among them: a new
-threshold restates `cleared` everywhere (pipeline.finalize).
+run.json's `determines_outputs` holds every setting that changes output bytes or distances, derived from
+the settings objects (pipeline.fingerprint). A rerun on the same folder with a different value would leave
+outputs of one setting under a record naming another, so it is refused (exit 2) before anything is
+written; thresholds are not among them: a new threshold restates `cleared` everywhere (pipeline.finalize).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from importlib import metadata
 
 from anonymize import SamplerSettings, made_by_boomerang, resolve_model, weights_sha256
 
-from . import storage
+from . import fingerprint, storage
+from .config import JobSettings
 from .storage import Location
 
 PACKAGES = (
@@ -74,113 +75,68 @@ def made_here(model: dict | None, recognizers: dict | None) -> bool:
     )
 
 
-# Setting -> the flag a user changes it with (for the one-line refusal).
-FLAGS = {
-    "model_weights": "--model",
-    "prompt": "--prompt",
-    "negative_prompt": "--negative-prompt",
-    "guidance_scale": "--guidance-scale",
-    "steps": "--steps",
-    "scheduler": "--scheduler",
-    "resolution": "--resolution",
-    "latent": "--latent",
-    "dtype": "--dtype",
-    "model_batch": "--model-batch",
-    "seed": "--seed",
-    "recognizers": "--recognizers",
-    "recognizer_weights": "recognizer weights (DEEPFACE_HOME)",
-    "detector": "--detector",
-    "engine": "--engine",
-    "align": "align",
-    "metric": "metric",
-    "no_face_anonymized": "--no-face-anonymized",
-}
-
-
-def output_settings(settings, mode: str, model: dict | None, recognizers: dict | None) -> dict:
-    """The settings that determine this job's outputs (sampler ones unless evaluate-only, and so on)."""
-    found: dict = {}
-    if mode != "evaluate" and model is not None:
-        s = settings.sampler
-        found |= {
-            # What pins the weights' bytes; the name only where nothing else does (a folder may move).
-            "model_weights": model.get("commit") or model.get("weights_sha256") or model.get("model"),
-            "prompt": s.prompt,
-            "negative_prompt": s.negative_prompt,
-            "guidance_scale": s.guidance_scale,
-            "steps": s.steps,
-            "scheduler": s.scheduler,
-            "resolution": s.resolution,
-            "latent": s.latent,
-            "dtype": s.dtype,
-            "model_batch": s.model_batch,
-            "seed": settings.seed,
-        }
-        if settings.enhance is not None:
-            e = settings.enhance
-            found |= {
-                "enhance_scale": e.scale,
-                "enhance_filter": e.filter,
-                "enhance_overlap": e.overlap,
-                "enhance_degrade": e.degrade,
-            }
-        if settings.region.faces:  # recorded only in face-region mode: older folders stay resumable
-            r = settings.region
-            found |= {
-                "region": r.mode,
-                "region_detector": r.detector,
-                "region_margin": r.margin,
-                "region_feather": r.feather,
-                "no_face": r.no_face,
-            }
-    if mode != "anonymize" and recognizers is not None:
-        e = settings.evaluation
-        found |= {
-            "recognizers": list(e.recognizers),
-            "recognizer_weights": {name: r["weights_sha256"] for name, r in recognizers.items()},
-            "detector": e.detector,
-            "engine": e.engine,
-            "align": e.align,
-            "metric": e.metric,
-            "no_face_anonymized": e.no_face_anonymized,
-        }
-        if settings.region.faces:
-            found |= {
-                "region": "faces",
-                "region_detector": settings.region.detector,
-                "region_margin": settings.region.margin,
-            }
-    return found
-
-
 class RefusedRerun(ValueError):
     """A rerun whose settings would change what the folder's outputs were made with (exit status 2)."""
 
 
-def check_rerun(record: dict, determining: dict, *, has_outputs: bool) -> None:
-    """Refuse a rerun that changes a setting recorded in run.json, naming the setting and both values."""
-    recorded = dict(record.get("determines_outputs") or {})
+def check_rerun(record: dict, determining: dict, *, has_outputs: bool, defaults: dict | None = None) -> None:
+    """Refuse a rerun that changes what the folder's outputs were made with, naming the flag and both values.
+
+    `determining` is this job's `pipeline.fingerprint.fingerprint`. Every key of a stage that both the
+    record and this job cover is compared, over the union of their keys: a key recorded and absent now is a
+    change, and a key the record lacks (a field newer than the folder, or one version 1 did not record) is
+    read as its default, `defaults` (`fingerprint.defaults` of this job's settings), so a new field set to
+    anything else is refused. The device and dtype are compared only where both sides know them
+    (`fingerprint.DEFERRED`).
+    """
     if not has_outputs:
         return
-    if "recognizers" in recorded:
-        # Runs from before the setting existed compared a faceless anonymized image on the whole image.
-        recorded.setdefault("no_face_anonymized", "whole_image")
-    for key, value in determining.items():
-        if key not in recorded or _same(recorded[key], value):
+    recorded = recorded_fingerprint(record, defaults)
+    common = fingerprint.stages_recorded(recorded) & fingerprint.stages_recorded(determining)
+    for key in [*determining, *(k for k in recorded if k not in determining)]:
+        if not set(fingerprint.stage_of(key)) & common:
             continue
-        if key == "recognizer_weights":
-            names = [n for n in value if n in recorded[key] and recorded[key][n] != value[n]]
+        if key in fingerprint.DEFERRED and not (key in recorded and key in determining):
+            continue
+        old, new = recorded.get(key, _ABSENT), determining.get(key, _ABSENT)
+        if old is not _ABSENT and new is not _ABSENT and _same(old, new):
+            continue
+        what = fingerprint.flag_for(key)
+        if key == "recognizer_weights" and old is not _ABSENT and new is not _ABSENT:
+            names = [n for n in new if n in old and old[n] != new[n]]
             if not names:
                 continue  # a recognizer added: its rows are new, nothing recorded changes
-            old, new = recorded[key][names[0]], value[names[0]]
             what = f"the {names[0]} weight file (DEEPFACE_HOME)"
-            old, new = f"sha256 {str(old)[:12]}", f"sha256 {str(new)[:12]}"
-        else:
-            what, old, new = FLAGS.get(key, key), recorded[key], value
+            old, new = f"sha256 {str(old[names[0]])[:12]}", f"sha256 {str(new[names[0]])[:12]}"
         raise RefusedRerun(
-            f"{what} differs from the run in this folder (recorded {old!r}, now {new!r}): rerun with the recorded "
-            "value to resume, use another --out, or pass --overwrite to start afresh"
+            f"{what} differs from the run in this folder (recorded {_shown(old)}, now {_shown(new)}): rerun with "
+            "the recorded value to resume, use another --out, or pass --overwrite to start afresh"
         )
+
+
+def recorded_fingerprint(record: dict, defaults: dict | None = None) -> dict:
+    """run.json's `determines_outputs`, keyed as this version keys it, with what it lacks at its defaults
+    (`fingerprint.upgrade`; `defaults` of the default JobSettings when not given)."""
+    if defaults is None:
+        defaults = fingerprint.defaults(JobSettings(out="-"))
+    version = record.get("determines_outputs_version")
+    return fingerprint.upgrade(dict(record.get("determines_outputs") or {}), version, defaults)
+
+
+def record_fingerprint(record: dict, determining: dict, defaults: dict | None = None) -> None:
+    """Put `determining` into a run.json record over what it holds (stages this job did not run stay), with
+    the fingerprint's version and a short digest of the whole."""
+    merged = {**recorded_fingerprint(record, defaults), **determining}
+    record["determines_outputs"] = merged
+    record["determines_outputs_version"] = fingerprint.VERSION
+    record["determines_outputs_digest"] = fingerprint.digest(merged)
+
+
+_ABSENT = object()
+
+
+def _shown(value) -> str:
+    return "not set" if value is _ABSENT else repr(value)
 
 
 def _same(a, b) -> bool:
