@@ -56,7 +56,9 @@ def classify(err: BaseException) -> RowError:
     if isinstance(err, ImageError):
         return RowError(INPUT, err.reason, err.summary, detail)
     if isinstance(err, OSError):
-        return RowError(TRANSIENT, "read_failed", "the file could not be read (I/O error); retried on rerun", detail)
+        return RowError(
+            TRANSIENT, "read_failed", "the file could not be read (an input-output error); retried on rerun", detail
+        )
     if isinstance(err, MemoryError) or "out of memory" in str(err).lower():
         return RowError(TRANSIENT, "out_of_memory", "out of memory even at model batch 1; retried on rerun", detail)
     if isinstance(err, ValueError):

@@ -203,3 +203,16 @@ def test_a_fixed_reason_text_passes_the_scrubber_unchanged():
         "zero embedding: distance undefined",
     ):
         assert scrub(text, ("Jane_Doe/Jane_Doe_0001.jpg",)) == text
+
+
+def test_every_fixed_error_text_the_product_writes_has_the_public_form():
+    from anonymize import ImageError
+    from pipeline.errors import BAD_NAME, DUPLICATE_ID, MISSING_OUTPUT, classify
+    from pipeline.stages import NO_FACE_ORIGINAL_TEXT, NO_FACE_TEXT
+
+    errors = [BAD_NAME, DUPLICATE_ID, MISSING_OUTPUT]
+    errors += [classify(e) for e in (OSError("x"), MemoryError(), ValueError("x"), RuntimeError("x"))]
+    errors += [classify(ImageError("x", reason)) for reason in ImageError.SUMMARIES]
+    texts = [e.public for e in errors] + [NO_FACE_TEXT, NO_FACE_ORIGINAL_TEXT]
+    rule = schemas.BY_NAME["manifest"].rules["error"]
+    assert [t for t in texts if rule.refuses(t)] == []
