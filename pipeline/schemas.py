@@ -51,7 +51,8 @@ def one_of(*values: str) -> str:
 @dataclass(frozen=True)
 class Rule:
     """The form every value of a public string column has. `names_files`: the value is one of the run's
-    own relative file names (so `/` and `.png` are expected), which the generic path check would refuse."""
+    own relative file or class names (so `/`, `.png` and an input's class are expected), which the generic
+    path, file-name and id checks would refuse; its form is what holds it."""
 
     pattern: str
     names_files: bool = False
@@ -392,7 +393,8 @@ _INPUT_ID = re.compile(r"[^\W_][\w-]*_\d{3,}\b|\b(?:IMG|DSC|DSCN|DCIM|PXL|MVIMG)
 
 
 def looks_private(value: str, files: bool = True) -> str | None:
-    """Why `value` may not appear in a public table (a path, a file name, an id, exception text), else None."""
+    """Why `value` may not appear in a public table (a path, a file name, an id, exception text), else None.
+    `files=False`: a column of the run's own names, whose declared form is strict; only text checks apply."""
     if files and ("/" in value or "\\" in value or value.startswith("~") or _URI.search(value)):
         return "looks like a path"
     if files and _FILE_NAME.search(value):
@@ -403,7 +405,7 @@ def looks_private(value: str, files: bool = True) -> str | None:
         return "looks like an exception's own text"
     if _QUOTED.search(value):
         return "quotes something"
-    if _INPUT_ID.search(value):
+    if files and _INPUT_ID.search(value):
         return "looks like an input id"
     return None
 
