@@ -13,6 +13,8 @@ import pyarrow.parquet as pq
 
 from evaluation.summary import NULLABLE_COUNTS, SUMMARY_COLUMNS
 
+# Both tables are public in a boomerang run folder: pipeline.schemas tags their columns and declares the form of
+# each text column, which its public writer checks at every write (this library cannot import pipeline).
 DISTANCES_SCHEMA = pa.schema(
     [
         pa.field("anon_id", pa.string(), nullable=False),

@@ -5,9 +5,11 @@ For each recognizer, the gallery is one embedding per original (the face its dis
 kept in private/embeddings.parquet by the evaluation stage); for each level, every "ok" output is a
 query, and its rank is that of its own original among all originals (evaluation.attacks.rank_of_true:
 exact and chunked; ties count for the attacker, so rates are upper bounds). One row per (output,
-recognizer) goes to evaluation/attacks.parquet (anon_ids and ranks only: no embedding leaves private/);
-hit@1 and hit@5 rates with Wilson intervals, and the rate of an attacker who guesses, go to the summary
-and the report.
+recognizer) goes to private/attacks.parquet: per row, a rank says how findable that one output is, and a
+re-identification row's chance (its person's other photos over the gallery) and null rank (a person with
+one photo) say how many photos its person has, so the rows never leave private/. Only aggregates per
+(level, recognizer) are public: the hit@1 and hit@5 rates with Wilson intervals, the counts and the rate of
+an attacker who guesses over the whole set, in the summary and the report.
 """
 
 from __future__ import annotations
@@ -23,28 +25,12 @@ from evaluation.report import linkage_plot_html
 from evaluation.summary import ATTACK_COLUMNS, NULLABLE_COUNTS
 
 from . import storage
-from .layout import RunLayout
+from .layout import RunLayout, write_private_table
 from .records import table_files
+from .schemas import ATTACKS_SCHEMA
 
 LINKAGE = "linkage"
 REID = "reid"
-ATTACKS_SCHEMA = pa.schema(
-    [
-        ("anon_id", pa.string()),
-        ("level", pa.float64()),
-        ("face", pa.int32()),  # face-region mode: the face attacked (each face is a query); else null
-        ("recognizer", pa.string()),
-        ("attack", pa.string()),
-        ("rank", pa.int64()),
-        ("gallery_size", pa.int64()),
-        ("hit_1", pa.bool_()),
-        ("hit_5", pa.bool_()),
-        ("chance_1", pa.float64()),  # hit@1 of an attacker who guesses
-        # reid: people in the gallery with two photos or more (attackable) and with one (not)
-        ("people_attackable", pa.int64()),
-        ("people_single", pa.int64()),
-    ]
-)
 
 
 # Outputs attacked per (level, recognizer): the cost is queries x originals x embedding size, so at 10^6
@@ -118,6 +104,17 @@ def linkage_attack(layout: RunLayout, max_queries: int | None = MAX_QUERIES, rei
     for k in ("hit_1", "hit_5"):
         attacks[k] = attacks[k].astype("boolean")
     return attacks.sort_values(["attack", "level", "recognizer", "anon_id", "face"], ignore_index=True)
+
+
+def write_attacks(layout: RunLayout, attacks: pd.DataFrame) -> None:
+    """private/attacks.parquet: the attack rows; an unchanged file (a rerun that found everything done) is left
+    alone, and the public per-row file that earlier versions wrote to evaluation/ is removed."""
+    table = pa.Table.from_pandas(attacks, schema=ATTACKS_SCHEMA, preserve_index=False)
+    if not (layout.attacks.is_file() and storage.read_table(layout.attacks).equals(table)):
+        write_private_table(table, layout.attacks)
+    earlier = layout.evaluation / "attacks.parquet"
+    if earlier.is_file():
+        earlier.unlink()
 
 
 def linkable(layout: RunLayout, max_rank: int) -> set[tuple[str, float]]:

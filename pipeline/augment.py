@@ -21,10 +21,8 @@ import pyarrow as pa
 from . import storage
 from .layout import RunLayout, level_dirname, write_public_table
 from .records import read_manifest
+from .schemas import LABELS_SCHEMA
 
-LABELS_SCHEMA = pa.schema(
-    [("path", pa.string()), ("label", pa.string()), ("level", pa.float64()), ("sample", pa.int32())]
-)
 NO_CLASS = "_unlabelled"  # images at the top of the input folder
 
 

@@ -24,16 +24,8 @@ from evaluation.quality import quality_row
 from .inputs import read_bytes
 from .layout import write_public_table
 from .records import read_manifest
+from .schemas import QUALITY_SCHEMA
 
-QUALITY_SCHEMA = pa.schema(
-    [
-        ("anon_id", pa.string()),
-        ("level", pa.float64()),  # null for the plain upsampling baselines
-        ("method", pa.string()),  # "boomerang" | "lanczos" | "bicubic"
-        ("psnr", pa.float64()),  # dB; inf where identical
-        ("ssim", pa.float64()),
-    ]
-)
 BASELINES = ("lanczos", "bicubic")
 
 

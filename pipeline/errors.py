@@ -1,8 +1,10 @@
 """What a failed row says in public, and what only private/ keeps.
 
-A shareable table (manifest, distances, the reports) gets a reason code and a fixed short text, never
-the exception's own words: an OS error quotes the path (for LFW, a person's name), a duplicate-id
-message would quote the id. The full text goes to private/outputs.parquet.
+A shareable table (manifest, distances, the reports, run.json) gets a reason code and a fixed short text,
+or a reason code and an exception's type name (`scrub`), never the exception's own words: an OS error quotes
+the path (for LFW, a person's name), a duplicate-id message would quote the id. The full text goes to
+private/outputs.parquet (and private/failure.txt for a job's failure). The public writer checks the form
+(pipeline.schemas.REASON).
 
 Each error has a kind, which decides what a rerun does with it:
 - ``input``: the file itself is bad (undecodable, too large, too small, a bad name, a duplicate id); a
@@ -16,6 +18,8 @@ import re
 from dataclasses import dataclass
 
 from anonymize import ImageError
+
+from .schemas import REASON, looks_private
 
 INPUT = "input"
 TRANSIENT = "transient"
@@ -52,7 +56,9 @@ def classify(err: BaseException) -> RowError:
     if isinstance(err, ImageError):
         return RowError(INPUT, err.reason, err.summary, detail)
     if isinstance(err, OSError):
-        return RowError(TRANSIENT, "read_failed", "the file could not be read (I/O error); retried on rerun", detail)
+        return RowError(
+            TRANSIENT, "read_failed", "the file could not be read (an input-output error); retried on rerun", detail
+        )
     if isinstance(err, MemoryError) or "out of memory" in str(err).lower():
         return RowError(TRANSIENT, "out_of_memory", "out of memory even at model batch 1; retried on rerun", detail)
     if isinstance(err, ValueError):
@@ -60,17 +66,37 @@ def classify(err: BaseException) -> RowError:
     return RowError(TRANSIENT, "failed", f"{type(err).__name__} in the worker; retried on rerun", detail)
 
 
-# Anything that looks like a file path or URI: scrubbed from texts that other code wrote (deepface).
-_PATHLIKE = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]*://|~?/|[A-Za-z]:\\)[^\s'\"]*")
+# An error text other code wrote (deepface's messages, Ray's traceback lines): "code: Type: its own words".
+_CODE = re.compile(r"([a-z][a-z0-9_ ]{0,39}): ")
+_TYPE = re.compile(r"([A-Z][A-Za-z0-9_]*(?:Error|Exception|Interrupt|Exit|Warning))\b")
+_WORD = re.compile(r"[^/\\\s_.-]{4,}")
 
 
-def scrub(text: str | None, secrets: tuple[str, ...] = ()) -> str | None:
-    """`text` with paths and the given strings (source ids, file names) replaced: for shareable tables."""
+def scrub(text: str | None, ids: tuple[str, ...] = ()) -> str | None:
+    """What a shareable table or run.json may say of an error text: the text itself only when it already is a
+    reason code and a fixed text (`RowError.public`: pipeline.schemas.REASON) naming none of `ids` (source
+    ids, their folders, names and words); else its leading code and the exception's TYPE name, never the
+    exception's words. Those quote paths, and no pattern finds a path's end: `/data/lfw/Aaron Eckhart/x.jpg`
+    has a space in it, `Aaron_Eckhart/x.jpg` is relative, an id may be any text.
+    """
     if text is None:
         return None
-    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
-        text = text.replace(secret, "<id>")
-    return _PATHLIKE.sub("<path>", text)
+    text = " ".join(str(text).split())
+    if re.fullmatch(REASON, text) and looks_private(text) is None and not _names_any(text, ids):
+        return text
+    code = _CODE.match(text)
+    rest = text[code.end() :] if code else text
+    kind = _TYPE.match(rest)
+    return f"{code.group(1) if code else 'error'}: {kind.group(1) if kind else 'text withheld'}"
+
+
+def _names_any(text: str, ids: tuple[str, ...]) -> bool:
+    """Whether `text` holds an id, one of its path components or their stems, or a word (4+ characters) of one."""
+    found = set()
+    for image_id in filter(None, ids):
+        parts = image_id.replace("\\", "/").split("/")
+        found |= {image_id, *parts, *(p.rsplit(".", 1)[0] for p in parts), *_WORD.findall(image_id)}
+    return any(len(name) >= 3 and name in text for name in found)
 
 
 def error_row(base: dict, level: float, error: RowError) -> dict:

@@ -4,7 +4,9 @@ Pairs are matched through a boomerang output folder's manifest, or, for another 
 relative path without the extension (`alice/001.jpg` <-> `alice/001.png`). A `level=X` folder in the
 anonymized path gives the level; otherwise the results have no level (null), and `--label NAME` names
 them in the summary and report. An original with no anonymized counterpart is a `missing_output` row,
-counted as not cleared: a tool that skips hard images must not look better for it.
+counted as not cleared: a tool that skips hard images must not look better for it. Where each anonymized
+image was read is kept in private/outputs.parquet (`output_source`) only: the manifest's `output_path` names
+files of this run folder, and these are not.
 """
 
 from __future__ import annotations
@@ -84,7 +86,9 @@ def _load(batch, parquet: tuple[str, str, str] | None = None):
     originals = _parquet_images(parquet, [p["image_id"] for p in pairs]) if parquet else {}
     rows = []
     for pair in pairs:
-        row = dict(pair, status="ok", error=None, output_path=pair["anonymized_source"])
+        # The other tool's path names its files (for LFW, the person): private/outputs.parquet keeps it; the
+        # public manifest has no output of this run to point at.
+        row = dict(pair, status="ok", error=None, output_path=None, output_source=pair["anonymized_source"])
         try:
             row["original"] = originals[pair["image_id"]] if parquet else read_bytes(pair["source"])
             row["anonymized"] = read_bytes(pair["anonymized_source"])

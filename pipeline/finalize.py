@@ -15,7 +15,7 @@ from evaluation import render_report, summary_table
 from evaluation.summary import merge_partials, partial_stats, summary_from_partials
 
 from . import storage
-from .attacks import ATTACKS_SCHEMA, linkage_attack, linkage_section, with_linkage
+from .attacks import linkage_attack, linkage_section, with_linkage, write_attacks
 from .diversity import diversity_section, sample_diversity, with_diversity
 from .layout import write_public_table
 from .provenance import now, read_json, write_json_atomic
@@ -104,11 +104,7 @@ def finalize(job: Job, sections=(), extra: dict | None = None, released: set | N
         summary = summary_from_partials(partials, job.settings.evaluation, job.settings.label)
         attacks = linkage_attack(layout)
         if len(attacks):
-            table = pa.Table.from_pandas(attacks, schema=ATTACKS_SCHEMA, preserve_index=False)
-            path = layout.evaluation / "attacks.parquet"
-            # A rerun that found everything done leaves the file (and its mtime) alone.
-            if not (path.is_file() and storage.read_table(path).equals(table)):
-                write_public_table(table, path)
+            write_attacks(layout, attacks)  # per row: private; the summary holds the aggregates
             summary = with_linkage(summary, attacks)
             sections = [*sections, *filter(None, [linkage_section(summary)])]
         summary = with_diversity(summary, sample_diversity(layout))

@@ -29,17 +29,8 @@ from .job import Job, run_pass
 from .layout import write_private_table, write_public_table
 from .linkage import image_sizes
 from .records import shards_with_rows, table_steps
+from .schemas import RELEASE_SCHEMA
 
-RELEASE_SCHEMA = pa.schema(
-    [
-        ("anon_id", pa.string()),
-        ("level", pa.float64()),
-        ("t_boom", pa.int32()),
-        ("n_steps", pa.int32()),
-        ("sha256_output", pa.string()),
-        ("output_path", pa.string()),
-    ]
-)
 NO_FACE = "no face found in the original"
 NEVER_CLEARED = "no level on the ladder cleared every recognizer"
 LINKABLE = "its own original stayed among the nearest originals (--gate-max-linkage)"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from . import storage
+from .schemas import check_private, check_public, table_at
 from .storage import Location
 
 
@@ -62,6 +63,8 @@ class RunLayout:
     outputs = property(lambda self: self.root / "private" / "outputs.parquet")
     # Face embeddings of originals and outputs: biometric data, for the attacker's view (pipeline.attacks).
     embeddings = property(lambda self: self.root / "private" / "embeddings.parquet")
+    # The linkage and re-identification attacks, one row per attacked output: private (pipeline.attacks).
+    attacks = property(lambda self: self.root / "private" / "attacks.parquet")
     failure_file = property(lambda self: self.root / "private" / "failure.txt")
     release = property(lambda self: self.root / "release")
     # `boomerang augment`: the outputs again, laid out for a data loader (class folders, labels.parquet).
@@ -113,11 +116,20 @@ def write_private_bytes(path: Location, data: bytes) -> None:
     storage.write_bytes(path, data, private=True)
 
 
-def write_private_table(table: pa.Table, path: Location) -> None:
-    """A Parquet file of private/, written like `write_private_bytes`."""
+def write_private_table(table: pa.Table, path: Location, *, name: str | None = None) -> None:
+    """A Parquet file of private/, written like `write_private_bytes`; only a table declared in private/
+    (pipeline.schemas), so this writer is never a way around the public one's checks."""
+    check_private(table, table_at(path, name))
     storage.write_table(table, path, private=True)
 
 
-def write_public_table(table: pa.Table, path: Location) -> None:
-    """A Parquet file outside private/, written whole."""
+def write_public_table(table: pa.Table, path: Location, *, name: str | None = None) -> None:
+    """A Parquet file outside private/, written whole: the one way a shareable table is written.
+
+    Refuses (schemas.PublicSurfaceError) a table not declared where it is written, a column not declared
+    public, and any string value that is not of its column's form or looks like a path, a file name, an input
+    id or an exception's text (pipeline.schemas). `name` names the declared table when it is written under
+    another folder (e.g. a staging folder swapped in whole).
+    """
+    check_public(table, table_at(path, name))
     storage.write_table(table, path)

@@ -30,80 +30,11 @@ from evaluation import distances_table
 from . import storage
 from .errors import TRANSIENT
 from .layout import RunLayout, write_private_table, write_public_table
+from .schemas import EMBEDDINGS_SCHEMA, FACE_BOX, IDENTITY_SCHEMA, MANIFEST_SCHEMA, OUTPUTS_SCHEMA
 from .shards import batch_name, batch_parts, load_shards, shard_files, shard_name, shard_of_name
 from .storage import Location
 
-# Shareable: no source id, no path, no per-image seed; `error` is a reason code and a fixed text.
-MANIFEST_SCHEMA = pa.schema(
-    [
-        ("anon_id", pa.string()),
-        ("level", pa.float64()),
-        ("sample", pa.int32()),  # the local sample's index (--samples K: 0..K-1)
-        ("t_boom", pa.int32()),
-        ("n_steps", pa.int32()),
-        ("status", pa.string()),  # "ok" | "error" | "no_face_detected" (face-region mode, no output)
-        ("error", pa.string()),
-        ("error_kind", pa.string()),  # "input" | "transient" | null
-        ("faces", pa.int32()),  # face-region mode: faces resampled (0: whole image, --no-face image); else null
-        ("output_path", pa.string()),
-        ("sha256_output", pa.string()),
-        ("seconds", pa.float64()),
-    ]
-)
-
-# Face-region mode: one detected face of an output, where it was resampled, and its generator's seed.
-FACE_BOX = pa.struct(
-    [
-        ("face", pa.int32()),
-        ("x", pa.int32()),
-        ("y", pa.int32()),
-        ("w", pa.int32()),
-        ("h", pa.int32()),
-        ("confidence", pa.float64()),
-        ("left", pa.int32()),
-        ("top", pa.int32()),
-        ("side", pa.int32()),
-        ("seed", pa.int64()),
-    ]
-)
-
-# private/: per (image, level) what must never be shared.
-OUTPUTS_SCHEMA = pa.schema(
-    [
-        ("anon_id", pa.string()),
-        ("level", pa.float64()),
-        ("seed", pa.int64()),  # whole-image outputs; in face-region mode each face's is in face_boxes
-        # Face-region mode: the detected faces (boxes in the original's pixels: they locate people in the
-        # photo, so they stay private), null in whole-image mode. `records.read_faces` flattens them.
-        ("face_boxes", pa.list_(FACE_BOX)),
-        ("source_sha256", pa.string()),
-        ("source_size", pa.int64()),
-        ("source_mtime", pa.float64()),
-        ("error_detail", pa.string()),
-    ]
-)
-
-# private/: per (image, level, recognizer) of an "ok" distance row, the two face embeddings it compared.
-EMBEDDINGS_SCHEMA = pa.schema(
-    [
-        ("anon_id", pa.string()),
-        ("level", pa.float64()),
-        ("face", pa.int32()),  # face-region mode: the face's index; null for a whole-image row
-        ("recognizer", pa.string()),
-        ("original", pa.list_(pa.float32())),
-        ("anonymized", pa.list_(pa.float32())),
-    ]
-)
-
-IDENTITY_SCHEMA = pa.schema(
-    [
-        ("anon_id", pa.string()),
-        ("image_id", pa.string()),
-        ("source", pa.string()),
-        ("identity", pa.string()),  # who is in the image (--identity-from / --identity-column), else null
-        ("sample", pa.int32()),  # which local sample of the image this anon_id names (--samples K)
-    ]
-)
+# The tables' schemas (and which columns are public) are declared once, in pipeline.schemas.
 
 
 def write_batch(

@@ -86,6 +86,7 @@ INTEGER_COLUMNS = {
 # Face-region mode: the row of an image in which the detector found no face (never a copy of the original).
 NO_FACE_DETECTED = "no_face_detected"
 NO_FACE_TEXT = "no_face_detected: the face detector found no face in the image; no output was made"
+NO_FACE_ORIGINAL_TEXT = "no_face_original: the face detector found no face in the original"
 
 
 @dataclass(frozen=True)
@@ -394,7 +395,7 @@ class EvaluateStage:
                 args = (row["anon_id"], row["level"], row["t_boom"], row["error"], self.settings)
                 distance_rows += error_rows(*args, status=status)
         for row in no_face:  # boomerang evaluate in face-region mode: no face in the original to compare
-            args = (row["anon_id"], row["level"], row["t_boom"], "the face detector found no face", self.settings)
+            args = (row["anon_id"], row["level"], row["t_boom"], NO_FACE_ORIGINAL_TEXT, self.settings)
             distance_rows += error_rows(*args, status="no_face_original")
         # deepface's words are not ours: no path or id may reach a shareable table through them.
         ids = tuple(str(row.get("image_id") or "") for row in rows)

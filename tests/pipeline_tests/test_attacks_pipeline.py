@@ -9,6 +9,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from PIL import Image
 from samples import write_faces
+from scans import leaks, public_files
 
 from evaluation.distances import cosine_distance
 
@@ -29,7 +30,7 @@ def test_outputs_that_are_copies_of_their_originals_are_all_linked_at_rank_1(cli
     status, _, err = cli("evaluate", "--originals", str(originals), "--anonymized", str(theirs), "--out", str(out))
 
     assert status == 0, err
-    attacks = pd.read_parquet(out / "evaluation" / "attacks.parquet")
+    attacks = pd.read_parquet(out / "private" / "attacks.parquet")
     distances = pd.read_parquet(out / "evaluation" / "distances.parquet")
     ok = distances[distances["status"] == "ok"]
     # One row per (output, recognizer, attack), and every copy is found first among all originals.
@@ -49,7 +50,7 @@ def test_linkage_ranks_equal_a_brute_force_recomputation_and_no_embedding_leaves
 
     assert status == 0, err
     embeddings = pd.read_parquet(out / "private" / "embeddings.parquet")
-    attacks = pd.read_parquet(out / "evaluation" / "attacks.parquet")
+    attacks = pd.read_parquet(out / "private" / "attacks.parquet")
     assert len(attacks) == len(embeddings) > 0
     # Independently: every distance from each output to every original, counted without sorting.
     for row in attacks.itertuples():
@@ -94,7 +95,7 @@ def test_reidentification_ranks_equal_a_brute_force_recomputation(cli, tmp_path)
     )  # fmt: skip
 
     assert status == 0, err
-    attacks = pd.read_parquet(out / "evaluation" / "attacks.parquet")
+    attacks = pd.read_parquet(out / "private" / "attacks.parquet")
     reid = attacks[attacks["attack"] == "reid"]
     embeddings = pd.read_parquet(out / "private" / "embeddings.parquet")
     who = pd.read_parquet(out / "private" / "identities.parquet").set_index("anon_id")["identity"]
@@ -114,10 +115,15 @@ def test_reidentification_ranks_equal_a_brute_force_recomputation(cli, tmp_path)
     summary = pd.read_parquet(out / "evaluation" / "summary.parquet")
     assert (summary["reid_not_attackable"] == 1).all() and (summary["reid_queries"] == len(ids) - 1).all()
     assert (summary["reid_people_attackable"] == 3).all() and (summary["reid_people_single"] == 1).all()
-    # Who is in the images never leaves private/.
-    for path in [out / "evaluation" / "attacks.parquet", out / "report" / "index.html"]:
-        data = path.read_bytes()
-        assert not any(person.encode() in data for person in people), path
+    # Who is in the images, and how many photos each has, never leaves private/: the attack rows are private
+    # (a per-output chance is that person's photo count; a null rank marks a one-photo person), and what is
+    # public is one row per (level, recognizer) of aggregates.
+    assert leaks(out, list(people)) == []
+    assert not (out / "evaluation" / "attacks.parquet").exists()
+    for path in public_files(out):
+        if path.suffix == ".parquet":
+            assert not {"rank", "chance_1", "hit_1", "hit_5"} & set(pq.read_schema(path).names), path
+    assert not summary.duplicated(["level", "recognizer"]).any() and len(summary) == summary["recognizer"].nunique()
 
 
 def test_the_gate_withholds_outputs_the_linkage_attack_finds(cli, tmp_path):
@@ -133,7 +139,7 @@ def test_the_gate_withholds_outputs_the_linkage_attack_finds(cli, tmp_path):
     )  # fmt: skip
 
     assert status == 0, err
-    attacks = pd.read_parquet(out / "evaluation" / "attacks.parquet")
+    attacks = pd.read_parquet(out / "private" / "attacks.parquet")
     nearest = set(attacks.loc[attacks["rank"] <= 1, "anon_id"])
     released = {p.stem for p in (out / "release" / "images").iterdir()}
     assert nearest and released, "both kinds are needed for the check to say anything"

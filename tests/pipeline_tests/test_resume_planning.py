@@ -136,7 +136,7 @@ def test_a_kill_between_a_shard_file_and_deleting_its_parts_counts_no_row_twice(
     layout.prepare(overwrite=False)
     plan_shards(layout, IDS, 8)
     for aid in IDS:
-        row = {"anon_id": aid, "level": 0.5, "status": "ok", "output_path": f"images/{aid}.png"}
+        row = {"anon_id": aid, "level": 0.5, "status": "ok", "output_path": f"images/level=0.50/{aid}.png"}
         distance = dict.fromkeys(DISTANCES_SCHEMA.names) | {
             "anon_id": aid,
             "level": 0.5,

@@ -1,0 +1,138 @@
+"""The insider's scan (docs/privacy.md, attacker 3) over folders made by every command: every byte and every
+Parquet cell outside private/.
+
+The corpus is named as people's photos are: person folders with spaces and non-ASCII letters, LFW-style file
+names, a root folder named after a family, and bad files whose OS and decoder errors would quote their paths.
+After each command, nothing outside private/ may hold any component (3+ characters) of any input path, any
+input id, any seed, any face box or the run's secret, and every public table's columns must be declared
+public (pipeline.schemas).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image, ImageFilter
+from samples import FACE_SIZE, scene, textured_background, write_faces
+from scans import input_needles, leaks, private_needles, raw_leaks, undeclared_columns
+
+pytestmark = pytest.mark.slow
+
+PEOPLE = ("Xanthippe Quarles", "Zoë Müllerová")
+LEVEL = ["--levels", "0.5", "--steps", "4"]
+
+
+def write_bad_files(folder: Path, person: str) -> list[str]:
+    """Under a person's folder: a truncated JPEG, and a folder named like a photo (reading it: IsADirectoryError
+    with the path, spaces and all, in its message)."""
+    (folder / person).mkdir(parents=True, exist_ok=True)
+    (folder / person / f"{person} 0098.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (folder / "Ölsenhaus Ablage").mkdir(exist_ok=True)
+    os.symlink(folder / "Ölsenhaus Ablage", folder / person / f"{person}_0099.jpg")
+    return [f"{person}/{person} 0098.jpg", f"{person}/{person}_0099.jpg", "Ölsenhaus Ablage"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, list[str]]:
+    """Four face photos of two people (LFW-style names, spaces, non-ASCII) and two bad files."""
+    root = tmp_path_factory.mktemp("surface") / "Śmiths Fotoalbum"
+    ids = write_faces(root, 4, size=(64, 64), people=PEOPLE)
+    return root, ids + write_bad_files(root, PEOPLE[0])
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> tuple[Path, list[str]]:
+    """Face-region mode's inputs: a scene with one face and one with none, in person folders."""
+    root = tmp_path_factory.mktemp("surface") / "Śmiths Urlaub"
+    ids = [f"{PEOPLE[0]}/{PEOPLE[0]}_0001.png", f"{PEOPLE[1]}/{PEOPLE[1]} 0002.png"]
+    for rel in ids:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    scene(640, 480, FACE_SIZE, ((300, 120),), seed=1).save(root / ids[0])
+    textured_background(500, 400, seed=2).save(root / ids[1])
+    return root, ids
+
+
+def assert_nothing_public_leads_back(out: Path, *inputs: tuple[Path, list[str]]) -> None:
+    needles = [n for root, ids in inputs for n in input_needles(root, ids)]
+    texts, raw = private_needles(out)
+    assert leaks(out, needles + texts) == []
+    assert raw_leaks(out, raw) == []
+    assert undeclared_columns(out) == []
+
+
+def test_evaluate_publishes_no_path_of_the_other_tool(cli, corpus, tmp_path):
+    """Issue 22, finding 2: `boomerang evaluate` on another tool's LFW-style output folder."""
+    originals, ids = corpus
+    theirs = tmp_path / "Ølsenwerk Ausgabe"
+    faces = [rel for rel in ids if rel.endswith("_0001.jpg") or rel.endswith("_0002.jpg") or rel.endswith("_0003.jpg")]
+    for rel in faces:
+        target = theirs / rel.replace(".jpg", ".png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(originals / rel).filter(ImageFilter.GaussianBlur(3)).save(target)
+    out = tmp_path / "out"
+
+    status, _, err = cli("evaluate", "--originals", str(originals), "--anonymized", str(theirs), "--out", str(out))
+
+    assert status == 0, err
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    ok = manifest[manifest["status"] == "ok"]
+    assert len(ok) == len(faces) and manifest["output_path"].isna().all()
+    # The path stays where paths belong: private/.
+    kept = pd.read_parquet(out / "private" / "outputs.parquet")["output_source"].dropna()
+    assert sorted(kept) == sorted(str(theirs / rel.replace(".jpg", ".png")) for rel in faces)
+    theirs_ids = [rel.replace(".jpg", ".png") for rel in faces]
+    assert_nothing_public_leads_back(out, corpus, (theirs, theirs_ids))
+
+
+# One case per command, each a sequence of commands on one folder, scanned after each.
+AUGMENT_LEAKS = (
+    "augment's train/ names each class folder (and labels.parquet's label) after the input's parent folder: "
+    "the person's name; pseudonymous class names are pipeline/augment.py's to make"
+)
+CASES = {
+    "run, then report": [["run", "{data}", *LEVEL], ["report", "{out}"]],
+    "run --gate": [["run", "{data}", "--gate", "--ladder", "0.5,0.9", "--steps", "4"]],
+    "anonymize": [["anonymize", "{data}", *LEVEL]],
+    "enhance --benchmark": [["enhance", "{data}", "--scale", "2", "--benchmark", "--steps", "4"]],
+    "augment": [["augment", "{data}", "--samples", "2", *LEVEL]],
+}
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(name, marks=pytest.mark.xfail(reason=AUGMENT_LEAKS)) if name == "augment" else name
+        for name in CASES
+    ],
+)
+def test_no_public_byte_of_a_command_leads_back_to_a_person(cli, corpus, tmp_path, case):
+    data, _ = corpus
+    out = tmp_path / "out"
+    for argv in CASES[case]:
+        args = [a.format(data=data, out=out) for a in argv]
+        if args[0] != "report":
+            args += ["--out", str(out)]
+        status, _, err = cli(*args)
+        assert status == 0, err
+        assert_nothing_public_leads_back(out, corpus)
+
+
+@pytest.mark.heavy
+@pytest.mark.xfail(
+    reason="the internal report draws each resampled face square as an SVG rect with the box's coordinates "
+    "(issue 22, finding 11: evaluation/report.py and pipeline/finalize.py, not this change's files)"
+)
+def test_no_public_byte_of_a_face_region_gate_leads_back_to_a_person(cli, scenes, tmp_path):
+    data, _ = scenes
+    out = tmp_path / "out"
+    status, _, err = cli(
+        "run", str(data), "--out", str(out), "--region", "faces", "--gate", "--accept-scene-linkage",
+        "--ladder", "0.5", "--steps", "4",
+    )  # fmt: skip
+    assert status == 0, err
+    assert (out / "release" / "manifest.parquet").is_file()
+    assert_nothing_public_leads_back(out, scenes)
