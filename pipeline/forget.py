@@ -22,6 +22,7 @@ a run over an input that still holds them would make them again.
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 from dataclasses import dataclass
@@ -87,8 +88,8 @@ def forget(out: str, ids: list[str] = (), identities: list[str] = ()) -> Forgott
             record = read_json(layout.run_json)
             record.setdefault("forgotten", []).append({"date": now(), "count": images})
             write_json_atomic(layout.run_json, record)
-        if files or rows:
-            rebuild(layout, lock, secret)
+        # Always: a forget killed before its rebuild left reports that may still show them.
+        rebuild(layout, lock, secret)
     return Forgotten(images, not_found, files, rows)
 
 
@@ -128,7 +129,7 @@ def resolve(known: pd.DataFrame, secret: bytes, ids: list[str], identities: list
     chosen = known[[a or b for a, b in zip(by_id, by_name, strict=True)]]
     targets = set(chosen["anon_id"])
     # Ids the table no longer lists (a forget killed after it rewrote identities): their keyed names, every sample.
-    samples = int(pd.to_numeric(known["sample"], errors="coerce").max() + 1) if len(known) else 1
+    samples = int(pd.to_numeric(known["sample"], errors="coerce").fillna(0).max() + 1) if len(known) else 1
     targets |= {anon_id(secret, output_key(i, s)) for i in ids for s in range(max(samples, 1))}
     images = len(set(chosen["image_id"]))
     found_names = set(chosen["identity"].dropna())
@@ -203,13 +204,16 @@ def _move_boundaries(layout: RunLayout, known: pd.DataFrame, targets: set[str]) 
     if not set(starts) & targets:
         return
     kept = sorted(set(known["anon_id"]) - targets)
-    for k in range(len(starts)):
-        if starts[k] not in targets:
+    old = list(starts)
+    # From the last boundary down: an empty shard's boundary takes the next one's new value.
+    for k in reversed(range(len(starts))):
+        if old[k] not in targets:
             continue
-        end = starts[k + 1] if k + 1 < len(starts) else None
-        inside = [a for a in kept if a >= starts[k] and (end is None or a < end)]
+        end = old[k + 1] if k + 1 < len(old) else None
+        first = bisect.bisect_left(kept, old[k])  # the first id kept at or after the boundary
+        inside = first < len(kept) and (end is None or kept[first] < end)
         # With no id kept in the last shard, any value above every kept id keeps them where they are.
-        starts[k] = inside[0] if inside else end if end is not None else "g" * len(starts[k])
+        starts[k] = kept[first] if inside else starts[k + 1] if end is not None else "g" * len(old[k])
     storage.write_text(path, json.dumps({**data, "starts": starts}))
 
 

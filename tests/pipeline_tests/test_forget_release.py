@@ -17,10 +17,11 @@ import pytest
 from samples import write_faces
 from scans import embedded_images, leaks
 
+from pipeline.forget import _move_boundaries
 from pipeline.layout import RunLayout
 from pipeline.records import read_marker, shard_marker
 from pipeline.release import release_key, release_name, staged_folder
-from pipeline.shards import load_shards, shard_files
+from pipeline.shards import load_shards, plan_shards, shard_files
 
 PEOPLE = ("Ann_Lee", "Bob_Ray", "Cy_Doe")
 
@@ -183,6 +184,22 @@ def test_a_staged_folder_replaces_the_old_one_whole_or_not_at_all(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["release"]
 
 
+def test_forgotten_shard_boundaries_move_and_every_kept_image_stays_in_its_shard(tmp_path):
+    layout = RunLayout(tmp_path)
+    ids = [f"{i:02x}" * 12 for i in range(0, 200, 10)]  # 20 sorted ids
+    old = plan_shards(layout, ids, 3)
+    # Boundaries of shards with ids kept, of a whole shard forgotten, of two in a row and of the last shard.
+    gone = {old.starts[0], *ids[6:9], *ids[9:12], *ids[18:]}
+    assert gone >= {old.starts[1], old.starts[2], old.starts[-1]}
+    known = pd.DataFrame({"anon_id": ids})
+
+    _move_boundaries(layout, known, gone)
+
+    new = load_shards(layout)
+    assert not set(new.starts) & gone and new.starts == tuple(sorted(new.starts))
+    assert all(new.of(a) == old.of(a) for a in ids if a not in gone)
+
+
 @pytest.mark.slow
 def test_forget_removes_every_trace_and_the_gate_cannot_release_them_again(cli, tmp_path):
     data, out = tmp_path / "in", tmp_path / "out"
@@ -235,7 +252,8 @@ def test_forget_removes_every_trace_and_the_gate_cannot_release_them_again(cli, 
     shutil.rmtree(data / PEOPLE[1])
     status, _, err = cli(*argv)
     assert status == 0, err
-    assert json.loads((out / "run.json").read_text())["pairs_done_this_run"] == 0
+    record = json.loads((out / "run.json").read_text())
+    assert record["pairs_done_this_run"] == 0 and [e["count"] for e in record["forgotten"]] == [1, len(bob)]
     assert not traces(out, needles, hashes)
     assert not hashes & release_hashes(out)
     assert set(pd.read_parquet(out / "manifest.parquet")["anon_id"]) == kept
