@@ -170,14 +170,16 @@ def remove_rows_of(layout: RunLayout, path, names: set[str], row_file: bool = Fa
     if not text:
         return 0
     table = storage.read_table(path)
+    if not len(table):
+        return 0
     value_set = pa.array(sorted(names), pa.string())
-    drop = pa.array([False] * len(table))
+    drop = pa.array([False] * len(table), pa.bool_())
     for column in text:
         values = table.column(column)
         drop = pc.or_(drop, pc.fill_null(pc.is_in(values, value_set=value_set), False))
         if column.endswith("path"):
             stems = [v is not None and PurePosixPath(v).stem in names for v in values.to_pylist()]
-            drop = pc.or_(drop, pa.array(stems))
+            drop = pc.or_(drop, pa.array(stems, pa.bool_()))
     count = int(pc.sum(drop).as_py() or 0)
     if not count:
         return 0

@@ -12,12 +12,13 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from samples import write_faces
 from scans import embedded_images, leaks
 
-from pipeline.forget import _move_boundaries
+from pipeline.forget import _move_boundaries, remove_rows_of
 from pipeline.layout import RunLayout
 from pipeline.records import read_marker, shard_marker
 from pipeline.release import release_key, release_name, staged_folder
@@ -257,3 +258,57 @@ def test_forget_removes_every_trace_and_the_gate_cannot_release_them_again(cli, 
     assert not traces(out, needles, hashes)
     assert not hashes & release_hashes(out)
     assert set(pd.read_parquet(out / "manifest.parquet")["anon_id"]) == kept
+
+
+def test_forget_passes_over_empty_tables_and_files_that_do_not_name_them(tmp_path):
+    layout = RunLayout(tmp_path)
+    empty = pa.table({"anon_id": pa.array([], pa.string()), "reason": pa.array([], pa.string())})
+    other = pa.table({"anon_id": ["b" * 24], "output_path": [f"images/level=0.50/{'b' * 24}.png"]})
+    for name, table in (("empty.parquet", empty), ("other.parquet", other)):
+        pq.write_table(table, tmp_path / name)
+        assert remove_rows_of(layout, tmp_path / name, {"a" * 24}) == 0
+        assert pq.read_table(tmp_path / name).equals(table)
+    assert remove_rows_of(layout, tmp_path / "other.parquet", {"b" * 24}) == 1  # by its id and its path alike
+    assert pq.read_table(tmp_path / "other.parquet").num_rows == 0
+
+
+@pytest.mark.slow
+@pytest.mark.heavy
+def test_forget_on_an_object_store(s3_server, tmp_path, tiny_sd, deepface_home):
+    """The same forget where --out is a bucket: no key, byte or cell of theirs is left, the release is whole."""
+    import subprocess
+    import sys
+
+    import fsspec
+
+    def boomerang(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", *argv], capture_output=True, text=True, timeout=600, check=False
+        )
+
+    data = tmp_path / "in"
+    write_faces(data, 4, size=(64, 64), people=PEOPLE[:2])
+    out = f"{s3_server.bucket('runs')}/forget"
+    argv = ["run", str(data), "--out", out, "--steps", "4", "--model", str(tiny_sd), "--recognizers", "Facenet"]
+    argv += ["--detector", "skip", "--deepface-home", str(deepface_home), "--identity-from", "folder"]
+    result = boomerang(*argv, "--shard-size", "2", "--gate", "--ladder", "0.3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    fs, root = fsspec.core.url_to_fs(out, use_listings_cache=False)
+    identities = pq.read_table(f"{root}/private/identities.parquet", filesystem=fs).to_pandas()
+    gone = set(identities.loc[identities["identity"] == PEOPLE[1], "anon_id"])
+    assert gone
+
+    result = boomerang("forget", out, "--identity", PEOPLE[1])
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    keys = sorted(path[len(root) + 1 :] for path in fs.find(root))
+    for key in keys:
+        blob = fs.cat_file(f"{root}/{key}")
+        cells = set()
+        if key.endswith(".parquet"):
+            cells = {str(v) for c in pq.read_table(f"{root}/{key}", filesystem=fs).columns for v in c.to_pylist()}
+        assert not [a for a in gone if a in key or a.encode() in blob or a in cells or PEOPLE[1] in cells], key
+    release = pq.read_table(f"{root}/release/manifest.parquet", filesystem=fs).to_pandas()
+    images = sorted(k.split("/")[-1] for k in keys if k.startswith("release/images/"))
+    assert images == sorted(p.split("/")[-1] for p in release["output_path"])
+    assert not [k for k in keys if k.startswith("release.")]  # no staging or old folder left
