@@ -203,6 +203,24 @@ def _add_job_flags(parser: argparse.ArgumentParser, *, sampler: bool, evaluation
         )
 
 
+def _add_forget(sub) -> None:
+    """`boomerang forget RUN --ids FILE | --identity NAME`: consent withdrawal (pipeline.forget)."""
+    text = "consent withdrawal: remove images' outputs, rows, embeddings and released files from a run folder"
+    p = sub.add_parser("forget", help=text, description=text)
+    p.add_argument("dir", help="the run's --out folder")
+    p.add_argument(
+        "--ids",
+        help="text file, one image id a line, as the input names it: the path relative to a folder input, the "
+        "id column of a Parquet input",
+    )
+    p.add_argument(
+        "--identity",
+        action="append",
+        default=[],
+        help="every image of this person (a run made with --identity-from or --identity-column); repeatable",
+    )
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad command line in one line (not usage plus an error)."""
 
@@ -269,6 +287,7 @@ def make_parser() -> argparse.ArgumentParser:
     _add_job_flags(p, sampler=False, evaluation=True)
     p = sub.add_parser("report", help="rebuild the HTML report and plots from the Parquet files")
     p.add_argument("dir")
+    _add_forget(sub)
     p = sub.add_parser("demo", help="the whole job offline on bundled sample faces with tiny random-weight models")
     p.add_argument("--out", required=True)
     p.add_argument("--address")

@@ -41,6 +41,7 @@ def dispatch(args: argparse.Namespace) -> int:
         "report": cmd_report,
         "demo": cmd_demo,
         "doctor": cmd_doctor,
+        "forget": cmd_forget,
     }[args.command](args)
 
 
@@ -174,6 +175,21 @@ def cmd_report(args: argparse.Namespace) -> int:
         else:
             result = finalize(job)
     print(f"Report: {result.report}")
+    return 0
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    """Consent withdrawal: the images go from the run folder; only their count is recorded."""
+    from .forget import forget, read_ids
+
+    ids = read_ids(args.ids) if args.ids else []
+    done = forget(args.dir, ids, args.identity)
+    print(
+        f"Forgot {done.images} images ({done.files} files, {done.rows} table rows removed); "
+        f"{done.not_found} of the given ids or names matched no image of this run."
+    )
+    if done.images:
+        print("Remove them from the input as well: a run over an input that still holds them makes them again.")
     return 0
 
 

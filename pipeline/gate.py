@@ -26,10 +26,11 @@ from . import storage
 from .attacks import linkable
 from .finalize import JobResult, build_report, finalize
 from .job import Job, run_pass
-from .layout import write_private_table, write_public_table
+from .layout import RunLayout, write_private_table, write_public_table
 from .linkage import image_sizes
 from .records import shards_with_rows, table_steps
-from .schemas import RELEASE_SCHEMA
+from .release import copy_synced, release_key, release_name, staged_folder
+from .schemas import RELEASE_SCHEMA, RELEASED_SCHEMA
 
 NO_FACE = "no face found in the original"
 NEVER_CLEARED = "no level on the ladder cleared every recognizer"
@@ -144,7 +145,11 @@ class Decision:
 
 
 def finish_gate(job: Job) -> JobResult:
-    """release/, both reports and run.json from the Parquet files (also what `boomerang report` does)."""
+    """release/, both reports and run.json from the Parquet files (also what `boomerang report` does).
+
+    release/ (its images, manifest and public report) is built in a staging folder and swapped in whole
+    (pipeline.release): a build that fails or is killed leaves the previous release as it was.
+    """
     lowered = lowered_thresholds(job.settings)
     if lowered:
         items = ", ".join(f"{name} {gate:g} (deepface's own: {own:g})" for name, (gate, own) in lowered.items())
@@ -153,34 +158,58 @@ def finish_gate(job: Job) -> JobResult:
             "images may be ones that DeepFace.verify calls the same person as their original."
         )
         job.notice = f"{warning} {job.notice}" if job.notice else warning
-    decision = decide(job)
+    decision = decide(job, current_ids(job))
     released, withheld = decision.released, decision.withheld
-    gate = build_release(job, released, withheld)
-    gate["released_with_a_unique_size"] = len(decision.unique_size)
-    section = gate_section(job, decision)
-    pairs = set(zip(released["anon_id"], released["level"].astype(float), strict=True))
-    result = finalize(job, sections=[section], extra={"gate": gate}, released=pairs)
-    # The public report travels with the release: only released images, byte for byte as released.
-    release_images = job.layout.release / "images"
-    samples = [
-        (f"released, level {row.level:.2f}", (release_images / f"{row.anon_id}.png").read_bytes())
-        for row in released.sort_values("anon_id").head(12).itertuples()
-    ]
-    failures = result.overview.failures
-    build_report(
-        job,
-        failures[failures["anon_id"].isin(released["anon_id"])],
-        result.summary,
-        DISTANCES_SCHEMA.empty_table().to_pandas(),
-        samples,
-        [section],
-        report_dir=job.layout.release / "report",
-    )
+    with staged_folder(job.layout.release) as folder:
+        gate, names = build_release(job, released, withheld, folder)
+        gate["released_with_a_unique_size"] = len(decision.unique_size)
+        section = gate_section(job, decision)
+        pairs = set(zip(released["anon_id"], released["level"].astype(float), strict=True))
+        result = finalize(job, sections=[section], extra={"gate": gate}, released=pairs)
+        # The public report travels with the release: only released images, byte for byte as released.
+        shown = released.assign(release_id=released["anon_id"].map(names)).sort_values("release_id").head(12)
+        samples = [
+            (f"released, level {row.level:.2f}", (folder / "images" / f"{row.release_id}.png").read_bytes())
+            for row in shown.itertuples()
+        ]
+        failures = result.overview.failures
+        failures = failures[failures["anon_id"].isin(released["anon_id"])]
+        build_report(
+            job,
+            failures.assign(anon_id=failures["anon_id"].map(names)),  # the release's names, not the internal ones
+            result.summary,
+            DISTANCES_SCHEMA.empty_table().to_pandas(),
+            samples,
+            [section],
+            report_dir=folder / "report",
+        )
     return result
 
 
-def decide(job: Job) -> Decision:
-    """Release or withhold each image, shard by shard (see `decide_shard`), with what the report needs."""
+def current_ids(job: Job) -> set[str] | None:
+    """The anon_ids the gate may release: those of the current input (an image deleted from it, e.g. a
+    person who withdrew consent, is never released again). Without inputs (`boomerang report`): those the
+    last gate decided on (private/released.parquet and withheld.parquet); None for a folder from before
+    those were kept."""
+    if job.inputs is not None:
+        return set(job.anon_ids.values())
+    return decided_ids(job.layout)
+
+
+def decided_ids(layout: RunLayout) -> set[str] | None:
+    found = None
+    for path in (layout.private / "released.parquet", layout.private / "withheld.parquet"):
+        if path.is_file():
+            ids = storage.read_table(path, columns=["anon_id"]).column("anon_id").to_pylist()
+            found = (found or set()) | set(ids)
+    if found is not None and not (layout.private / "released.parquet").is_file():
+        return None  # withheld.parquet alone: written before released.parquet was kept
+    return found
+
+
+def decide(job: Job, current: set[str] | None = None) -> Decision:
+    """Release or withhold each image, shard by shard (see `decide_shard`), with what the report needs;
+    only images in `current` (anon_ids) when given: rows of images no longer in the input are ignored."""
     ladder = [float(v) for v in job.settings.ladder]
     thresholds = gate_thresholds(job.settings)
     too_close = linkable(job.layout, job.settings.gate_max_linkage) if job.settings.gate_max_linkage else set()
@@ -190,6 +219,9 @@ def decide(job: Job) -> Decision:
     released_sizes: dict[str, tuple[int, int]] = {}
     for manifest, distances in shard_rows(job):
         manifest = manifest[manifest["level"].astype(float).isin(ladder)]
+        if current is not None:
+            manifest = manifest[manifest["anon_id"].isin(current)]
+            distances = distances[distances["anon_id"].isin(current)]
         shard_released, shard_withheld = decide_shard(manifest, distances, thresholds, too_close)
         released.append(shard_released)
         withheld.append(shard_withheld)
@@ -239,20 +271,23 @@ def decide_shard(
     return released, withheld
 
 
-def build_release(job: Job, released: pd.DataFrame, withheld: pd.DataFrame) -> dict:
-    """release/: exactly the cleared images at their lowest clearing level; withheld ones in private/."""
+def build_release(job: Job, released: pd.DataFrame, withheld: pd.DataFrame, folder) -> tuple[dict, dict[str, str]]:
+    """The release into `folder` (a staging folder): exactly the cleared images at their lowest clearing level,
+    under release names; the name mapping and the withheld ones in private/. Returns (counts for run.json,
+    anon_id -> release_id)."""
     layout = job.layout
-    target = layout.release
-    storage.remove_tree(target)
-    storage.make_dirs(target / "images")
-    rows = []
-    # Sorted by anon_id (a keyed hash): no trace of the source order in names, order or file times.
-    for row in released.sort_values("anon_id").itertuples():
-        name = f"{row.anon_id}.png"
-        storage.copy_file(layout.root / row.output_path, target / "images" / name)
+    key = release_key(layout, job.secret)
+    names = {a: release_name(key, a) for a in released["anon_id"]}
+    storage.make_dirs(folder / "images")
+    rows, mapping = [], []
+    # Sorted by release name (a keyed hash): no trace of the source order or the internal names.
+    ordered = released.assign(release_id=released["anon_id"].map(names)).sort_values("release_id")
+    for row in ordered.itertuples():
+        name = f"{row.release_id}.png"
+        copy_synced(layout.root / row.output_path, folder / "images" / name)
         rows.append(
             {
-                "anon_id": row.anon_id,
+                "release_id": row.release_id,
                 "level": float(row.level),
                 "t_boom": int(row.t_boom),
                 "n_steps": int(row.n_steps),
@@ -260,16 +295,19 @@ def build_release(job: Job, released: pd.DataFrame, withheld: pd.DataFrame) -> d
                 "output_path": f"images/{name}",
             }
         )
-    write_public_table(pa.Table.from_pylist(rows, schema=RELEASE_SCHEMA), target / "manifest.parquet")
+        mapping.append({"anon_id": row.anon_id, "release_id": row.release_id, "level": float(row.level)})
+    write_public_table(pa.Table.from_pylist(rows, schema=RELEASE_SCHEMA), folder / "manifest.parquet")
+    write_private_table(pa.Table.from_pylist(mapping, schema=RELEASED_SCHEMA), layout.private / "released.parquet")
     identities = storage.read_table(layout.identities).to_pandas()
     private = withheld.merge(identities[["anon_id", "image_id", "source"]], on="anon_id", how="left")
     write_private_table(pa.Table.from_pandas(private, preserve_index=False), layout.private / "withheld.parquet")
-    return {
+    counts = {
         "released": len(rows),
         "withheld": int(len(withheld)),
         "withheld_reasons": {str(k): int(v) for k, v in withheld["reason"].value_counts().items()},
         "thresholds": gate_thresholds(job.settings),
     }
+    return counts, names
 
 
 def gate_section(job: Job, decision: Decision) -> tuple[str, str]:

@@ -215,7 +215,7 @@ ATTACKS_SCHEMA = pa.schema(
 # release/manifest.parquet: exactly the released images.
 RELEASE_SCHEMA = pa.schema(
     [
-        ("anon_id", pa.string()),
+        ("release_id", pa.string()),
         ("level", pa.float64()),
         ("t_boom", pa.int32()),
         ("n_steps", pa.int32()),
@@ -310,7 +310,7 @@ TABLES: tuple[Table, ...] = (
         "release/manifest.parquet",
         RELEASE_SCHEMA,
         rules={
-            "anon_id": RELEASE_NAME,
+            "release_id": RELEASE_NAME,
             "sha256_output": SHA256,
             "output_path": Rule(rf"images/{RELEASE_NAME}\.png", names_files=True),
         },

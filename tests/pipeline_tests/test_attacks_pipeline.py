@@ -141,7 +141,8 @@ def test_the_gate_withholds_outputs_the_linkage_attack_finds(cli, tmp_path):
     assert status == 0, err
     attacks = pd.read_parquet(out / "private" / "attacks.parquet")
     nearest = set(attacks.loc[attacks["rank"] <= 1, "anon_id"])
-    released = {p.stem for p in (out / "release" / "images").iterdir()}
+    names = pd.read_parquet(out / "private" / "released.parquet").set_index("release_id")["anon_id"]
+    released = {names[p.stem] for p in (out / "release" / "images").iterdir()}
     assert nearest and released, "both kinds are needed for the check to say anything"
     assert released == set(attacks["anon_id"]) - nearest
     withheld = pd.read_parquet(out / "private" / "withheld.parquet")

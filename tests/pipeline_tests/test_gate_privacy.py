@@ -103,7 +103,8 @@ def test_gate_releases_each_image_at_its_lowest_clearing_level(gate_run):
     manifest = pd.read_parquet(out / "manifest.parquet")
     expected = expected_release(distances, GATE)
     release = pd.read_parquet(out / "release" / "manifest.parquet")
-    assert dict(zip(release["anon_id"], release["level"], strict=True)) == expected
+    names = pd.read_parquet(out / "private" / "released.parquet").set_index("release_id")["anon_id"]
+    assert dict(zip(release["release_id"].map(names), release["level"], strict=True)) == expected
     # An image went up a level only if the level below did not clear it.
     ok = manifest[manifest["status"] == "ok"]
     for anon_id, rows in ok.groupby("anon_id"):
@@ -113,7 +114,7 @@ def test_gate_releases_each_image_at_its_lowest_clearing_level(gate_run):
     # A bad file is one row at the first rung and no more rungs are spent on it.
     assert (manifest["status"] != "ok").sum() == len(bad)
     assert set(manifest.loc[manifest["status"] != "ok", "level"]) == {LADDER[0]}
-    assert sorted(p.name for p in (out / "release" / "images").iterdir()) == sorted(f"{a}.png" for a in expected)
+    assert sorted(names[p.stem] for p in (out / "release" / "images").iterdir()) == sorted(expected)
     withheld = pd.read_parquet(out / "private" / "withheld.parquet")
     assert set(withheld["anon_id"]) == set(manifest["anon_id"]) - set(expected)
     assert len(expected) + len(withheld) == len(ids) + len(bad)
@@ -148,7 +149,8 @@ def test_by_default_the_gate_never_releases_what_deepface_calls_the_same_person(
     assert len(distances) == 3 and len(between), "no distance between the thresholds: the check would be vacuous"
     summary = pd.read_parquet(out / "evaluation" / "summary.parquet")
     assert summary["fraction_cleared"].item() == 1.0  # the paper's measure at 0.4 ...
-    released = {p.stem for p in (out / "release" / "images").iterdir()}
+    names = pd.read_parquet(out / "private" / "released.parquet").set_index("release_id")["anon_id"]
+    released = {names[p.stem] for p in (out / "release" / "images").iterdir()}
     # ... but deepface would match those at or below its own threshold: withheld, and only those.
     assert released == set(distances.loc[distances["distance"] > deepface_own, "anon_id"])
     withheld = len(distances) - len(released)
@@ -231,7 +233,7 @@ def test_released_bytes_cannot_be_regenerated_without_the_secret_and_can_with_it
     attack = pd.read_parquet(tmp_path / "attack" / "manifest.parquet")
     assert (attack["status"] == "ok").sum() == len(ids) * len(public["ladder"])
     assert not set(attack["sha256_output"]) & set(released["sha256_output"])
-    assert not set(attack["anon_id"]) & set(released["anon_id"])
+    assert not set(attack["anon_id"]) & set(released["release_id"])
 
     # The owner, with the run's secret: the same names and the same bytes.
     secret = out / "private" / "secret"
@@ -239,8 +241,9 @@ def test_released_bytes_cannot_be_regenerated_without_the_secret_and_can_with_it
     status, _, _ = cli("anonymize", str(data), "--out", str(copy), *flags, "--secret-file", str(secret))
     assert status == 0
     again = pd.read_parquet(copy / "manifest.parquet").set_index(["anon_id", "level"])["sha256_output"]
+    names = pd.read_parquet(out / "private" / "released.parquet").set_index("release_id")["anon_id"]
     for row in released.itertuples():
-        assert again[(row.anon_id, row.level)] == row.sha256_output
+        assert again[(names[row.release_id], row.level)] == row.sha256_output
         assert hashlib.sha256((out / "release" / row.output_path).read_bytes()).hexdigest() == row.sha256_output
 
     # A started run whose secret is lost or cut short stops in one line and changes nothing.

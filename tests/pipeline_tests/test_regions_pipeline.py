@@ -125,7 +125,8 @@ def test_the_gate_releases_an_image_only_when_every_face_cleared(cli, tmp_path):
     clears = faced.assign(ok=(faced["status"] == "ok") & (faced["distance"] > threshold))
     cleared_at = clears.groupby(["anon_id", "level"])["ok"].all()
     expected = {aid for (aid, _), ok in cleared_at.items() if ok}
-    released = {p.stem for p in (layout.release / "images").glob("*.png")}
+    names = pd.read_parquet(layout.private / "released.parquet").set_index("release_id")["anon_id"]
+    released = {names[p.stem] for p in (layout.release / "images").glob("*.png")}
     assert released == expected
     withheld = pd.read_parquet(layout.private / "withheld.parquet")
     none = manifest.loc[manifest["image_id"] == "none.png", "anon_id"].iloc[0]
