@@ -28,6 +28,7 @@ from .finalize import JobResult, build_report, finalize
 from .job import Job, run_pass
 from .layout import write_private_table, write_public_table
 from .linkage import image_sizes
+from .lock import ensure_held
 from .records import shards_with_rows, table_steps
 
 RELEASE_SCHEMA = pa.schema(
@@ -164,6 +165,7 @@ def finish_gate(job: Job) -> JobResult:
         job.notice = f"{warning} {job.notice}" if job.notice else warning
     decision = decide(job)
     released, withheld = decision.released, decision.withheld
+    ensure_held(job.layout.lock_file)  # the release is the last commit: not for a driver that lost the folder
     gate = build_release(job, released, withheld)
     gate["released_with_a_unique_size"] = len(decision.unique_size)
     section = gate_section(job, decision)

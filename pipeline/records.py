@@ -30,6 +30,7 @@ from evaluation import distances_table
 from . import storage
 from .errors import TRANSIENT
 from .layout import RunLayout, write_private_table, write_public_table
+from .lock import ensure_held
 from .shards import batch_name, batch_parts, load_shards, shard_files, shard_name, shard_of_name
 from .storage import Location
 
@@ -140,6 +141,7 @@ def finish_batch(
     layout: RunLayout, rows: list[dict], distance_rows: list[dict] | None, embedding_rows: Sequence[dict] = ()
 ) -> pd.DataFrame:
     """Write a batch's parts and return the small rows the driver counts progress (and finished shards) with."""
+    ensure_held(layout.lock_file)  # the manifest part commits the batch: never for a driver that lost the folder
     write_batch(layout, rows, distance_rows, embedding_rows)
     shards = load_shards(layout)
     return pd.DataFrame(

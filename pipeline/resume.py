@@ -16,6 +16,7 @@ import pandas as pd
 from . import storage
 from .errors import TRANSIENT
 from .layout import RunLayout
+from .lock import ensure_held
 from .records import compact_finished, compact_shard, ids_digest, read_marker, read_shard, shards_with_rows
 from .shards import shard_name
 
@@ -151,6 +152,7 @@ class ShardCompactor:
         self.left = Counter(planned)
 
     def update(self, batch: pd.DataFrame) -> None:
+        ensure_held(self.layout.lock_file)  # before counting (and compacting) what the actors wrote
         if "shard" not in batch:
             return
         for shard, n in batch["shard"].value_counts().items():
@@ -161,4 +163,5 @@ class ShardCompactor:
 
     def finish(self) -> None:
         """Compact whatever else has finished parts (e.g. a pair counted in another shard)."""
+        ensure_held(self.layout.lock_file)
         compact_finished(self.layout)
