@@ -165,7 +165,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     values = flatten(record["settings"])
     values["out"] = str(layout.root)
     settings = build_settings(values)
-    with run_lock(layout.lock_file) as lock:
+    with run_lock(layout.lock_file, shared_filesystem=settings.shared_filesystem_lock) as lock:
         job = Job(
             settings, "run", layout, inputs=None, secret=b"", cluster=None, lock=lock, notice=record.get("notice")
         )

@@ -2,9 +2,11 @@
 
 Two drivers on one folder would each take the other's in-flight parts for orphans and delete them.
 
-On a local disk the lock is `flock` on `<out>/.boomerang.lock` (`RunLock`; local disks and most NFS setups),
-released by the OS when the process dies. An object store (s3://, gs://, ...) has no locks and nothing that
-notices a dead process, so there the lock is an object at the same key (`ObjectLock`):
+On a local disk the lock is `flock` on `<out>/.boomerang.lock` (`RunLock`), released by the OS when the process
+dies; a local path on a network or FUSE filesystem (NFS, SMB, a mounted bucket: pipeline.mounts) is refused
+unless --shared-filesystem-lock says its locks reach every machine that writes there. An object store (s3://,
+gs://, ...) has no locks and nothing that notices a dead process, so there the lock is an object at the same
+key (`ObjectLock`):
 - it is created only if absent (a conditional write, S3's `If-None-Match: *`), so of two drivers one wins;
 - it names its holder (pid, host) and carries a heartbeat its holder rewrites while it runs, each rewrite
   conditional on the object being the one it last wrote (S3's `If-Match` on its ETag), retried with backoff
@@ -38,6 +40,7 @@ from fsspec.spec import AbstractFileSystem
 
 from . import storage
 from .layout import OutputError
+from .mounts import shared_mount
 
 if TYPE_CHECKING:
     from upath import UPath
@@ -45,6 +48,10 @@ if TYPE_CHECKING:
 
 class FolderLocked(OutputError):
     """Another driver holds the output folder."""
+
+
+class NetworkFilesystem(OutputError):
+    """A local --out on a network or FUSE filesystem, without --shared-filesystem-lock."""
 
 
 class LockLost(RuntimeError):
@@ -398,14 +405,36 @@ class ObjectLock:
             return None
 
 
-def run_lock(path: Path | UPath) -> RunLock | ObjectLock:
-    """The lock for `--out`'s lock file: `flock` for a local path, a lock object in an object store."""
-    return RunLock(path) if storage.is_local(path) else ObjectLock(path)
+def run_lock(
+    path: Path | UPath, *, shared_filesystem: bool = False, mountinfo: str | None = None
+) -> RunLock | ObjectLock:
+    """The lock for `--out`'s lock file: `flock` for a local path, a lock object in an object store.
+
+    A local path on a network or FUSE filesystem (pipeline.mounts) is refused (`NetworkFilesystem`, one line)
+    unless `shared_filesystem` (--shared-filesystem-lock): there `flock` may not keep out a job on another
+    machine, and the user has to say that only one machine writes there or that the filesystem shares locks.
+    `mountinfo`: the mount table's text (read from /proc/self/mountinfo when None)."""
+    if not storage.is_local(path):
+        return ObjectLock(path)
+    mount = None if shared_filesystem else shared_mount(os.fspath(path.parent), mountinfo)
+    if mount is not None:
+        raise NetworkFilesystem(
+            f"{path.parent} is on a network or FUSE filesystem ({mount.fstype} at {mount.point}), where a lock "
+            "may not keep out a job on another machine: use an object-store URL for --out, or pass "
+            "--shared-filesystem-lock if only this machine writes there or the filesystem shares its locks"
+        )
+    return RunLock(path)
 
 
 def describe(path: Path | UPath) -> str:
     """Which lock a run folder gets, for `boomerang doctor`."""
     if storage.is_local(path):
+        mount = shared_mount(os.fspath(path.parent))
+        if mount is not None:
+            return (
+                f"none without --shared-filesystem-lock: the folder is on {mount.fstype} at {mount.point}, where "
+                "flock may not exclude other machines"
+            )
         return "an OS lock (flock) on .boomerang.lock"
     if _creates_only_if_absent(path.fs):
         return "a lock object created only if absent (conditional write)"
