@@ -165,3 +165,31 @@ def _acquired(lock: ObjectLock) -> bool:
     except FolderLocked:
         return False
     return True
+
+
+def test_a_job_that_lost_its_lock_fails_in_one_line_and_leaves_run_json_to_the_new_holder(tmp_path, deepface_home):
+    """The driver's side of a lost lock: `run_job` turns LockLost into exit status 1's one line, and writes no
+    failure into a run.json that is now the other driver's."""
+    from dataclasses import replace
+
+    from samples import write_faces
+
+    from pipeline.cli import make_parser
+    from pipeline.commands import JobFailed, run_job
+    from pipeline.config import settings_from_flags
+
+    originals, out = tmp_path / "orig", tmp_path / "out"
+    write_faces(originals, 1, size=(64, 64))
+    flags = ["evaluate", "--originals", str(originals), "--anonymized", str(originals), "--out", str(out)]
+    args = make_parser().parse_args([*flags, "--deepface-home", str(deepface_home), "--recognizers", "Facenet"])
+    settings = replace(settings_from_flags(vars(args)), input=args.originals)
+    lost = "this job lost the folder's lock (now held by pid 1 on elsewhere); run the same command again to resume"
+
+    def work(job):
+        raise LockLost(lost)
+
+    with pytest.raises(JobFailed) as failed:
+        run_job(settings, "evaluate", work)
+    assert str(failed.value) == lost
+    assert json.loads((out / "run.json").read_text())["status"] == "running"
+    assert not (out / "private" / "failure.txt").exists()
