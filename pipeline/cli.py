@@ -63,6 +63,14 @@ def _add_job_flags(parser: argparse.ArgumentParser, *, sampler: bool, evaluation
     parser.add_argument(
         "--strict", action="store_true", default=None, help="exit status 3 when any row failed (default: 0)"
     )
+    parser.add_argument(
+        "--shared-filesystem-lock",
+        action="store_true",
+        default=None,
+        dest="shared_filesystem_lock",
+        help="allow a local --out on a network or FUSE filesystem (NFS, SMB, a mounted bucket): only if one "
+        "machine writes there or its locks reach every machine",
+    )
     if sampler:
         group = parser.add_argument_group("sampler")
         group.add_argument("--model", help="diffusers model: hub id or local folder")

@@ -17,7 +17,7 @@ from .finalize import JobResult, closing_lines, finalize
 from .inputs import InputError
 from .job import Job, JobError, JobFailed, prepare, record_failure, run_pass
 from .layout import OutputError, RunLayout
-from .lock import run_lock
+from .lock import LockLost, run_lock
 from .provenance import RefusedRerun, read_json
 
 # Errors that mean "this job cannot run": one line on stderr and exit status 2, never a trace.
@@ -136,6 +136,8 @@ def run_job(settings: JobSettings, mode: str, work: Callable[[Job], JobResult] |
     except ClusterUnavailable as err:  # its message already says what to do; nothing ran
         record_failure(job, err)
         raise
+    except LockLost as err:  # another driver has the folder now: its run.json is not ours to write
+        raise JobFailed(str(err)) from err
     except Exception as err:  # a failure mid-job (disk full, a cluster gone): one line, resumable
         raise JobFailed(record_failure(job, err)) from err
     finally:
@@ -164,7 +166,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     values = flatten(record["settings"])
     values["out"] = str(layout.root)
     settings = build_settings(values)
-    with run_lock(layout.lock_file) as lock:
+    with run_lock(layout.lock_file, shared_filesystem=settings.shared_filesystem_lock) as lock:
         job = Job(
             settings, "run", layout, inputs=None, secret=b"", cluster=None, lock=lock, notice=record.get("notice")
         )

@@ -64,6 +64,7 @@ class JobSettings:
     deepface_home: str | None = None
     secret_file: str | None = None
     retry_errors: bool = False
+    shared_filesystem_lock: bool = False  # a local --out on NFS/SMB/FUSE: the user vouches for its locks
     strict: bool = False
     gate_thresholds: tuple[tuple[str, float], ...] = ()
     gate_max_linkage: int | None = None  # withhold outputs whose own original ranks within the top R

@@ -27,8 +27,8 @@ from .job import Job, ensure_cluster
 from .layout import RunLayout
 from .plan import plan_evaluation
 from .progress import Progress
-from .records import compact_finished, finish_batch, read_manifest, remove_orphans
-from .resume import ShardCompactor, done_by_shard
+from .records import compact_finished, finish_batch, forget_pairs, read_manifest, remove_orphans
+from .resume import ShardCompactor, done_by_shard, pairs_to_retry
 from .shards import plan_shards
 
 _LEVEL = re.compile(r"(?:^|/)level=([0-9.]+)/")
@@ -143,9 +143,15 @@ def evaluate_pass(job: Job, anonymized: str) -> JobResult:
     shards = plan_shards(job.layout, job.anon_ids.values(), settings.shard_size)
     remove_orphans(job.layout, evaluated=True)
     compact_finished(job.layout)
-    done = set()
-    for _, rows in done_by_shard(job.layout, range(shards.count), evaluated=True):
-        done |= {_key(a, level) for a, level in zip(rows["anon_id"], rows["level"], strict=True)}
+    done, retry = set(), set()
+    for shard, rows in done_by_shard(job.layout, range(shards.count), evaluated=True):
+        # Transient errors (a read that failed, out of memory) are redone, and every error with --retry-errors.
+        again = {
+            _key(a, lv) for a, lv in pairs_to_retry(job.layout, shard, rows, {}, settings.retry_errors, evaluated=True)
+        }
+        retry |= again
+        done |= {_key(a, level) for a, level in zip(rows["anon_id"], rows["level"], strict=True)} - again
+    forget_pairs(job.layout, retry)
     matched = match_pairs(job, anonymized)
     if not matched and not done:
         raise InputError(f"no anonymized image under {anonymized!r} matches an original in {settings.input!r}")

@@ -28,6 +28,7 @@ from .finalize import JobResult, build_report, finalize
 from .job import Job, run_pass
 from .layout import RunLayout, write_private_table, write_public_table
 from .linkage import image_sizes
+from .lock import ensure_held
 from .records import shards_with_rows, table_steps
 from .release import copy_synced, release_key, release_name, staged_folder
 from .schemas import RELEASE_SCHEMA, RELEASED_SCHEMA
@@ -160,6 +161,7 @@ def finish_gate(job: Job) -> JobResult:
         job.notice = f"{warning} {job.notice}" if job.notice else warning
     decision = decide(job, current_ids(job))
     released, withheld = decision.released, decision.withheld
+    ensure_held(job.layout.lock_file)  # the release is the last commit: not for a driver that lost the folder
     with staged_folder(job.layout.release) as folder:
         gate, names = build_release(job, released, withheld, folder)
         gate["released_with_a_unique_size"] = len(decision.unique_size)

@@ -151,7 +151,7 @@ def prepare(settings: JobSettings, mode: str, stream: TextIO | None = None) -> J
     layout = RunLayout.at(settings.out)
     layout.check_store()
     storage.make_dirs(layout.root)
-    lock = run_lock(layout.lock_file).acquire()
+    lock = run_lock(layout.lock_file, shared_filesystem=settings.shared_filesystem_lock).acquire()
     try:
         job = _prepare_locked(settings, mode, layout, lock, stream)
         job.timings["imported"] = imported

@@ -2,16 +2,23 @@
 
 Two drivers on one folder would each take the other's in-flight parts for orphans and delete them.
 
-On a local disk the lock is `flock` on `<out>/.boomerang.lock` (`RunLock`; local disks and most NFS setups),
-released by the OS when the process dies. An object store (s3://, gs://, ...) has no locks and nothing that
-notices a dead process, so there the lock is an object at the same key (`ObjectLock`):
+On a local disk the lock is `flock` on `<out>/.boomerang.lock` (`RunLock`), released by the OS when the process
+dies; a local path on a network or FUSE filesystem (NFS, SMB, a mounted bucket: pipeline.mounts) is refused
+unless --shared-filesystem-lock says its locks reach every machine that writes there. An object store (s3://,
+gs://, ...) has no locks and nothing that notices a dead process, so there the lock is an object at the same
+key (`ObjectLock`):
 - it is created only if absent (a conditional write, S3's `If-None-Match: *`), so of two drivers one wins;
-- it names its holder (pid, host) and carries a heartbeat its holder rewrites while it runs;
+- it names its holder (pid, host) and carries a heartbeat its holder rewrites while it runs, each rewrite
+  conditional on the object being the one it last wrote (S3's `If-Match` on its ETag), retried with backoff
+  while the lease lasts;
+- the holder knows whether it still holds the lock: once the object is someone else's, or no heartbeat could
+  be confirmed for most of a lease, `ensure_held` raises `LockLost`, and the driver calls it at its commit points
+  (a manifest part, a compaction, the release) so that it stops before writing more;
 - a lock found present is stale, and taken over, when its holder is a dead process on this host or its
   heartbeat is older than the lease (a driver that crashed elsewhere), so a crash never wedges the folder;
 - where a store's filesystem cannot create only-if-absent, it checks, writes, pauses and reads back instead,
   which catches most races between two drivers starting at once but not all (see `ObjectLock`).
-`run_lock(path)` picks the lock for the kind of path.
+`run_lock(path)` picks the lock for the kind of path; `ensure_held(path)` checks the lock this process holds there.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from fsspec.spec import AbstractFileSystem
 
 from . import storage
 from .layout import OutputError
+from .mounts import shared_mount
 
 if TYPE_CHECKING:
     from upath import UPath
@@ -40,6 +48,27 @@ if TYPE_CHECKING:
 
 class FolderLocked(OutputError):
     """Another driver holds the output folder."""
+
+
+class NetworkFilesystem(OutputError):
+    """A local --out on a network or FUSE filesystem, without --shared-filesystem-lock."""
+
+
+class LockLost(RuntimeError):
+    """This driver no longer holds (or can no longer confirm that it holds) the output folder's lock."""
+
+
+# The locks this process holds, by the text of their path: `ensure_held(path)` finds them there.
+_HELD: dict[str, RunLock | ObjectLock] = {}
+
+
+def ensure_held(path: Path | UPath) -> None:
+    """Raise `LockLost` unless the lock this process took at `path` is still its own; called before each commit
+    (a manifest part, a compaction, the release). A process that took no lock there (a Ray actor, a test
+    writing parts directly) is not checked: its driver is, before it counts or compacts what the actor wrote."""
+    lock = _HELD.get(str(path))
+    if lock is not None:
+        lock.ensure_held()
 
 
 class RunLock:
@@ -63,10 +92,22 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{_holder(_now())}\n".encode(), 0)
         self._fd = fd
+        _HELD[str(self.path)] = self
         return self
+
+    @property
+    def held(self) -> bool:
+        """An flock lasts as long as its descriptor: held from `acquire` to `close`."""
+        return self._fd is not None
+
+    def ensure_held(self) -> None:
+        if not self.held:
+            raise LockLost(f"{self.path.parent}: this job does not hold the folder's lock")
 
     def close(self) -> None:
         if self._fd is not None:
+            if _HELD.get(str(self.path)) is self:
+                del _HELD[str(self.path)]
             os.close(self._fd)  # closing the descriptor releases the flock
             self._fd = None
 
@@ -82,7 +123,7 @@ class ObjectLock:
 
     The object is JSON: `holder` (the text the loser prints), `host`, `pid`, `since`, a random `token` (the
     object is this holder's only while it carries this token) and `heartbeat` (UTC epoch seconds), which a
-    daemon thread rewrites every `lease` / 5 seconds while the lock is held.
+    daemon thread rewrites every `beat` seconds (`lease` / 5 unless given) while the lock is held.
 
     Creation is only-if-absent where the store's filesystem has its own `pipe_file(mode="create")` (s3fs:
     `If-None-Match: *`). Where it has not, acquire reads (nothing there?), writes, pauses `settle` seconds and
@@ -93,12 +134,28 @@ class ObjectLock:
     create; the winner still reads back after `settle`, because a slower taker's delete may have removed the
     winner's lock before that taker created its own. Staleness assumes that host names are unique and that
     clocks agree to well within the lease.
+
+    The heartbeat is a conditional write where the store answers writes with an ETag (s3fs: `If-Match` on the
+    ETag of our last write), so it never overwrites a taker's lock. A failed write is retried with backoff; a
+    write whose outcome is unknown (an error, a precondition failure: our own earlier attempt may have landed)
+    is followed by a read: the lock is lost once the object is gone or carries another token. The lock is also
+    given up once no heartbeat has been confirmed for `GIVE_UP` of a lease (measured from when that heartbeat
+    was written), before another driver may take it over. `held`, `beats` and `lost` show the state.
     """
 
     lease = 300.0
     settle = 0.5
+    # The share of a lease after the last confirmed heartbeat at which the holder gives up: the rest is margin
+    # for the request that carried it and for clocks that differ a little.
+    GIVE_UP = 0.9
 
-    def __init__(self, path: UPath) -> None:
+    def __init__(self, path: UPath, *, lease: float | None = None, beat: float | None = None) -> None:
+        """`lease`: seconds without a heartbeat after which another driver takes the lock over; `beat`: seconds
+        between heartbeats (`lease` / 5 by default). Both are for tests and unusual stores; drivers of one folder
+        must agree on the lease."""
+        if lease is not None:
+            self.lease = lease
+        self.beat = beat if beat is not None else self.lease / 5
         self.path = path
         self._fs = path.fs
         self._key = path.path
@@ -107,10 +164,17 @@ class ObjectLock:
         self._since = ""
         self._stop = threading.Event()
         self._beating: threading.Thread | None = None
+        self._etag: str | None = None  # of our last write known to have landed; None: read-compare-write
+        self._unsure = False  # a write whose outcome we do not know: read before the next one
+        self._confirmed = 0.0  # time.monotonic() when the newest heartbeat known to have landed was written
+        self.beats = 0  # heartbeats that landed since acquire
+        self.lost: str | None = None  # why the lock is no longer ours, once it is not
 
     def acquire(self) -> ObjectLock:
         token = secrets.token_hex(16)
         self._since = _now()
+        self.lost, self._etag, self._unsure, self.beats = None, None, False, 0
+        self._confirmed = time.monotonic()
         for _ in range(3):
             if self._create(token):
                 break
@@ -129,12 +193,37 @@ class ObjectLock:
             target=self._beat, args=(token, self._stop), name="boomerang-lock-heartbeat", daemon=True
         )
         self._beating.start()
+        _HELD[str(self.path)] = self
         return self
+
+    @property
+    def held(self) -> bool:
+        """Whether the lock is still ours as far as we can tell: acquired, not lost, and a heartbeat confirmed
+        within `GIVE_UP` of a lease."""
+        return (
+            self._token is not None
+            and self.lost is None
+            and time.monotonic() - self._confirmed < self.lease * self.GIVE_UP
+        )
+
+    def ensure_held(self) -> None:
+        """Raise `LockLost` (one line: why, and that a rerun resumes) unless the lock is still ours."""
+        if self.held:
+            return
+        if self._token is not None and self.lost is None:
+            self._lose(f"no heartbeat could be written for {time.monotonic() - self._confirmed:.0f} s")
+        reason = self.lost or "the lock was released"
+        raise LockLost(
+            f"{self.path.parent}: this job lost the folder's lock ({reason}) and stopped before writing more; "
+            "what finished is kept: run the same command again to resume once no other job uses the folder"
+        )
 
     def close(self) -> None:
         token, self._token = self._token, None
         if token is None:
             return
+        if _HELD.get(str(self.path)) is self:
+            del _HELD[str(self.path)]
         self._stop.set()
         if self._beating is not None:
             self._beating.join()
@@ -157,7 +246,7 @@ class ObjectLock:
         data = self._content(token)
         if self._exclusive:
             try:
-                self._fs.pipe_file(self._key, data, mode="create")
+                written = self._fs.pipe_file(self._key, data, mode="create")
             except FileExistsError:
                 return False
             except (TypeError, NotImplementedError):
@@ -167,6 +256,7 @@ class ObjectLock:
                     raise
                 return False
             else:
+                self._etag = _etag_of(written)
                 return not read_back or self._reads_back(token)
         if self._read() is not None:
             return False
@@ -232,27 +322,119 @@ class ObjectLock:
             "or stop it and run the command again"
         )
 
+    def _lose(self, reason: str) -> None:
+        if self.lost is None:
+            self.lost = reason
+
     def _beat(self, token: str, stop: threading.Event) -> None:
-        """Refresh the heartbeat until told to stop; give up quietly once the lock is no longer ours or the
-        store fails (the lock then lapses after a lease, which is the point of the lease)."""
-        while not stop.wait(self.lease / 5):
-            try:
-                current = self._read()
-                if current is None or current.get("token") != token:
-                    return
-                self._fs.pipe_file(self._key, self._content(token))
-            except Exception:
+        """Refresh the heartbeat every `beat` seconds until told to stop or the lock is lost."""
+        while not stop.wait(self.beat):
+            if not self._refresh(token, stop):
                 return
 
+    def _refresh(self, token: str, stop: threading.Event) -> bool:
+        """One heartbeat, retried with backoff (a tenth of a beat, doubling up to a beat) until it lands; False
+        once the lock is lost (someone else's, or not confirmed within `GIVE_UP` of a lease) or stop is set."""
+        delay = self.beat / 10
+        while self.lost is None:
+            written_at = time.monotonic()
+            try:
+                ours = self._rewrite(token)
+            except Exception:  # the store failed (a 503, a reset, a timeout): try again while the lease lasts
+                ours = None
+            if ours is True:
+                self._confirmed = written_at
+                self.beats += 1
+                return True
+            if ours is False:
+                holder = (self._read_quietly() or {}).get("holder")
+                self._lose(f"now held by {holder}" if holder else "its lock object was removed")
+                return False
+            if not self.held:
+                self._lose(f"no heartbeat could be written for {time.monotonic() - self._confirmed:.0f} s")
+                return False
+            if stop.wait(delay):
+                return False
+            delay = min(delay * 2, self.beat)
+        return False
 
-def run_lock(path: Path | UPath) -> RunLock | ObjectLock:
-    """The lock for `--out`'s lock file: `flock` for a local path, a lock object in an object store."""
-    return RunLock(path) if storage.is_local(path) else ObjectLock(path)
+    def _rewrite(self, token: str) -> bool:
+        """Write a fresh heartbeat if the object is still ours: True once written, False when it is not ours;
+        a store error raises (the outcome of that write is then unknown, and the next try reads first).
+
+        With an ETag the write is `If-Match` on our last write's ETag, so it cannot replace a taker's lock.
+        Without one it is read-compare-write; a taker that deletes and creates the object between our read
+        and our write is overwritten by us. It reads back after `settle` and then backs off (our token is
+        there), unless our write lands only after that read-back: then both would hold, the race this
+        fallback leaves open."""
+        if self._unsure or self._etag is None:
+            current, etag = self._read_with_etag()
+            if current is None or current.get("token") != token:
+                return False
+            self._etag = etag
+        data = self._content(token)
+        self._unsure = True
+        if self._etag is None:
+            self._fs.pipe_file(self._key, data)
+        else:
+            try:
+                written = self._fs.pipe_file(self._key, data, IfMatch=self._etag)
+            except TypeError:  # a filesystem that takes no such argument: read-compare-write from here on
+                self._etag = None
+                raise
+            self._etag = _etag_of(written)
+        self._unsure = False
+        return True
+
+    def _read_with_etag(self) -> tuple[dict | None, str | None]:
+        """The object and its ETag (None where the store gives none or writes cannot be conditional). The
+        ETag is asked first: if the object changes in between, the next conditional write fails and reads
+        again."""
+        etag = None
+        if self._etag is not None or self._unsure:
+            try:
+                etag = _etag_of(self._fs.info(self._key, refresh=True))
+            except FileNotFoundError:
+                return None, None
+        return self._read(), etag
+
+    def _read_quietly(self) -> dict | None:
+        try:
+            return self._read()
+        except Exception:
+            return None
+
+
+def run_lock(
+    path: Path | UPath, *, shared_filesystem: bool = False, mountinfo: str | None = None
+) -> RunLock | ObjectLock:
+    """The lock for `--out`'s lock file: `flock` for a local path, a lock object in an object store.
+
+    A local path on a network or FUSE filesystem (pipeline.mounts) is refused (`NetworkFilesystem`, one line)
+    unless `shared_filesystem` (--shared-filesystem-lock): there `flock` may not keep out a job on another
+    machine, and the user has to say that only one machine writes there or that the filesystem shares locks.
+    `mountinfo`: the mount table's text (read from /proc/self/mountinfo when None)."""
+    if not storage.is_local(path):
+        return ObjectLock(path)
+    mount = None if shared_filesystem else shared_mount(os.fspath(path.parent), mountinfo)
+    if mount is not None:
+        raise NetworkFilesystem(
+            f"{path.parent} is on a network or FUSE filesystem ({mount.fstype} at {mount.point}), where a lock "
+            "may not keep out a job on another machine: use an object-store URL for --out, or pass "
+            "--shared-filesystem-lock if only this machine writes there or the filesystem shares its locks"
+        )
+    return RunLock(path)
 
 
 def describe(path: Path | UPath) -> str:
     """Which lock a run folder gets, for `boomerang doctor`."""
     if storage.is_local(path):
+        mount = shared_mount(os.fspath(path.parent))
+        if mount is not None:
+            return (
+                f"none without --shared-filesystem-lock: the folder is on {mount.fstype} at {mount.point}, where "
+                "flock may not exclude other machines"
+            )
         return "an OS lock (flock) on .boomerang.lock"
     if _creates_only_if_absent(path.fs):
         return "a lock object created only if absent (conditional write)"
@@ -280,6 +462,14 @@ def _creates_only_if_absent(fs: AbstractFileSystem) -> bool:
         return "mode" in inspect.signature(method).parameters
     except (TypeError, ValueError):
         return False
+
+
+def _etag_of(answer: object) -> str | None:
+    """The ETag of a store's answer to a write or an info call (s3fs: the response dict), None if it has none."""
+    if isinstance(answer, dict):
+        etag = answer.get("ETag") or answer.get("etag")
+        return etag if isinstance(etag, str) else None
+    return None
 
 
 def _write_conflict(err: OSError) -> bool:

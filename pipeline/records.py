@@ -31,6 +31,7 @@ from . import storage
 from .errors import TRANSIENT
 from .layout import RunLayout, write_private_table, write_public_table
 from .schemas import EMBEDDINGS_SCHEMA, FACE_BOX, IDENTITY_SCHEMA, MANIFEST_SCHEMA, OUTPUTS_SCHEMA
+from .lock import ensure_held
 from .shards import batch_name, batch_parts, load_shards, shard_files, shard_name, shard_of_name
 from .storage import Location
 
@@ -71,6 +72,7 @@ def finish_batch(
     layout: RunLayout, rows: list[dict], distance_rows: list[dict] | None, embedding_rows: Sequence[dict] = ()
 ) -> pd.DataFrame:
     """Write a batch's parts and return the small rows the driver counts progress (and finished shards) with."""
+    ensure_held(layout.lock_file)  # the manifest part commits the batch: never for a driver that lost the folder
     write_batch(layout, rows, distance_rows, embedding_rows)
     shards = load_shards(layout)
     return pd.DataFrame(
@@ -209,6 +211,7 @@ def compact_shard(layout: RunLayout, shard: int) -> bool:
         return False
     name = shard_name(shard)
     evaluated_pairs: set | None = None
+    failed_evaluations = 0
     for folder, keys, private in _tables(layout):
         sources = [folder / name] if (folder / name).is_file() else []
         sources += [folder / n for n in sorted(done) if (folder / n).is_file()]
@@ -220,9 +223,10 @@ def compact_shard(layout: RunLayout, shard: int) -> bool:
         merged = _with_metadata(merged, {ABSORBED_KEY: json.dumps(sorted(done)).encode()})
         if folder == layout.distances:
             evaluated_pairs = pair_keys(merged)
+            failed_evaluations = len(failed_pairs(merged))
         elif folder == layout.manifest:
             evaluated = evaluated_pairs is not None and pair_keys(merged) <= evaluated_pairs
-            merged = with_marker(merged, evaluated)
+            merged = with_marker(merged, evaluated, failed_evaluations)
         (write_private_table if private else write_public_table)(merged, folder / name)
     for folder, _, _ in _tables(layout):
         for n in done:
@@ -236,10 +240,11 @@ MARKER_KEY = b"boomerang.shard"
 ABSORBED_KEY = b"boomerang.absorbed"
 
 
-def shard_marker(manifest: pa.Table, evaluated: bool) -> dict:
+def shard_marker(manifest: pa.Table, evaluated: bool, evaluation_errors: int = 0) -> dict:
     """What a shard's manifest file holds, in a few numbers: its images (count and a digest of their
-    anon_ids), its levels, whether every image has a row at every level, its error rows by kind, and
-    whether every row has its distances. Nothing that is not already in the public manifest."""
+    anon_ids), its levels, whether every image has a row at every level, its error rows by kind, whether
+    every row has its distances, and how many pairs have a distance row that failed (`evaluation_errors`,
+    which --retry-errors redoes). Nothing that is not already in the public tables."""
     ids = sorted(set(manifest.column("anon_id").to_pylist()))
     pairs = pair_keys(manifest)
     levels = sorted({level for _, level in pairs})
@@ -254,11 +259,18 @@ def shard_marker(manifest: pa.Table, evaluated: bool) -> dict:
         "transient_errors": int((failed & (kind == TRANSIENT)).sum()),
         "other_errors": int((failed & (kind != TRANSIENT)).sum()),
         "evaluated": bool(evaluated),
+        "evaluation_errors": int(evaluation_errors),
     }
 
 
-def with_marker(manifest: pa.Table, evaluated: bool) -> pa.Table:
-    return _with_metadata(manifest, {MARKER_KEY: json.dumps(shard_marker(manifest, evaluated)).encode()})
+def with_marker(manifest: pa.Table, evaluated: bool, evaluation_errors: int = 0) -> pa.Table:
+    marker = shard_marker(manifest, evaluated, evaluation_errors)
+    return _with_metadata(manifest, {MARKER_KEY: json.dumps(marker).encode()})
+
+
+def failed_pairs(distances: pa.Table) -> set[tuple[str, float]]:
+    """(anon_id, level) of the pairs with a distance row whose evaluation failed (status "error")."""
+    return pair_keys(distances.filter(pc.equal(distances.column("status"), "error")))
 
 
 def _with_metadata(table: pa.Table, entries: dict[bytes, bytes]) -> pa.Table:
@@ -281,8 +293,12 @@ def ids_digest(sorted_ids: Sequence[str]) -> str:
 
 def pair_keys(table: pa.Table) -> set[tuple[str, float]]:
     """(anon_id, level) of every row; no level (another tool's output) is -1.0, one key as NaN is not."""
-    levels = [-1.0 if v is None or math.isnan(v) else float(v) for v in table.column("level").to_pylist()]
+    levels = [_level_key(v) for v in table.column("level").to_pylist()]
     return set(zip(table.column("anon_id").to_pylist(), levels, strict=True))
+
+
+def _level_key(level) -> float:
+    return -1.0 if level is None or math.isnan(level) else float(level)
 
 
 def _newest_rows(tables: list[pa.Table]) -> pa.Table:
@@ -396,15 +412,17 @@ def forget_pairs(layout: RunLayout, pairs: set[tuple[str, float]]) -> int:
     """
     if not pairs:
         return 0
+    pairs = {(a, _level_key(lv)) for a, lv in pairs}
     shards = load_shards(layout)
     touched = sorted({shards.of(a) if shards else 0 for a, _ in pairs})
     changed = 0
+    failed: dict[int, int] = {}  # per shard, the pairs whose evaluation failed, once the distances are rewritten
     for folder, _, private in _tables(layout):
         for shard in touched:
             for part in shard_sources(folder, shard):
                 data = storage.read_table(part)
                 keys = zip(data.column("anon_id").to_pylist(), data.column("level").to_pylist(), strict=True)
-                keep = [(a, float(lv)) not in pairs for a, lv in keys]
+                keep = [(a, _level_key(lv)) not in pairs for a, lv in keys]
                 if all(keep):
                     continue
                 changed += 1
@@ -414,6 +432,11 @@ def forget_pairs(layout: RunLayout, pairs: set[tuple[str, float]]) -> int:
                 kept = data.filter(pa.array(keep))
                 if folder == layout.manifest and part.name == shard_name(shard):
                     marker = read_marker(layout, shard)
-                    kept = with_marker(kept, bool(marker and marker["evaluated"]))
+                    errors = failed.get(shard, 0)
+                    kept = with_marker(kept, bool(marker and marker["evaluated"]), errors)
                 (write_private_table if private else write_public_table)(kept, part)
+        if folder == layout.distances:
+            for shard in touched:
+                rows = read_shard(layout.distances, shard, ["anon_id", "level", "status"])
+                failed[shard] = 0 if rows is None else len(failed_pairs(pa.Table.from_pandas(rows)))
     return changed

@@ -16,6 +16,7 @@ import pandas as pd
 from . import storage
 from .errors import TRANSIENT
 from .layout import RunLayout
+from .lock import ensure_held
 from .records import compact_finished, compact_shard, ids_digest, read_marker, read_shard, shards_with_rows
 from .shards import shard_name
 
@@ -33,12 +34,17 @@ def shard_done(layout: RunLayout, shard: int, *, evaluated: bool) -> pd.DataFram
         distances = read_shard(layout.distances, shard, ["anon_id", "level"])
         if distances is None:
             return manifest.iloc[0:0]
-        # Lists, not Series: iterating an Arrow-backed column is ten times slower.
-        keys = set(zip(distances["anon_id"].tolist(), distances["level"].astype(float).tolist(), strict=True))
-        pairs = zip(manifest["anon_id"].tolist(), manifest["level"].tolist(), strict=True)
+        # Lists, not Series: iterating an Arrow-backed column is ten times slower. No level (another tool's
+        # output) is NaN, which equals nothing: -1.0 as a key.
+        keys = set(zip(distances["anon_id"].tolist(), _levels(distances["level"]), strict=True))
+        pairs = zip(manifest["anon_id"].tolist(), _levels(manifest["level"]), strict=True)
         done = [key in keys for key in pairs]
         manifest = manifest[done]
     return manifest
+
+
+def _levels(levels: pd.Series) -> list[float]:
+    return levels.astype(float).fillna(-1.0).tolist()
 
 
 def done_by_shard(layout: RunLayout, shards: Iterable[int], *, evaluated: bool):
@@ -68,12 +74,19 @@ def shard_todo(
     levels = [float(level) for level in levels]
     marker = read_marker(layout, shard)
     if _complete(marker, seen_now, levels, evaluated):
-        if not marker["transient_errors"] and not (marker["other_errors"] and (retry_errors or _any_known(seen_now))):
+        # A marker from before evaluation errors were counted may hide some: --retry-errors then reads.
+        failed_evaluations = evaluated and retry_errors and marker.get("evaluation_errors", 1)
+        if (
+            not marker["transient_errors"]
+            and not (marker["other_errors"] and (retry_errors or _any_known(seen_now)))
+            and not failed_evaluations
+        ):
             return {}, set()
         path = layout.manifest / shard_name(shard)
         rows = storage.read_table(path, columns=DONE_COLUMNS, filters=[("status", "!=", "ok")]).to_pandas()
         rows["level"] = rows["level"].astype(float)
-        retry = {(a, lv) for a, lv in pairs_to_retry(layout, shard, rows, seen_now, retry_errors) if a in seen_now}
+        retry = pairs_to_retry(layout, shard, rows, seen_now, retry_errors, evaluated=evaluated)
+        retry = {(a, lv) for a, lv in retry if a in seen_now}
         retry = {(a, lv) for a, lv in retry if lv in levels}
         todo: dict[str, list[float]] = {}
         for aid, level in sorted(retry):
@@ -82,8 +95,8 @@ def shard_todo(
     rows = shard_done(layout, shard, evaluated=evaluated)
     if rows.empty:
         return {aid: list(levels) for aid in seen_now}, set()
-    retry = {(a, lv) for a, lv in pairs_to_retry(layout, shard, rows, seen_now, retry_errors) if a in seen_now}
-    retry = {(a, lv) for a, lv in retry if lv in levels}
+    retry = pairs_to_retry(layout, shard, rows, seen_now, retry_errors, evaluated=evaluated)
+    retry = {(a, lv) for a, lv in retry if a in seen_now and lv in levels}
     done = set(zip(rows["anon_id"].tolist(), rows["level"].tolist(), strict=True)) - retry
     todo = {}
     for aid in seen_now:
@@ -110,16 +123,24 @@ def _any_known(seen_now: dict) -> bool:
 
 
 def pairs_to_retry(
-    layout: RunLayout, shard: int, manifest: pd.DataFrame, seen_now: dict[str, tuple | None], retry_errors: bool
+    layout: RunLayout,
+    shard: int,
+    manifest: pd.DataFrame,
+    seen_now: dict[str, tuple | None],
+    retry_errors: bool,
+    *,
+    evaluated: bool = False,
 ) -> set[tuple[str, float]]:
-    """Error rows of a shard that a rerun redoes: transient ones, those of inputs that changed since, or
-    all with --retry-errors. `manifest`: the shard's done rows (or just its error rows)."""
+    """Error rows of a shard that a rerun redoes: transient ones (an evaluation that failed transiently has a
+    transient manifest row: pipeline.stages), those of inputs that changed since, or all with --retry-errors,
+    which in an evaluated job includes pairs whose evaluation failed. `manifest`: the shard's done rows (or
+    just its error rows)."""
     errors = manifest[manifest["status"] != "ok"]
-    if errors.empty:
-        return set()
     keys = list(zip(errors["anon_id"].tolist(), errors["level"].astype(float).tolist(), strict=True))
     if retry_errors:
-        return set(keys)
+        return set(keys) | (failed_evaluations(layout, shard) if evaluated else set())
+    if errors.empty:
+        return set()
     transient = (errors["error_kind"] == TRANSIENT).tolist()
     retry = {key for key, t in zip(keys, transient, strict=True) if t}
     # An input error is worth another try only if the file is no longer what failed.
@@ -140,6 +161,14 @@ def pairs_to_retry(
     return retry
 
 
+def failed_evaluations(layout: RunLayout, shard: int) -> set[tuple[str, float]]:
+    """(anon_id, level) of a shard's pairs with a distance row whose evaluation failed (status "error")."""
+    rows = read_shard(layout.distances, shard, ["anon_id", "level", "status"], filters=[("status", "==", "error")])
+    if rows is None or rows.empty:
+        return set()
+    return set(zip(rows["anon_id"].tolist(), rows["level"].astype(float).tolist(), strict=True))
+
+
 class ShardCompactor:
     """Counts the pairs still planned per shard and compacts a shard as soon as its last one is reported.
 
@@ -151,6 +180,7 @@ class ShardCompactor:
         self.left = Counter(planned)
 
     def update(self, batch: pd.DataFrame) -> None:
+        ensure_held(self.layout.lock_file)  # before counting (and compacting) what the actors wrote
         if "shard" not in batch:
             return
         for shard, n in batch["shard"].value_counts().items():
@@ -161,4 +191,5 @@ class ShardCompactor:
 
     def finish(self) -> None:
         """Compact whatever else has finished parts (e.g. a pair counted in another shard)."""
+        ensure_held(self.layout.lock_file)
         compact_finished(self.layout)

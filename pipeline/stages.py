@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, replace
 
@@ -366,6 +367,8 @@ class EvaluateStage:
             row["t_boom"] = None if pd.isna(row["t_boom"]) else int(row["t_boom"])
             # No level (another tool's output): Arrow may carry an all-NaN column as nulls.
             row["level"] = math.nan if pd.isna(row["level"]) else float(row["level"])
+            # pandas turns a missing text into NaN when some rows of the batch failed to read and others did not.
+            row["error"] = row["error"] if isinstance(row.get("error"), str) else None
             if row["status"] != "ok":
                 continue
             try:
@@ -388,7 +391,7 @@ class EvaluateStage:
                 pairs.append(
                     Pair(*key, f"{row['source_sha256']}#{face}", _cut(original, square), _cut(anonymized, scaled), face)
                 )
-        distance_rows, embeddings = self.evaluator.evaluate_with_embeddings(pairs)
+        distance_rows, embeddings = self._evaluate(pairs)
         for row in rows:
             if row["status"] != "ok":
                 status = NO_FACE_DETECTED if row["status"] == NO_FACE_DETECTED else "error"
@@ -397,11 +400,37 @@ class EvaluateStage:
         for row in no_face:  # boomerang evaluate in face-region mode: no face in the original to compare
             args = (row["anon_id"], row["level"], row["t_boom"], NO_FACE_ORIGINAL_TEXT, self.settings)
             distance_rows += error_rows(*args, status="no_face_original")
+        _mark_transient_evaluations(rows, distance_rows)
         # deepface's words are not ours: no path or id may reach a shareable table through them.
         ids = tuple(str(row.get("image_id") or "") for row in rows)
         for distance_row in distance_rows:
             distance_row["error"] = scrub(distance_row["error"], ids)
         return finish_batch(self.layout, rows, distance_rows, embeddings)
+
+    def _evaluate(self, pairs: list) -> tuple[list[dict], list[dict]]:
+        """The evaluator's rows and embeddings for these pairs; pairs whose evaluation ran out of memory are
+        evaluated again in halves of the batch (the accelerator's cache freed first), down to one pair at a
+        time, before their error rows stand (and mark their pairs transient: `_mark_transient_evaluations`)."""
+        rows, embeddings = self.evaluator.evaluate_with_embeddings(pairs)
+        if len(pairs) <= 1:
+            return rows, embeddings
+        per = len(rows) // len(pairs)  # one row per recognizer, pair after pair
+        failed = [i for i in range(len(pairs)) if any(_out_of_memory(r) for r in rows[i * per : (i + 1) * per])]
+        if not failed:
+            return rows, embeddings
+        _free_accelerator_memory()
+        redo = [pairs[i] for i in failed]
+        half = max(1, len(pairs) // 2)
+        again_rows, again_embeddings = [], []
+        for start in range(0, len(redo), half):
+            chunk_rows, chunk_embeddings = self._evaluate(redo[start : start + half])
+            again_rows += chunk_rows
+            again_embeddings += chunk_embeddings
+        for k, i in enumerate(failed):
+            rows[i * per : (i + 1) * per] = again_rows[k * per : (k + 1) * per]
+        redone = {(p.anon_id, p.level, p.face) for p in redo}
+        kept = [e for e in embeddings if (e["anon_id"], e["level"], e["face"]) not in redone]
+        return rows, kept + again_embeddings
 
     def _regions(self, row: dict, original) -> list[tuple[int, tuple[int, int, int]]] | None:
         """Face-region mode: (face index, (left, top, side)) of each face square to compare; None for a whole-image
@@ -418,6 +447,51 @@ class EvaluateStage:
             (j.face_index, (j.region.left, j.region.top, j.region.side))
             for j in face_jobs("", found, original.size, region.margin)
         ]
+
+
+# Exception names that say an evaluation failed for the machine's sake (memory, I/O, a connection), not the
+# pair's: the evaluator reports a failed pair as "<name>: <message>" text in its distance rows.
+_TRANSIENT_NAMES = re.compile(
+    r"\b(?:MemoryError|OutOfMemoryError|OSError|IOError|TimeoutError|\w*ConnectionError|BrokenPipeError|"
+    r"FileNotFoundError|PermissionError|IsADirectoryError|InterruptedError|BlockingIOError)\b"
+)
+
+
+def _out_of_memory(distance_row: dict) -> bool:
+    text = distance_row.get("error") or ""
+    return distance_row.get("status") == "error" and ("out of memory" in text.lower() or "MemoryError" in text)
+
+
+def _transient_evaluation(distance_row: dict) -> RowError | None:
+    """The row error of a distance row whose evaluation failed transiently (see `pipeline.errors.classify`)."""
+    if distance_row.get("status") != "error":
+        return None
+    text = distance_row.get("error") or ""
+    if _out_of_memory(distance_row):
+        return classify(MemoryError(text))
+    if _TRANSIENT_NAMES.search(text):
+        return classify(OSError(text))
+    return None
+
+
+def _mark_transient_evaluations(rows: list[dict], distance_rows: list[dict]) -> None:
+    """Turn the manifest row of each pair whose evaluation failed transiently into a transient error row, so
+    that resume redoes the pair on every rerun (a failed distance row under an "ok" manifest row would count
+    as done for good), and the shard marker counts it with the other transient errors."""
+    failed: dict[tuple, RowError] = {}
+    for distance_row in distance_rows:
+        error = _transient_evaluation(distance_row)
+        if error is not None:
+            failed.setdefault(_pair_key(distance_row["anon_id"], distance_row["level"]), error)
+    for row in rows:
+        error = failed.get(_pair_key(row["anon_id"], row["level"])) if row["status"] == "ok" else None
+        if error is not None:
+            row.update(error_row({}, row["level"], error))
+
+
+def _pair_key(anon_id: str, level) -> tuple[str, float]:
+    # No level (another tool's output) is NaN: as a key it must equal itself.
+    return str(anon_id), -1.0 if level is None or math.isnan(level) else float(level)
 
 
 def _cut(image: np.ndarray, square: tuple[int, int, int]) -> np.ndarray:
