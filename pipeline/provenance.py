@@ -17,6 +17,7 @@ from importlib import metadata
 from anonymize import SamplerSettings, made_by_boomerang, resolve_model, weights_sha256
 
 from . import storage
+from .secret import PART_SEED_SCHEME
 from .storage import Location
 
 PACKAGES = (
@@ -94,6 +95,7 @@ FLAGS = {
     "align": "align",
     "metric": "metric",
     "no_face_anonymized": "--no-face-anonymized",
+    "seed_scheme": "the seeding of faces and tiles (a boomerang upgrade)",
 }
 
 
@@ -124,6 +126,10 @@ def output_settings(settings, mode: str, model: dict | None, recognizers: dict |
                 "enhance_overlap": e.overlap,
                 "enhance_degrade": e.degrade,
             }
+        if settings.region.faces or settings.enhance is not None:
+            # Faces and tiles are seeded from a per-output sub-key since the secret left the workers
+            # (pipeline.secret): a folder seeded the older way is refused a resume, not mixed.
+            found["seed_scheme"] = PART_SEED_SCHEME
         if settings.region.faces:  # recorded only in face-region mode: older folders stay resumable
             r = settings.region
             found |= {
@@ -165,6 +171,8 @@ def check_rerun(record: dict, determining: dict, *, has_outputs: bool) -> None:
     if "recognizers" in recorded:
         # Runs from before the setting existed compared a faceless anonymized image on the whole image.
         recorded.setdefault("no_face_anonymized", "whole_image")
+    if "model_weights" in recorded and ("region_feather" in recorded or "enhance_scale" in recorded):
+        recorded.setdefault("seed_scheme", "secret-per-part")  # faces and tiles seeded on the workers, by the secret
     for key, value in determining.items():
         if key not in recorded or _same(recorded[key], value):
             continue

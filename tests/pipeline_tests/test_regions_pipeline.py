@@ -19,6 +19,7 @@ from scans import leaks
 from anonymize import RegionSettings, SamplerSettings
 from pipeline.layout import RunLayout
 from pipeline.records import read_faces, read_manifest
+from pipeline.secret import keyed_levels
 
 pytestmark = pytest.mark.slow
 
@@ -192,9 +193,7 @@ def region_stage(tiny_sd, tmp_path):
 
     def make(**region):
         settings = SamplerSettings(model=str(tiny_sd), steps=4, model_batch=4)
-        config = AnonymizeConfig(
-            str(tmp_path / "out"), 0, b"k" * 32, 50_000_000, threads=1, region=RegionSettings("faces", **region)
-        )
+        config = AnonymizeConfig(str(tmp_path / "out"), 50_000_000, threads=1, region=RegionSettings("faces", **region))
         return AnonymizeStage(settings, config)
 
     return make
@@ -213,7 +212,7 @@ def batch_of(images: dict[str, Image.Image], tmp_path) -> pd.DataFrame:
                 "source_size": path.stat().st_size,
                 "source_mtime": 0.0,
                 "problem": None,
-                "levels": [0.7],
+                **keyed_levels(b"k" * 32, 0, name, [0.7]),
             }
         )
     return pd.DataFrame(rows)
