@@ -111,6 +111,8 @@ class Clock:
 def batch_of(paths: list[Path]):
     import pandas as pd
 
+    from pipeline.secret import keyed_levels
+
     return pd.DataFrame(
         [
             {
@@ -120,7 +122,7 @@ def batch_of(paths: list[Path]):
                 "source_size": path.stat().st_size,
                 "source_mtime": 0.0,
                 "problem": None,
-                "levels": [LEVEL],
+                **keyed_levels(b"k" * 32, 0, path.name, [LEVEL]),
             }
             for path in paths
         ]
@@ -245,7 +247,7 @@ def main() -> None:
     try:
         cases = write_inputs(work / "in")
         settings = SamplerSettings(model=model, steps=STEPS, model_batch=MODEL_BATCH)
-        config = AnonymizeConfig(str(work / "out"), 0, b"k" * 32, 50_000_000, threads=1, region=RegionSettings("faces"))
+        config = AnonymizeConfig(str(work / "out"), 50_000_000, threads=1, region=RegionSettings("faces"))
         stage = AnonymizeStage(settings, config)
         threads = common.set_threads(1)
         clock = Clock(stage)

@@ -191,8 +191,8 @@ def _add_job_flags(parser: argparse.ArgumentParser, *, sampler: bool, evaluation
         group.add_argument(
             "--gate-thresholds",
             dest="gate_thresholds",
-            help="per-recognizer gate thresholds, e.g. VGG-Face=0.5; may be LOWER than deepface's own, and the "
-            "report then says so (default: the stricter of --threshold and deepface's own threshold)",
+            help="per-recognizer gate thresholds, e.g. VGG-Face=0.9; one LOWER than deepface's own is refused "
+            "without --gate-override thresholds (default: the stricter of --threshold and deepface's own threshold)",
         )
         group.add_argument(
             "--accept-scene-linkage",
@@ -201,6 +201,14 @@ def _add_job_flags(parser: argparse.ArgumentParser, *, sampler: bool, evaluation
             dest="accept_scene_linkage",
             help="with --region faces: release anyway, although every pixel outside the faces is the original's, "
             "so the release links to its source photos for anyone who holds them (docs/privacy.md)",
+        )
+        group.add_argument(
+            "--gate-override",
+            dest="gate_override",
+            help="let --gate run although it breaks the named rule(s) of its policy, comma-separated: "
+            "detector-skip (--detector skip), whole-image (--no-face-anonymized whole_image), samples "
+            "(--samples > 1: best-of-K against the judge), thresholds (--gate-thresholds below deepface's own); "
+            "each one in effect is stated first in both reports and in run.json",
         )
         group.add_argument(
             "--gate-max-linkage",

@@ -70,6 +70,9 @@ class JobSettings:
     gate_max_linkage: int | None = None  # withhold outputs whose own original ranks within the top R
     # Face-region mode keeps the scene: the gate releases only when the user accepts that it links to sources.
     accept_scene_linkage: bool = False
+    # --gate-override: the named gate-policy rules (GATE_OVERRIDES) this run may break; each one in effect is
+    # stated first in both reports and in run.json.
+    gate_override: tuple[str, ...] = ()
     label: str | None = None  # boomerang evaluate: the name of another tool's results, shown for a level
     demo: bool = False
     sampler: SamplerSettings = field(default_factory=SamplerSettings)
@@ -114,6 +117,7 @@ class JobSettings:
                 "original's, so anyone holding the originals links each one to its source; pass "
                 "--accept-scene-linkage to release them anyway (see docs/privacy.md)"
             )
+        self._check_gate_policy()
         if self.identity_from not in (None, "folder"):
             raise SettingsError(f"--identity-from must be 'folder', got {self.identity_from!r}")
         if self.identity_from and self.identity_column:
@@ -127,14 +131,35 @@ class JobSettings:
                 f"--eval-gpus-per-worker must be a share of a GPU in [0, 0.5] (recognizers are small), got {share!r}"
             )
 
-    def public_dict(self) -> dict[str, Any]:
+    def _check_gate_policy(self) -> None:
+        """--gate refuses, in one line, what would void its guarantees unless --gate-override names each rule."""
+        unknown = sorted(set(self.gate_override) - set(GATE_OVERRIDES))
+        if unknown:
+            raise SettingsError(
+                f"--gate-override: unknown rule(s) {', '.join(unknown)}; the rules are {', '.join(GATE_OVERRIDES)}"
+            )
+        broken = [name for name in gate_policy_breaches(self) if name not in self.gate_override]
+        if broken:
+            reasons = "; ".join(f"{_BREACH_FLAGS[name](self)} {GATE_OVERRIDES[name]}" for name in broken)
+            raise SettingsError(
+                f"--gate refused: {reasons}; pass --gate-override {','.join(broken)} to release anyway (both "
+                "reports and run.json then say so first; docs/privacy.md)"
+            )
+
+    def overrides_in_effect(self) -> tuple[str, ...]:
+        """The gate-policy rules this run breaks under --gate-override (empty without --gate)."""
+        return tuple(name for name in gate_policy_breaches(self) if name in self.gate_override)
+
+    def public_dict(self, model_sha256: str | None = None) -> dict[str, Any]:
         """Settings as plain data for run.json and the report: no paths of this machine (the input's may
-        name people; --out may lie inside it) and no secret file."""
+        name people; --out may lie inside it; a local --model is named by its weights' hash) and no secret
+        file."""
         sections = ("sampler", "evaluation", "region", "enhance")
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in sections}
         for private in _NOT_PUBLIC:
             data.pop(private)
         data["sampler"] = {f.name: getattr(self.sampler, f.name) for f in fields(self.sampler)}
+        data["sampler"]["model"] = public_model(self.sampler.model, model_sha256)
         data["evaluation"] = {f.name: getattr(self.evaluation, f.name) for f in fields(self.evaluation)}
         data["region"] = {f.name: getattr(self.region, f.name) for f in fields(self.region)}
         if self.enhance is not None:
@@ -143,6 +168,79 @@ class JobSettings:
 
 
 _NOT_PUBLIC = ("input", "out", "secret_file", "deepface_home")
+
+
+def public_model(model: str, weights_sha256: str | None = None) -> str:
+    """How public outputs name the model: a hub id as it is; a local folder (made absolute by `build_settings`)
+    by what pins its bytes, never its path (which may name the machine's user or the data)."""
+    if not (os.path.isabs(model) or model.startswith(("~", ".", "file:"))):
+        return model
+    return f"local model, sha256 {weights_sha256[:12]}" if weights_sha256 else "local model"
+
+
+# The gate's policy (docs/privacy.md): each rule --gate enforces, by the name --gate-override gives it, and what
+# breaking it costs (said in the refusal and, when overridden, first in both reports and run.json).
+GATE_OVERRIDES = {
+    "detector-skip": "looks for no face, so an original with no face is compared as if it had one and the rule "
+    "'an original with no face is withheld' cannot hold",
+    "whole-image": "compares an output whose face the detector misses on the whole image, so hiding the face "
+    "from the detector counts as clearing it",
+    "samples": "releases whichever of the samples of an image fooled the certifying recognizers (best-of-K "
+    "against the judge), and several variants of one face",
+    "thresholds": "sets a gate threshold below deepface's own, so the gate may release images that "
+    "DeepFace.verify calls the same person as their original",
+}
+_BREACH_FLAGS = {
+    "detector-skip": lambda s: "--detector skip",
+    "whole-image": lambda s: "--no-face-anonymized whole_image",
+    "samples": lambda s: f"--samples {s.samples}",
+    "thresholds": lambda s: (
+        "--gate-thresholds "
+        + ",".join(f"{n}={g:g} (deepface's own {own:g})" for n, (g, own) in lowered_gate_thresholds(s).items())
+    ),
+}
+
+
+def gate_policy_breaches(settings: JobSettings) -> list[str]:
+    """The gate-policy rules (GATE_OVERRIDES names) these settings break; none without --gate."""
+    if not settings.gate:
+        return []
+    evaluation = settings.evaluation
+    found = {
+        "detector-skip": evaluation.detector == "skip",
+        "whole-image": evaluation.no_face_anonymized == "whole_image",
+        "samples": settings.samples > 1,
+        "thresholds": bool(settings.gate_thresholds) and bool(lowered_gate_thresholds(settings)),
+    }
+    return [name for name in GATE_OVERRIDES if found[name]]
+
+
+def lowered_gate_thresholds(settings: JobSettings) -> dict[str, tuple[float, float]]:
+    """Recognizers whose explicit gate threshold is below deepface's own: name -> (gate, deepface's)."""
+    if not settings.gate_thresholds:
+        return {}
+    from evaluation.summary import deepface_threshold
+
+    evaluation = settings.evaluation
+    lowered = {}
+    for name, value in settings.gate_thresholds:
+        own = deepface_threshold(name, evaluation.metric, evaluation.engine)
+        if not math.isnan(own) and value < own:
+            lowered[name] = (value, own)
+    return lowered
+
+
+def override_statement(settings: JobSettings) -> str | None:
+    """The sentence both reports and run.json open with when --gate-override is in effect; None when not."""
+    names = settings.overrides_in_effect()
+    if not names:
+        return None
+    broken = "; ".join(f"{_BREACH_FLAGS[name](settings)} {GATE_OVERRIDES[name]}" for name in names)
+    return (
+        f"GATE POLICY OVERRIDDEN (--gate-override {','.join(names)}): this release was made although {broken}. "
+        "The release guarantees of docs/privacy.md do not hold for it."
+    )
+
 
 # Flag name -> (section, field). Sections: "" job, "sampler", "evaluation".
 _SAMPLER_KEYS = {
@@ -285,6 +383,9 @@ def build_settings(values: Mapping[str, Any]) -> JobSettings:
             job[key] = _float_tuple(key, job[key])
     if "recognizers" in evaluation:
         evaluation["recognizers"] = _str_tuple("recognizers", evaluation["recognizers"])
+    if "gate_override" in job:
+        # run.json records () as []: `boomerang report` rebuilds the settings from it.
+        job["gate_override"] = _str_tuple("gate-override", job["gate_override"]) if job["gate_override"] else ()
     if isinstance(evaluation.get("thresholds"), str):
         evaluation["thresholds"] = _parse_thresholds("thresholds", evaluation["thresholds"])
     if isinstance(job.get("gate_thresholds"), str):

@@ -16,10 +16,11 @@ from evaluation.summary import merge_partials, partial_stats, summary_from_parti
 
 from . import storage
 from .attacks import linkage_attack, linkage_section, with_linkage, write_attacks
+from .config import override_statement, public_model
 from .diversity import diversity_section, sample_diversity, with_diversity
 from .layout import write_public_table
 from .provenance import now, read_json, write_json_atomic
-from .records import ROWS_PER_STEP, read_faces, shards_with_rows, table_files, table_steps
+from .records import ROWS_PER_STEP, shards_with_rows, table_files, table_steps
 
 if TYPE_CHECKING:
     from .job import Job
@@ -220,7 +221,6 @@ def internal_samples(job: Job, chosen: pd.DataFrame, released: set | None = None
     Originals only with --report-originals, re-encoded so no metadata travels.
     """
     originals = _original_thumbnails(job, chosen) if job.settings.report_originals else {}
-    boxes = _resampled_squares(job, chosen)
     samples = []
     for row in chosen.itertuples():
         path = job.layout.root / row.output_path
@@ -231,22 +231,9 @@ def internal_samples(job: Job, chosen: pd.DataFrame, released: set | None = None
         caption = f"{row.anon_id[:8]} {_level_text(row.level, row.t_boom)}"
         if released is not None:
             caption += " released" if (row.anon_id, float(row.level)) in released else " withheld"
-        squares = boxes.get((row.anon_id, float(row.level)), ())
-        if squares:
-            caption += f", {len(squares)} face{'s' if len(squares) > 1 else ''} resampled (boxes)"
-        samples.append((caption, path.read_bytes(), squares))
+        # No face boxes drawn: they locate people and stay in private/outputs.parquet (docs/privacy.md).
+        samples.append((caption, path.read_bytes()))
     return samples
-
-
-def _resampled_squares(job: Job, chosen: pd.DataFrame) -> dict[tuple[str, float], list[tuple[int, int, int, int]]]:
-    """Face-region mode: (anon_id, level) -> the squares each shown output's faces were resampled in."""
-    if not job.settings.region.faces or chosen.empty:
-        return {}
-    faces = read_faces(job.layout, anon_ids=set(chosen["anon_id"]))
-    found: dict = {}
-    for face in faces.itertuples():
-        found.setdefault((face.anon_id, float(face.level)), []).append((face.left, face.top, face.side, face.side))
-    return found
 
 
 def _level_text(level, t_boom) -> str:
@@ -271,17 +258,22 @@ def build_report(job: Job, failed, summary, distances, samples, sections=(), rep
         ignore_index=True,
     )
     record = read_json(layout.run_json)
+    model = dict(record.get("model") or {})
+    if "model" in model:  # also a run.json from before public_model: never a local path in the report
+        model["model"] = public_model(str(model["model"]), model.get("weights_sha256"))
+    # A gate-policy override is the first thing either report says, before any other notice.
+    notice = " ".join(filter(None, [override_statement(job.settings), job.notice])) or None
     files = render_report(
         title="Boomerang anonymization report",
-        settings=job.settings.public_dict(),
+        settings=job.settings.public_dict(model.get("weights_sha256")),
         versions={
             **record.get("versions", {}),
-            **{f"model {k}": v for k, v in (record.get("model") or {}).items()},
+            **{f"model {k}": v for k, v in model.items()},
         },
         summary=summary,
         failures=failures,
         samples=samples,
-        notice=job.notice,
+        notice=notice,
         sections=list(sections),
     )
     folder = report_dir or layout.report

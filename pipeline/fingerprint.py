@@ -89,7 +89,13 @@ _STAGES = {
     "seed": (ANONYMIZE,),
     "evaluation": (EVALUATE,),
     "recognizer_weights": (EVALUATE,),
+    "seed_scheme": (ANONYMIZE,),
 }
+
+# How faces (region mode) and tiles (enhance) are seeded: not a setting but the code's, and it changes their
+# bytes. Folders seeded on the workers by the secret itself (before pipeline.secret.PART_SEED_SCHEME) are
+# recorded without it and read as OLD_PART_SEEDS, so they are refused a resume rather than mixed.
+OLD_PART_SEEDS = "secret-per-part"
 
 # The flag a user changes a key with, where the rule in `flag_for` does not give it (pipeline/cli.py).
 _FLAG_OVERRIDES = {
@@ -102,6 +108,7 @@ _FLAG_OVERRIDES = {
     "evaluation.align": "align (config file)",
     "evaluation.metric": "metric (config file)",
     "recognizer_weights": "recognizer weights (DEEPFACE_HOME)",
+    "seed_scheme": "the seeding of faces and tiles (a boomerang upgrade; use another --out)",
 }
 
 # Version 1 keys -> version 2 keys.
@@ -141,6 +148,10 @@ def fingerprint(
     if device is not None:
         pins |= device_keys(settings.sampler, device)
     found = {k: v for k, v in walk(settings, pins).items() if set(stage_of(k)) & stages}
+    if ANONYMIZE in stages and (settings.region.faces or settings.enhance is not None):
+        from .secret import PART_SEED_SCHEME
+
+        found["seed_scheme"] = PART_SEED_SCHEME
     if EVALUATE in stages and recognizers is not None:
         found["recognizer_weights"] = {name: r["weights_sha256"] for name, r in recognizers.items()}
     return found
@@ -242,6 +253,9 @@ def upgrade(recorded: dict, version: int | None, defaults: dict) -> dict:
             found.setdefault("evaluation.no_face_anonymized", "whole_image")
         if any(k.startswith("enhance.") for k in found):
             found["enhance"] = "on"
+    parts_seeded = found.get("region.mode") == "faces" or found.get("enhance") == "on"
+    if parts_seeded and "sampler.model" in found:
+        found.setdefault("seed_scheme", OLD_PART_SEEDS)
     stages = stages_recorded(found)
     for key, value in defaults.items():
         if set(stage_of(key)) & stages and key not in DEFERRED:

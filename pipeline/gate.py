@@ -24,6 +24,7 @@ from evaluation import DISTANCES_SCHEMA
 
 from . import storage
 from .attacks import linkable
+from .config import lowered_gate_thresholds
 from .finalize import JobResult, build_report, finalize
 from .job import Job, run_pass
 from .layout import RunLayout, write_private_table, write_public_table
@@ -58,15 +59,7 @@ def gate_thresholds(settings) -> dict[str, float]:
 
 def lowered_thresholds(settings) -> dict[str, tuple[float, float]]:
     """Recognizers whose explicit gate threshold is below deepface's own: name -> (gate, deepface's)."""
-    from evaluation.summary import deepface_threshold
-
-    evaluation = settings.evaluation
-    lowered = {}
-    for name, value in settings.gate_thresholds:
-        own = deepface_threshold(name, evaluation.metric, evaluation.engine)
-        if not math.isnan(own) and value < own:
-            lowered[name] = (value, own)
-    return lowered
+    return lowered_gate_thresholds(settings)
 
 
 def cleared_levels(distances: pd.DataFrame, thresholds: dict[str, float]) -> pd.DataFrame:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from . import storage
 from .cluster import ClusterInfo, connect, disconnect
-from .config import JobSettings
+from .config import JobSettings, override_statement, public_model
 from .errors import error_row, problem, scrub
 from .fingerprint import anonymize_device, defaults, device_keys, fingerprint
 from .inputs import InputItem, InputSet, discover, identity_labels
@@ -47,7 +47,7 @@ from .records import (
     write_identities,
 )
 from .resume import ShardCompactor, shard_todo
-from .secret import anon_id, load_secret, output_key
+from .secret import anon_id, keyed_levels, load_secret, output_key
 from .shards import plan_shards
 from .timings import Timings, since_start
 
@@ -150,7 +150,7 @@ def prepare(settings: JobSettings, mode: str, stream: TextIO | None = None) -> J
     imported = since_start()  # the command line and the driver's modules loaded
     layout = RunLayout.at(settings.out)
     layout.check_store()
-    storage.make_dirs(layout.root)
+    storage.make_run_folder(layout.root)
     lock = run_lock(layout.lock_file, shared_filesystem=settings.shared_filesystem_lock).acquire()
     try:
         job = _prepare_locked(settings, mode, layout, lock, stream)
@@ -226,10 +226,11 @@ def with_samples(inputs: InputSet, k: int) -> Samples:
 def _start_record(job: Job, model: dict | None, recognizers: dict | None, determining: dict) -> None:
     record = read_json(job.layout.run_json)
     settings = job.settings
+    weights = (model or {}).get("weights_sha256")
     record.update(
         {
             "command": job.mode,
-            "settings": settings.public_dict(),
+            "settings": settings.public_dict(weights),
             "versions": versions(),
             "started": now(),
             "finished": None,
@@ -239,7 +240,12 @@ def _start_record(job: Job, model: dict | None, recognizers: dict | None, determ
     )
     record_fingerprint(record, determining, defaults(settings))
     if model is not None:
-        record["model"] = model
+        record["model"] = {**model, "model": public_model(model["model"], weights)}
+    # A gate-policy override opens run.json ("_" sorts before every other key): pipeline.config.GATE_OVERRIDES.
+    record.pop("_gate_override", None)
+    statement = override_statement(settings)
+    if statement:
+        record["_gate_override"] = {"rules": list(settings.overrides_in_effect()), "statement": statement}
     if recognizers is not None:
         record["recognizers"] = recognizers
     record.pop("notice", None)
@@ -338,20 +344,7 @@ def run_pass(job: Job, levels: tuple[float, ...], image_ids: set[str] | None = N
             if item.problem:
                 problems += [(item, level) for level in todo]
             else:
-                image_id, sample = job.sample_of(item.image_id)
-                work.append(
-                    {
-                        "key": item.image_id,
-                        "image_id": image_id,
-                        "sample": sample,
-                        "anon_id": aid,
-                        "source": item.source,
-                        "source_size": item.size,
-                        "source_mtime": item.mtime,
-                        "problem": None,
-                        "levels": todo,
-                    }
-                )
+                work.append(work_row(job, item, aid, todo))
     total = sum(planned.values())
     if total == 0:
         return 0
@@ -378,6 +371,31 @@ def run_pass(job: Job, levels: tuple[float, ...], image_ids: set[str] | None = N
     job.pairs_done_now += progress.done
     job.errors_now += progress.errors
     return progress.done
+
+
+def work_row(job: Job, item: InputItem, aid: str, levels) -> dict:
+    """One dataset row for the anonymize stage: what to read, its levels, and per level the output's seed and
+    sub-key (pipeline.secret), derived here: the run's secret never leaves the driver."""
+    image_id, sample = job.sample_of(item.image_id)
+    return {
+        "key": item.image_id,
+        "image_id": image_id,
+        "sample": sample,
+        "anon_id": aid,
+        "source": item.source,
+        "source_size": item.size,
+        "source_mtime": item.mtime,
+        "problem": None,
+        **keyed_levels(job.secret, job.settings.seed, image_id, levels, sample),
+    }
+
+
+def anonymize_config(job: Job, threads: int | None):
+    """What every anonymize actor is constructed with (pickled to each): no secret."""
+    from .stages import AnonymizeConfig
+
+    settings = job.settings
+    return AnonymizeConfig(str(job.layout.root), settings.max_pixels, threads, settings.region, settings.enhance)
 
 
 def _write_problems(job: Job, problems: list[tuple[InputItem, float]]):
@@ -409,7 +427,7 @@ def _plan(job: Job, work: list[dict]):
     from ray.data import ActorPoolStrategy
 
     # The stages import torch and diffusers: only a job that runs them pays for that.
-    from .stages import AnonymizeConfig, AnonymizeStage, EvaluateConfig, EvaluateStage, WriteStage
+    from .stages import AnonymizeStage, EvaluateConfig, EvaluateStage, WriteStage
 
     settings = job.settings
     actors = actor_plan(job)
@@ -449,18 +467,7 @@ def _plan(job: Job, work: list[dict]):
     sampler = replace(settings.sampler, device=device, dtype=device_keys(settings.sampler, device)["sampler.dtype"])
     ds = ds.map_batches(
         AnonymizeStage,
-        fn_constructor_args=(
-            sampler,
-            AnonymizeConfig(
-                str(job.layout.root),
-                settings.seed,
-                job.secret,
-                settings.max_pixels,
-                threads,
-                settings.region,
-                settings.enhance,
-            ),
-        ),
+        fn_constructor_args=(sampler, anonymize_config(job, threads)),
         batch_size=settings.batch_size,
         batch_format="pandas",
         compute=ActorPoolStrategy(size=actors.anonymize),
@@ -528,6 +535,8 @@ def _attach_work(batch, work: dict, id_column: str, image_column: str):
         "source_mtime",
         "problem",
         "levels",
+        "seeds",
+        "subkeys",
         "image",
     ]
     return pd.DataFrame(rows, columns=columns)

@@ -30,8 +30,8 @@ from evaluation import distances_table
 from . import storage
 from .errors import TRANSIENT
 from .layout import RunLayout, write_private_table, write_public_table
-from .schemas import EMBEDDINGS_SCHEMA, FACE_BOX, IDENTITY_SCHEMA, MANIFEST_SCHEMA, OUTPUTS_SCHEMA
 from .lock import ensure_held
+from .schemas import EMBEDDINGS_SCHEMA, FACE_BOX, IDENTITY_SCHEMA, MANIFEST_SCHEMA, OUTPUTS_SCHEMA
 from .shards import batch_name, batch_parts, load_shards, shard_files, shard_name, shard_of_name
 from .storage import Location
 

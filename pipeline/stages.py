@@ -36,7 +36,6 @@ from anonymize import (
     from_model_output,
     load_model,
     make_generator,
-    output_seed,
     pad_to,
     paste_regions,
     tile_grid,
@@ -49,6 +48,7 @@ from .errors import RowError, classify, error_row, problem, scrub
 from .inputs import read_bytes
 from .layout import RunLayout
 from .records import finish_batch
+from .secret import part_seed
 
 OUTPUT_COLUMNS = (
     "anon_id",
@@ -92,11 +92,10 @@ NO_FACE_ORIGINAL_TEXT = "no_face_original: the face detector found no face in th
 
 @dataclass(frozen=True)
 class AnonymizeConfig:
-    """What an anonymize actor needs besides the sampler settings. `secret` keys every output's seed."""
+    """What an anonymize actor needs besides the sampler settings. No secret: each row brings its outputs'
+    seeds and sub-keys, derived on the driver (pipeline.secret)."""
 
     out: str
-    seed: int
-    secret: bytes
     max_pixels: int
     threads: int | None = None
     region: RegionSettings = RegionSettings()
@@ -135,6 +134,9 @@ class AnonymizeStage:
             levels = [float(level) for level in item["levels"]]
             base = {key: item.get(key) for key in ("anon_id", "image_id", "source_size", "source_mtime")}
             base["sample"] = int(item.get("sample") or 0)
+            # Per level: the output's seed and sub-key (pipeline.job.work_row); dropped from the output rows.
+            base["_seeds"] = {lv: int(seed) for lv, seed in zip(levels, item["seeds"], strict=True)}
+            base["_subkeys"] = {lv: str(key) for lv, key in zip(levels, item["subkeys"], strict=True)}
             if item.get("problem"):
                 rows += [self._error(base, level, problem(item["problem"])) for level in levels]
                 continue
@@ -280,11 +282,12 @@ class AnonymizeStage:
                 _free_accelerator_memory()
                 self.sampler.settings = replace(self.sampler.settings, model_batch=model_batch // 2)
 
-    def _seed(self, base: dict, level: float, face_index: int | None = None) -> int:
-        """One output's (or, in face-region mode, one face's) seed: keyed by the run's secret over the image id,
-        level, local sample and face."""
-        config = self.config
-        return output_seed(config.secret, config.seed, base["image_id"], level, base["sample"], face_index)
+    def _seed(self, base: dict, level: float, part: int | None = None) -> int:
+        """One output's seed, as the driver derived it; or the seed of one of its parts (a face in face-region
+        mode, a tile in enhance), derived from the output's sub-key."""
+        if part is None:
+            return base["_seeds"][float(level)]
+        return part_seed(base["_subkeys"][float(level)], part)
 
     def _error(self, base: dict, level: float, error: RowError) -> dict:
         return error_row(base, level, error) | {"seed": self._seed(base, level)}

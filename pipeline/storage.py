@@ -7,8 +7,10 @@ What differs is here, in one place:
 - A file is written whole or not at all. Locally: a hidden temporary file in the same folder, fsync, rename,
   fsync of the folder. On an object store a PUT publishes the object only once the upload completes, so the
   write itself is the commit (no rename, which object stores lack, is needed).
-- Private files are 0600 from creation locally. An object store has no file modes: who reads `private/` is
-  the bucket's access policy (docs/reliability.md).
+- Private files are 0600 from creation locally, their folders 0700. The run folder itself is made 0700 and
+  every other file 0640, folder 0750 (umask may only narrow these): nothing of a run is readable by other
+  users, and `chmod g+rx OUT` shares all but `private/` with the folder's group (docs/privacy.md). An
+  object store has no file modes: who reads the run is the bucket's access policy (docs/reliability.md).
 - Folders exist only locally; on an object store a "folder" is a key prefix and needs no creating.
 - Listings are never cached: parts written by workers on other nodes must show up in the driver's next
   listing (fsspec's default listing cache would hide them).
@@ -94,14 +96,40 @@ def is_local(path: Location | str) -> bool:
     return isinstance(path, (PurePath, str))
 
 
+# Local modes (see the module's docstring); the process umask may narrow them, never widen.
+FILE_MODE, FOLDER_MODE = 0o640, 0o750
+PRIVATE_FILE_MODE, PRIVATE_FOLDER_MODE = 0o600, 0o700
+RUN_FOLDER_MODE = 0o700
+
+
+def _make_parents(folder: Path, mode: int) -> None:
+    """`mkdir -p` with `mode` for each folder it makes (pathlib gives missing parents the umask's default)."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for each in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another worker made it first
+            each.mkdir(mode=mode)
+
+
+def make_run_folder(folder: Location) -> None:
+    """Create a run's folder 0700 if it is not there (its missing parents as `mkdir -p` would); a folder that
+    exists keeps the mode its owner gave it. Nothing on an object store."""
+    if is_local(folder) and not folder.exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir(mode=RUN_FOLDER_MODE)
+
+
 def write_bytes(path: Location, data: bytes, *, private: bool = False) -> None:
-    """Write `path` whole or not at all (see the module's docstring); `private`: 0600 from creation locally."""
+    """Write `path` whole or not at all (see the module's docstring); 0600 with `private`, else 0640 locally."""
     if not is_local(path):
         path.fs.pipe_file(path.path, data)
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parents(path.parent, PRIVATE_FOLDER_MODE if private else FOLDER_MODE)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o666)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE if private else FILE_MODE)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -148,17 +176,18 @@ def read_schema(path: Location) -> pa.Schema:
 
 
 def make_dirs(*folders: Location, private: bool = False) -> None:
-    """Create local folders (0700 with `private`, also when they already existed); nothing on an object store."""
+    """Create local folders (0750, or 0700 with `private`, also when they already existed); nothing on an
+    object store."""
     for folder in folders:
         if not is_local(folder):
             continue
         if not private:
-            folder.mkdir(parents=True, exist_ok=True)
+            _make_parents(folder, FOLDER_MODE)
             continue
         folder.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileExistsError):
-            folder.mkdir(mode=0o700)
-        os.chmod(folder, 0o700)  # an existing folder from an older run, or one made under a loose umask
+            folder.mkdir(mode=PRIVATE_FOLDER_MODE)
+        os.chmod(folder, PRIVATE_FOLDER_MODE)  # an existing folder from an older run, or one made under a loose umask
 
 
 def remove_tree(path: Location) -> None:
@@ -176,10 +205,12 @@ def remove_tree(path: Location) -> None:
 def copy_file(source: Location, target: Location) -> None:
     """Copy one file whole (server-side where both are in one store)."""
     if is_local(source) and is_local(target):
-        target.parent.mkdir(parents=True, exist_ok=True)
+        _make_parents(target.parent, FOLDER_MODE)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
         try:
-            shutil.copyfile(source, tmp)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)  # not the source's mode
+            with open(source, "rb") as reader, os.fdopen(fd, "wb") as writer:
+                shutil.copyfileobj(reader, writer)
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)

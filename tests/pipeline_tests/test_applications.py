@@ -85,7 +85,7 @@ def test_samples_and_augment(cli, tiny_sd, tmp_path):
 def test_one_sample_is_reproducible_alone(tiny_sd, tmp_path):
     """Sample 2 of an image, made alone in this process by the stage, is the job's sample 2 byte for byte:
     a sample depends on its own key only (same model files, one torch thread, fixed model batch)."""
-    from pipeline.secret import anon_id, output_key
+    from pipeline.secret import anon_id, keyed_levels, output_key
     from pipeline.stages import AnonymizeConfig, AnonymizeStage
 
     secret = b"s" * 32
@@ -93,7 +93,7 @@ def test_one_sample_is_reproducible_alone(tiny_sd, tmp_path):
     image.save(tmp_path / "face.png")
     stage = AnonymizeStage(
         SamplerSettings(model=str(tiny_sd), steps=10, model_batch=4),
-        AnonymizeConfig(str(tmp_path / "out"), 0, secret, 50_000_000, threads=1),
+        AnonymizeConfig(str(tmp_path / "out"), 50_000_000, threads=1),
     )
 
     def row(sample: int) -> dict:
@@ -105,7 +105,7 @@ def test_one_sample_is_reproducible_alone(tiny_sd, tmp_path):
             "source_size": 1,
             "source_mtime": 0.0,
             "problem": None,
-            "levels": [0.5],
+            **keyed_levels(secret, 0, "face.png", [0.5], sample),
         }
 
     together = stage(pd.DataFrame([row(0), row(1), row(2)]))

@@ -135,7 +135,7 @@ def test_the_gate_withholds_outputs_the_linkage_attack_finds(cli, tmp_path):
 
     status, stdout, err = cli(
         "run", str(data), "--out", str(out), "--gate", "--ladder", "0.5", "--steps", "4", "--secret-file", str(secret),
-        "--gate-thresholds", "Facenet=0", "--gate-max-linkage", "1",
+        "--gate-thresholds", "Facenet=0", "--gate-override", "thresholds", "--gate-max-linkage", "1",
     )  # fmt: skip
 
     assert status == 0, err

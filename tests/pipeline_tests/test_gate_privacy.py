@@ -90,6 +90,8 @@ def gate_run(ray_runtime, deepface_home, tiny_sd, tmp_path_factory):
         "--model",
         str(tiny_sd),
         *COMMON,
+        "--gate-override",
+        "detector-skip,thresholds",
         "--deepface-home",
         str(deepface_home),
     ]
@@ -307,7 +309,15 @@ def test_gate_killed_between_rounds_resumes_without_redoing_rounds(cli, tmp_path
         "--recognizers",
         "Facenet",
     ]
-    options = ["--model", str(tiny_sd), *COMMON, "--deepface-home", str(deepface_home)]
+    options = [
+        "--model",
+        str(tiny_sd),
+        *COMMON,
+        "--gate-override",
+        "detector-skip",
+        "--deepface-home",
+        str(deepface_home),
+    ]
     manifest = out / "manifest.parquet"
     gates: list[Gate] = []
 

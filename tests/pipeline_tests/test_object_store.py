@@ -196,6 +196,7 @@ def test_a_gated_release_on_s3_its_report_and_overwrite(s3_server, tmp_path, tin
     argv = ["run", str(data), "--out", out, "--steps", "4", "--model", str(tiny_sd), "--recognizers", "Facenet"]
     argv += ["--detector", "skip", "--deepface-home", str(deepface_home), "--batch-size", "2", "--eval-batch-size", "2"]
     gate = ["--gate", "--ladder", "0.3,0.6", "--gate-thresholds", "Facenet=0.01"]
+    gate += ["--gate-override", "detector-skip,thresholds"]
 
     result = boomerang(*argv, *gate)
 
