@@ -9,6 +9,7 @@ cluster lost) or was interrupted: a rerun resumes; 3 with --strict when some row
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -320,6 +321,9 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = make_parser().parse_args(argv)
+    # transformers 5 warns on stderr, once per process, that its image processors want torchvision; boomerang
+    # never uses them (no feature extractor is loaded), and the warning buries the job's own one-line errors.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from . import commands
 
     previous = _stop_on_sigterm()
