@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--level-steps", type=int, default=20, help="steps for the level sweep")
-    args = common.parse(parser, {"n": 2, "steps": 2, "level_steps": 4})
+    args = common.parse(parser, {"n": 2, "steps": 2, "level_steps": 10})
 
     model = resolve_model(args.model)
     home = deepface_home(["Facenet"])
