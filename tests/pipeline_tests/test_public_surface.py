@@ -98,6 +98,10 @@ CASES = {
     "anonymize": [["anonymize", "{data}", *LEVEL]],
     "enhance --benchmark": [["enhance", "{data}", "--scale", "2", "--benchmark", "--steps", "4"]],
     "augment": [["augment", "{data}", "--samples", "2", *LEVEL]],
+    "run --gate, then forget": [
+        ["run", "{data}", "--gate", "--ladder", "0.5,0.9", "--steps", "4"],
+        ["forget", "{out}", "--ids", "{ids}"],
+    ],
 }
 
 
@@ -112,9 +116,12 @@ CASES = {
 def test_no_public_byte_of_a_command_leads_back_to_a_person(cli, corpus, tmp_path, case):
     data, _ = corpus
     out = tmp_path / "out"
+    ids = tmp_path / "withdrawn.txt"  # forget: one person's first photo, by its id (the path under the input)
+    first = sorted(p for p in data.rglob("*") if p.is_file())[0]
+    ids.write_text(first.relative_to(data).as_posix() + "\n", encoding="utf-8")
     for argv in CASES[case]:
-        args = [a.format(data=data, out=out) for a in argv]
-        if args[0] != "report":
+        args = [a.format(data=data, out=out, ids=ids) for a in argv]
+        if args[0] not in ("report", "forget"):
             args += ["--out", str(out)]
         status, _, err = cli(*args)
         assert status == 0, err
