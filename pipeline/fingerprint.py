@@ -71,6 +71,8 @@ NOT_OUTPUT: dict[str, str] = {
     "gate_thresholds": "the gate's rule, re-decided over the kept distances by every gate run",
     "gate_max_linkage": "the gate's rule, re-decided over the kept embeddings by every gate run",
     "accept_scene_linkage": "whether region-mode outputs may be released; the region mode itself is recorded",
+    "gate_override": "which gate rules a release may break (stated first in both reports); not how outputs are made",
+    "shared_filesystem_lock": "whether a lock on a network filesystem is trusted; not how outputs are made",
     # A name for what sampler.model records: the hub snapshot commit the revision resolved to.
     "sampler.revision": "a name for the hub commit that sampler.model records",
 }

@@ -170,7 +170,11 @@ def test_folders_written_by_the_previous_version_resume_and_refuse_a_region_swit
             "no_face": "withhold",
         }
     }
-    check_rerun(region_record, fp.fingerprint(settings(region="faces"), "run", MODEL, RECOGNIZERS), has_outputs=True)
+    # Its faces were seeded on the workers by the secret itself (before pipeline.secret.PART_SEED_SCHEME): not
+    # resumed, so no folder mixes the two seedings.
+    faces = fp.fingerprint(settings(region="faces"), "run", MODEL, RECOGNIZERS)
+    with pytest.raises(RefusedRerun, match="^the seeding of faces and tiles .*recorded 'secret-per-part'"):
+        check_rerun(region_record, faces, has_outputs=True)
     with pytest.raises(RefusedRerun, match="^--region differs .*recorded 'faces', now 'image'"):
         check_rerun(region_record, fp.fingerprint(settings(), "run", MODEL, RECOGNIZERS), has_outputs=True)
     with pytest.raises(RefusedRerun, match="^--steps differs"):
@@ -198,7 +202,7 @@ def test_each_refusal_names_a_flag_the_command_line_has():
         if flag.startswith("--"):
             assert flag.split()[0] in options, f"{key} -> {flag}, which pipeline/cli.py does not have"
         else:  # config-file keys and the enhance command itself
-            assert key in ("evaluation.align", "evaluation.metric", "enhance", "recognizer_weights"), key
+            assert key in ("evaluation.align", "evaluation.metric", "enhance", "recognizer_weights", "seed_scheme"), key
 
 
 def test_the_recorded_dtype_is_the_one_the_model_loads_in():

@@ -263,13 +263,16 @@ def test_forget_removes_every_trace_and_the_gate_cannot_release_them_again(cli, 
 def test_forget_passes_over_empty_tables_and_files_that_do_not_name_them(tmp_path):
     layout = RunLayout(tmp_path)
     empty = pa.table({"anon_id": pa.array([], pa.string()), "reason": pa.array([], pa.string())})
-    other = pa.table({"anon_id": ["b" * 24], "output_path": [f"images/level=0.50/{'b' * 24}.png"]})
-    for name, table in (("empty.parquet", empty), ("other.parquet", other)):
-        pq.write_table(table, tmp_path / name)
-        assert remove_rows_of(layout, tmp_path / name, {"a" * 24}) == 0
-        assert pq.read_table(tmp_path / name).equals(table)
-    assert remove_rows_of(layout, tmp_path / "other.parquet", {"b" * 24}) == 1  # by its id and its path alike
-    assert pq.read_table(tmp_path / "other.parquet").num_rows == 0
+    other = pa.table({"anon_id": ["b" * 24], "release_id": ["c" * 32], "level": [0.5]})
+    # Declared places (the writers refuse any other).
+    (tmp_path / "private").mkdir()
+    empty_at, other_at = tmp_path / "private" / "withheld.parquet", tmp_path / "private" / "released.parquet"
+    for path, table in ((empty_at, empty), (other_at, other)):
+        pq.write_table(table, path)
+        assert remove_rows_of(layout, path, {"a" * 24}) == 0
+        assert pq.read_table(path).equals(table)
+    assert remove_rows_of(layout, other_at, {"b" * 24}) == 1
+    assert pq.read_table(other_at).num_rows == 0
 
 
 @pytest.mark.slow

@@ -145,13 +145,13 @@ def test_a_driver_that_lost_the_lock_commits_nothing(proxy, run_url):
     layout = RunLayout.at(run_url)
     lock = ObjectLock(via_proxy(proxy, run_url), lease=3.0, beat=0.1).acquire()
     assert str(lock.path) == str(layout.lock_file)
-    row = {"anon_id": "a" * 16, "level": 0.5, "sample": 0, "status": "ok"}
+    row = {"anon_id": "a" * 24, "level": 0.5, "sample": 0, "status": "ok"}
     finish_batch(layout, [row], None)  # held: written
     parts = sorted(p.name for p in layout.manifest.iterdir())
     proxy.inject("503", method="PUT", path=LOCK_KEY, count=10**6, seconds=DEADLINE)
     wait_for(lambda: not lock.held, "the driver to give the lock up")
     with pytest.raises(LockLost):
-        finish_batch(layout, [dict(row, anon_id="b" * 16)], None)
+        finish_batch(layout, [dict(row, anon_id="b" * 24)], None)
     with pytest.raises(LockLost):
         ShardCompactor(layout, Counter({0: 1})).update(pd.DataFrame({"shard": [0]}))
     assert sorted(p.name for p in layout.manifest.iterdir()) == parts  # no new part, no shard file
