@@ -343,7 +343,8 @@ def _attack_text(rows: pd.DataFrame) -> str:
         if rate not in rows or rows[rate].isna().all():
             continue
         worst = rows.loc[rows[rate].astype(float).idxmax()]
-        found.append(f"{name} rank-1 {float(worst[rate]):.0%} (chance {float(worst[chance]):.0%})")
+        odds = float(worst[chance]) if chance in worst and pd.notna(worst[chance]) else math.nan
+        found.append(f"{name} rank-1 {float(worst[rate]):.0%}" + ("" if math.isnan(odds) else f" (chance {odds:.0%})"))
     return (" Attacks: " + ", ".join(found) + ".") if found else ""
 
 
