@@ -23,6 +23,8 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from evaluation.summary import protocol_label
+
 DISTANCE_PLOT = "distance_vs_level.svg"
 FRACTION_PLOT = "fraction_cleared_vs_level.svg"
 # A report over a large failed run stays readable; the Parquet files hold every row.
@@ -109,6 +111,8 @@ def render_report(
     samples: Sequence[tuple],
     notice: str | None = None,
     sections: Sequence[tuple[str, str]] = (),
+    verdict: Sequence[str] = (),
+    gate_thresholds: dict[str, float] | None = None,
 ) -> dict[str, str]:
     """The report's files, name -> text: the two plot SVGs, then ``index.html`` (which embeds them).
 
@@ -123,8 +127,11 @@ def render_report(
         notice: a banner shown at the top, e.g. that the numbers come from random-weight models.
         sections: extra (title, HTML) sections appended by the caller; the HTML is inserted as
             given, so the caller escapes what it puts in.
+        verdict: lines (text) that open the Summary: what is releasable at the gate's thresholds.
+        gate_thresholds: recognizer -> the gate's threshold, drawn in the distance plot where it differs
+            from the run's.
     """
-    distance_svg = _distance_plot(summary)
+    distance_svg = _distance_plot(summary, gate_thresholds or {})
     fraction_svg = _fraction_plot(summary)
 
     parts = [
@@ -138,6 +145,7 @@ def render_report(
         parts.append(f'<div class="notice">{_e(notice)}</div>')
     parts += [
         "<h2>Summary</h2>",
+        _verdict_html(verdict),
         _summary_sentence(summary),
         f'<div class="scroll">{_summary_html(summary)}</div>',
         _ORIGINAL_BOX_NOTE if not summary.empty else "",
@@ -147,7 +155,8 @@ def render_report(
         _inline_svg(fraction_svg, "Fraction of images cleared by level, with 95% Wilson intervals"),
         "</div>",
         '<p class="muted">Left: mean cosine distance between each original and its anonymized image, '
-        "error bars one standard error; dashed lines are the thresholds. Right: fraction of evaluated "
+        "error bars one standard error; dashed lines are the run's thresholds, dotted lines the gate's where "
+        "they are stricter. Right: fraction of evaluated "
         "images whose distance is above the threshold (a recognizer would not match them), with 95% "
         "Wilson score intervals.</p>",
         "<h2>Threshold</h2>",
@@ -260,6 +269,10 @@ _FACES_NOTE = (
 )
 
 
+def _verdict_html(verdict: Sequence[str]) -> str:
+    return "".join(f'<p class="verdict"><strong>{_e(line)}</strong></p>' for line in verdict)
+
+
 def _summary_sentence(summary: pd.DataFrame) -> str:
     if summary.empty:
         return ""
@@ -273,7 +286,10 @@ def _summary_sentence(summary: pd.DataFrame) -> str:
                 parts.append(f"{name}: {row.n_cleared}/{trials} cleared")
         if parts:
             lines.append(f"<li>{_e(recognizer)}: {_e('; '.join(parts))}</li>")
-    return f"<ul>{''.join(lines)}</ul>" if lines else ""
+    if not lines:
+        return ""
+    label = protocol_label(summary)
+    return f"<p>At {_e(label)}:</p><ul>{''.join(lines)}</ul>"
 
 
 def _threshold_html(summary: pd.DataFrame) -> str:
@@ -389,7 +405,7 @@ def _finish_axes(axes, summary: pd.DataFrame, plotted: bool) -> None:
     axes.legend(fontsize="small")
 
 
-def _distance_plot(summary: pd.DataFrame) -> str:
+def _distance_plot(summary: pd.DataFrame, gate_thresholds: dict[str, float] | None = None) -> str:
     figure, axes = _figure()
     axes.set_xlabel("anonymity level (t_boom / T)")
     axes.set_ylabel("cosine distance to original")
@@ -422,6 +438,18 @@ def _distance_plot(summary: pd.DataFrame) -> str:
                 linewidth=1,
                 label=f"threshold {row.recognizer}",
             )
+    # The gate decides at its own thresholds: every threshold the report mentions is drawn.
+    if thresholds is not None:
+        run = dict(zip(thresholds["recognizer"], thresholds["threshold"].astype(float), strict=True))
+        for recognizer, value in (gate_thresholds or {}).items():
+            if recognizer in run and value != run[recognizer]:
+                axes.axhline(
+                    value,
+                    color=colors.get(recognizer, "black"),
+                    linestyle=":",
+                    linewidth=1,
+                    label=f"gate threshold {recognizer} ({value:g})",
+                )
     _finish_axes(axes, summary, plotted)
     return _svg(figure)
 

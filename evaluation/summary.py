@@ -302,3 +302,89 @@ def deepface_threshold(model_name: str, metric: str = "cosine", engine: str = "p
     table = deepface_module("deepface.config.threshold", engine).thresholds
     value = table.get(model_name, {}).get(metric)
     return math.nan if value is None else float(value)
+
+
+def image_verdicts(distances: pd.DataFrame, thresholds: dict[str, float]) -> pd.DataFrame:
+    """Per (anon_id, level) of `distances`: `clears`, the gate's rule without its linkage rule: every recognizer
+    of `thresholds` evaluated the image (every face of it, in face-region mode) and found distance > its threshold.
+
+    Rows of one (anon_id, level) must all be in `distances` (they are written together, in one file)."""
+    columns = ["anon_id", "level", "clears"]
+    d = distances[distances["recognizer"].isin(list(thresholds))]
+    if d.empty:
+        return pd.DataFrame(columns=columns)
+    d = d.assign(ok=(d["status"] == "ok") & (d["distance"].astype(float) > d["recognizer"].map(thresholds)))
+    grouped = d.groupby(["anon_id", "level"], dropna=False).agg(n=("recognizer", "nunique"), ok=("ok", "all"))
+    grouped["clears"] = (grouped["n"] == len(thresholds)) & grouped["ok"]
+    return grouped.reset_index()[columns]
+
+
+def verdict_table(verdicts: pd.DataFrame) -> pd.DataFrame:
+    """Per level (NaN for a run without levels): images, images that clear every recognizer, its Wilson 95%."""
+    columns = ["level", "n_images", "n_clear", "ci_low", "ci_high"]
+    if verdicts.empty:
+        return pd.DataFrame(columns=columns)
+    per = verdicts.groupby("level", dropna=False)["clears"].agg(n_images="size", n_clear="sum").reset_index()
+    per["n_clear"] = per["n_clear"].astype(int)
+    per[["ci_low", "ci_high"]] = [wilson_interval(k, n) for k, n in zip(per["n_clear"], per["n_images"], strict=True)]
+    return per.sort_values("level")[columns].reset_index(drop=True)
+
+
+def _percent(k: int, n: int) -> str:
+    low, high = wilson_interval(k, n)
+    return f"{k / n:.0%}, 95% CI {low:.0%}–{high:.0%}"
+
+
+def _attack_text(rows: pd.DataFrame) -> str:
+    """The attacks' rank-1 rates against chance, the worst recognizer's (highest rate); "" when none ran."""
+    found = []
+    for prefix, name in (("linkage", "linkage"), ("reid", "re-identification")):
+        rate, chance = f"{prefix}_rank1", f"{prefix}_chance1"
+        if rate not in rows or rows[rate].isna().all():
+            continue
+        worst = rows.loc[rows[rate].astype(float).idxmax()]
+        odds = float(worst[chance]) if chance in worst and pd.notna(worst[chance]) else math.nan
+        found.append(f"{name} rank-1 {float(worst[rate]):.0%}" + ("" if math.isnan(odds) else f" (chance {odds:.0%})"))
+    return (" Attacks: " + ", ".join(found) + ".") if found else ""
+
+
+def verdict_lines(
+    table: pd.DataFrame,
+    thresholds: dict[str, float],
+    summary: pd.DataFrame,
+    released: tuple[int, int] | None = None,
+) -> list[str]:
+    """The verdict, one line per level (for a gate run one line: (released, images) of `released`), at the
+    gate's `thresholds`, with what the attacks of `summary` found at that level when they ran."""
+    at = "the gate's thresholds (" + ", ".join(f"{name} {value:g}" for name, value in thresholds.items()) + ")"
+    if released is not None:
+        k, n = released
+        if not n:
+            return []
+        withheld = f"; {n - k} withheld (do NOT clear)" if k < n else ""
+        attacks = _attack_text(summary) if summary is not None else ""
+        return [
+            f"Verdict: released {k} of {n} images ({_percent(k, n)}), each clearing every recognizer at {at}"
+            f"{withheld}.{attacks}"
+        ]
+    lines = []
+    for row in table.itertuples(index=False):
+        k, n = int(row.n_clear), int(row.n_images)
+        if not n:
+            continue
+        where = "" if pd.isna(row.level) else f" at level {row.level:g}"
+        rows = summary if pd.isna(row.level) else summary[summary["level"] == row.level]
+        outcome = "all clear" if k == n else f"{n - k} of {n} do NOT clear"
+        lines.append(
+            f"Verdict{where}, at {at}: {k}/{n} images clear every recognizer ({_percent(k, n)}); {outcome}."
+            + _attack_text(rows)
+        )
+    return lines
+
+
+def protocol_label(summary: pd.DataFrame) -> str:
+    """How the per-recognizer "cleared" counts were decided: the paper's protocol (0.4) or the run's thresholds."""
+    per = summary.drop_duplicates("recognizer")
+    if len(per) and (per["threshold"].astype(float) == 0.4).all():
+        return "the paper's protocol (threshold 0.4)"
+    return "the run's thresholds (" + ", ".join(f"{r.recognizer} {r.threshold:g}" for r in per.itertuples()) + ")"

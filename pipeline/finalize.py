@@ -12,7 +12,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from evaluation import render_report, summary_table
-from evaluation.summary import merge_partials, partial_stats, summary_from_partials
+from evaluation.summary import (
+    image_verdicts,
+    merge_partials,
+    partial_stats,
+    protocol_label,
+    summary_from_partials,
+    verdict_lines,
+    verdict_table,
+)
 
 from . import storage
 from .attacks import linkage_attack, linkage_section, with_linkage, write_attacks
@@ -81,6 +89,8 @@ class JobResult:
     summary: pd.DataFrame | None
     report: str | None
     extra: dict = field(default_factory=dict)
+    # The verdict at the gate's thresholds, one line per level (one for a gate run): the first thing said.
+    verdict: list[str] = field(default_factory=list)
 
     @property
     def counts(self) -> dict:
@@ -100,8 +110,12 @@ def finalize(job: Job, sections=(), extra: dict | None = None, released: set | N
     overview = ManifestOverview.read(layout)
     summary = None
     report = None
+    verdict: list[str] = []
     if job.evaluated or any(layout.distances.glob("part-*.parquet")):
-        partials, distances = restate_thresholds(layout.distances, job.settings.evaluation)
+        from .gate import gate_thresholds  # here: gate imports this module
+
+        gate = gate_thresholds(job.settings)
+        partials, distances, verdicts = restate_thresholds(layout.distances, job.settings.evaluation, gate)
         summary = summary_from_partials(partials, job.settings.evaluation, job.settings.label)
         attacks = linkage_attack(layout)
         if len(attacks):
@@ -111,8 +125,13 @@ def finalize(job: Job, sections=(), extra: dict | None = None, released: set | N
         summary = with_diversity(summary, sample_diversity(layout))
         sections = [*sections, *filter(None, [diversity_section(summary)])]
         write_public_table(summary_table(summary), layout.summary)
+        counted = (extra or {}).get("gate")
+        counted = (counted["released"], counted["released"] + counted["withheld"]) if counted else None
+        verdict = verdict_lines(verdict_table(verdicts), gate, summary, counted)
         samples = internal_samples(job, overview.samples, released)
-        report = str(build_report(job, overview.failures, summary, distances, samples, sections))
+        report = str(
+            build_report(job, overview.failures, summary, distances, samples, sections, verdict=verdict, gate=gate)
+        )
     record = read_json(layout.run_json)
     job.timings.mark("finished")
     record.update(
@@ -126,12 +145,16 @@ def finalize(job: Job, sections=(), extra: dict | None = None, released: set | N
         }
     )
     write_json_atomic(layout.run_json, record)
-    return JobResult(job, overview, summary, report, extra or {})
+    return JobResult(job, overview, summary, report, extra or {}, verdict)
 
 
-def restate_thresholds(folder: Path, settings) -> tuple[dict, pd.DataFrame]:
-    """Every distance file with the run's current thresholds; returns the summary's partial statistics
-    and the error rows (the report's failures), shard by shard: no more than one shard's rows at a time.
+def restate_thresholds(
+    folder: Path, settings, gate: dict[str, float] | None = None
+) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """Every distance file with the run's current thresholds; returns the summary's partial statistics,
+    the error rows (the report's failures) and, per (anon_id, level), whether the image clears every recognizer
+    at the `gate` thresholds (the verdict; empty without `gate`), shard by shard: no more than one shard's rows
+    at a time.
 
     A rerun may change --threshold: distances are kept, and `threshold` and `cleared` in
     distances.parquet follow the new values, so the tables, the summary, the report and the gate agree.
@@ -142,7 +165,14 @@ def restate_thresholds(folder: Path, settings) -> tuple[dict, pd.DataFrame]:
     partials: list[dict] = []
     errors = [DISTANCES_SCHEMA.empty_table().select([*_SUMMARY_READS, "error"]).to_pandas()]
     pending: list[pa.Table] = []
+    verdicts = [pd.DataFrame(columns=["anon_id", "level", "clears"])]
     rows = 0
+
+    def add(frame: pd.DataFrame) -> None:
+        partials.append(partial_stats(frame, settings))
+        if gate:
+            verdicts.append(image_verdicts(frame, gate))
+
     for part in table_files(folder):
         file = storage.parquet_file(part)
         # Files from before a column existed (compared_at) lack it: read what there is.
@@ -154,11 +184,12 @@ def restate_thresholds(folder: Path, settings) -> tuple[dict, pd.DataFrame]:
         pending.append(table.select([c for c in _SUMMARY_READS if c in table.schema.names]))
         rows += len(table)
         if rows >= ROWS_PER_STEP:  # several files at once: pandas' per-call cost is per step, not per shard
-            partials.append(partial_stats(_concat(pending), settings))
+            add(_concat(pending))
             pending, rows = [], 0
     if pending:
-        partials.append(partial_stats(_concat(pending), settings))
-    return _merge_pairwise(partials), pd.concat(errors, ignore_index=True)
+        add(_concat(pending))
+    found = [v for v in verdicts if len(v)] or verdicts[:1]
+    return _merge_pairwise(partials), pd.concat(errors, ignore_index=True), pd.concat(found, ignore_index=True)
 
 
 # What the summary reads of each distance row (anon_id and error only for failed rows, the report's failures).
@@ -242,8 +273,10 @@ def _level_text(level, t_boom) -> str:
     return f"level {level:.2f}" + ("" if pd.isna(t_boom) else f" (t_boom {int(t_boom)})")
 
 
-def build_report(job: Job, failed, summary, distances, samples, sections=(), report_dir=None):
+def build_report(job: Job, failed, summary, distances, samples, sections=(), report_dir=None, verdict=(), gate=None):
     """Write the HTML report (to report/ unless `report_dir`) with exactly the given sample images.
+
+    `verdict`: the lines that open the Summary; `gate`: the gate's thresholds, drawn in the distance plot.
 
     `failed`: the manifest's failed rows (anon_id, level, error); `distances`: the evaluation's error rows.
     """
@@ -275,6 +308,8 @@ def build_report(job: Job, failed, summary, distances, samples, sections=(), rep
         samples=samples,
         notice=notice,
         sections=list(sections),
+        verdict=list(verdict),
+        gate_thresholds=gate,
     )
     folder = report_dir or layout.report
     for name, text in files.items():  # index.html last: it names the others (each write makes its folder)
@@ -303,14 +338,15 @@ def _original_thumbnails(job: Job, rows: pd.DataFrame) -> dict[str, bytes]:
 
 
 def closing_lines(result: JobResult) -> list[str]:
-    """A few short lines for the terminal: outputs, failures by reason, cleared at the top level, where."""
+    """A few short lines for the terminal: the verdict at the top level first, then outputs, failures by reason,
+    the paper's protocol at the top level, where."""
     job = result.job
     c = result.counts
     levels = ", ".join(f"{v:g}" for v in c["levels"])
     where = f"at level(s) {levels}" if levels else f"({job.settings.label or 'no level'})"
     k = job.settings.samples
     images = f"{c['images'] // k} images x {k} samples" if k > 1 and c["images"] % k == 0 else f"{c['images']} images"
-    lines = [
+    lines = result.verdict[-1:] + [
         f"{images} {where}: {c['ok']} outputs ok, {c['errors']} failed ({job.pairs_done_now} processed in this run)."
     ]
     if c["errors"]:
@@ -322,10 +358,12 @@ def closing_lines(result: JobResult) -> list[str]:
         top_level = summary["level"].max()
         at = summary[summary["level"] == top_level]
         parts = [_cleared(r) for r in at.itertuples()]
-        lines.append(f"At level {top_level:g}: " + ", ".join(parts) + " cleared (distance > threshold).")
+        protocol = protocol_label(summary)
+        lines.append(f"At level {top_level:g}, {protocol}: " + ", ".join(parts) + " cleared (distance > threshold).")
     elif summary is not None and len(summary):
         parts = [_cleared(r) for r in summary.itertuples()]
-        lines.append(", ".join(parts) + " cleared (distance > threshold).")
+        label = protocol_label(summary)
+        lines.append(f"{label[0].upper()}{label[1:]}: " + ", ".join(parts) + " cleared (distance > threshold).")
     if result.report:
         lines.append(f"Report: {result.report}")
     if job.notice:

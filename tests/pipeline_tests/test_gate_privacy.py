@@ -159,6 +159,9 @@ def test_by_default_the_gate_never_releases_what_deepface_calls_the_same_person(
     assert stdout.strip().splitlines()[-1] == (
         f"released {len(released)}, withheld {withheld} (no level on the ladder cleared every recognizer {withheld})"
     )
+    # The first line is the verdict: what was released, at the gate's thresholds, not the paper's 0.4.
+    assert stdout.startswith(f"Verdict: released {len(released)} of {len(distances)} images (")
+    assert f"at the gate's thresholds (VGG-Face {deepface_own:g})" in stdout.splitlines()[0]
 
 
 def test_the_public_report_shows_only_released_images_byte_for_byte(gate_run):

@@ -166,7 +166,7 @@ def test_a_kill_between_a_shard_file_and_deleting_its_parts_counts_no_row_twice(
         assert table_files(folder) == [folder / shard_name(0)]
         assert sorted(read_shard(folder, 0)["anon_id"]) == IDS
     assert ManifestOverview.read(layout).counts["rows"] == len(IDS)
-    partials, _ = restate_thresholds(layout.distances, EvaluationSettings(recognizers=("VGG-Face",)))
+    partials, *_ = restate_thresholds(layout.distances, EvaluationSettings(recognizers=("VGG-Face",)))
     assert partials[(0.5, "VGG-Face")].n_images == len(IDS)
     # The next run's compaction deletes the parts and leaves the same rows.
     assert compact_finished(layout) == [0]

@@ -73,6 +73,8 @@ def test_run_good_and_bad_images_at_two_levels(cli, tmp_path):
     assert "not meaningful" in stdout
     assert record["versions"]["diffusers"] and record["model"]["weights_sha256"]
     assert "cleared" in stdout and "Report:" in stdout
+    # The verdict at the gate's thresholds comes first; the 0.4 counts follow, labelled as the paper's.
+    assert stdout.startswith("Verdict at level ") and "the paper's protocol (threshold 0.4)" in stdout
 
 
 def _stage_actors(stage: str) -> set[str]:
