@@ -464,7 +464,11 @@ def _plan(job: Job, work: list[dict]):
     # The device and dtype recorded in the fingerprint, pinned: an actor without a GPU share would otherwise
     # take any GPU its node has (Ray leaves CUDA_VISIBLE_DEVICES alone for it).
     device = job.device or anonymize_device(settings.sampler.device, gpus)
-    sampler = replace(settings.sampler, device=device, dtype=device_keys(settings.sampler, device)["sampler.dtype"])
+    sampler = settings.sampler
+    if device == "cpu" or settings.sampler.device:
+        sampler = replace(sampler, device=device, dtype=device_keys(sampler, device)["sampler.dtype"])
+    # else a GPU share: load_model takes the GPU Ray made visible to the actor, the device recorded (pinning
+    # "cuda" would fail on a node whose GPUs are logical only, as in the multi-node tests).
     ds = ds.map_batches(
         AnonymizeStage,
         fn_constructor_args=(sampler, anonymize_config(job, threads)),
