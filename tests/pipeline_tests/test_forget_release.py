@@ -293,7 +293,8 @@ def test_forget_on_an_object_store(s3_server, tmp_path, tiny_sd, deepface_home):
     write_faces(data, 4, size=(64, 64), people=PEOPLE[:2])
     out = f"{s3_server.bucket('runs')}/forget"
     argv = ["run", str(data), "--out", out, "--steps", "4", "--model", str(tiny_sd), "--recognizers", "Facenet"]
-    argv += ["--detector", "skip", "--deepface-home", str(deepface_home), "--identity-from", "folder"]
+    argv += ["--detector", "skip", "--gate-override", "detector-skip", "--deepface-home", str(deepface_home)]
+    argv += ["--identity-from", "folder"]
     result = boomerang(*argv, "--shard-size", "2", "--gate", "--ladder", "0.3")
     assert result.returncode == 0, result.stderr[-3000:]
     fs, root = fsspec.core.url_to_fs(out, use_listings_cache=False)
