@@ -8,6 +8,7 @@ it with `env` (set it before creating any s3fs filesystem: s3fs caches its insta
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 
 
@@ -57,3 +58,11 @@ class S3Server:
         with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
             client.create_bucket(Bucket=name)
         return f"s3://{name}"
+
+
+def read_lock(path) -> dict | None:
+    """A lock object's JSON (pipeline.lock.ObjectLock), or None when there is none."""
+    try:
+        return json.loads(path.fs.cat_file(path.path))
+    except FileNotFoundError:
+        return None

@@ -16,6 +16,7 @@ from collections import Counter
 
 import pandas as pd
 import pytest
+from s3 import read_lock
 
 from pipeline.layout import RunLayout
 from pipeline.lock import FolderLocked, LockLost, ObjectLock, ensure_held
@@ -50,13 +51,6 @@ def direct(url: str):
     return upath.UPath(f"{url}/.boomerang.lock")
 
 
-def read(path) -> dict | None:
-    try:
-        return json.loads(path.fs.cat_file(path.path))
-    except FileNotFoundError:
-        return None
-
-
 def wait_for(condition, what: str) -> None:
     deadline = time.monotonic() + DEADLINE
     while not condition():
@@ -67,11 +61,11 @@ def wait_for(condition, what: str) -> None:
 def test_a_503_burst_on_heartbeats_does_not_let_a_second_driver_in(proxy, run_url):
     lease = 4.0
     with ObjectLock(via_proxy(proxy, run_url), lease=lease, beat=0.2) as lock:
-        started = read(direct(run_url))["heartbeat"]
+        started = read_lock(direct(run_url))["heartbeat"]
         burst = proxy.inject("503", method="PUT", path=LOCK_KEY, count=5)
         wait_for(lambda: burst.done, "the 503 burst to be spent")
         # Past a whole lease after the burst began, a second driver keeps being refused: the heartbeat recovered.
-        while (heartbeat := read(direct(run_url))["heartbeat"]) <= started + lease:
+        while (heartbeat := read_lock(direct(run_url))["heartbeat"]) <= started + lease:
             with pytest.raises(FolderLocked):
                 ObjectLock(direct(run_url), lease=lease).acquire()
             assert time.time() - heartbeat < DEADLINE, "the heartbeat stopped after the 503 burst"
@@ -80,7 +74,7 @@ def test_a_503_burst_on_heartbeats_does_not_let_a_second_driver_in(proxy, run_ur
         assert lock.held and lock.beats > 0
         lock.ensure_held()
         ensure_held(lock.path)
-    assert read(direct(run_url)) is None
+    assert read_lock(direct(run_url)) is None
 
 
 def test_a_driver_that_cannot_beat_for_a_lease_gives_the_lock_up_before_another_takes_it(proxy, run_url):
@@ -98,10 +92,10 @@ def test_a_driver_that_cannot_beat_for_a_lease_gives_the_lock_up_before_another_
     assert blocked.used > 0
     tries = len(proxy.requests)
     wait_for(lambda: taker.beats >= 3, "the new holder's heartbeats")
-    assert read(direct(run_url))["token"] == taker._token
+    assert read_lock(direct(run_url))["token"] == taker._token
     assert not [r for r in proxy.requests[tries:] if r.startswith("PUT")]
     lock.close()  # leaves the new holder's lock alone
-    assert read(direct(run_url))["token"] == taker._token
+    assert read_lock(direct(run_url))["token"] == taker._token
     taker.ensure_held()
     taker.close()
 
@@ -118,9 +112,9 @@ def test_a_driver_whose_lock_was_taken_over_notices_and_stops(proxy, run_url):
     wait_for(lambda: lock.lost is not None, "the first driver to notice the lock is someone else's")
     with pytest.raises(LockLost, match="now held by pid"):
         lock.ensure_held()
-    assert read(direct(run_url))["token"] == taker._token
+    assert read_lock(direct(run_url))["token"] == taker._token
     lock.close()
-    assert read(direct(run_url))["token"] == taker._token
+    assert read_lock(direct(run_url))["token"] == taker._token
     taker.close()
 
 
@@ -137,7 +131,7 @@ def test_lost_writes_resets_and_slow_answers_do_not_cost_the_lock(proxy, run_url
         wait_for(lambda: lock.beats >= beats + 3, "heartbeats after the faults")
         assert [f.used for f in faults] == [2, 2, 2, 2]
         assert lock.held
-        assert read(direct(run_url))["token"] == lock._token
+        assert read_lock(direct(run_url))["token"] == lock._token
 
 
 def test_a_driver_that_lost_the_lock_commits_nothing(proxy, run_url):

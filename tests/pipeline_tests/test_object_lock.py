@@ -13,6 +13,7 @@ import time
 import uuid
 
 import pytest
+from s3 import read_lock
 
 from pipeline.lock import FolderLocked, ObjectLock, RunLock, _creates_only_if_absent, run_lock
 
@@ -22,13 +23,6 @@ upath = pytest.importorskip("upath")
 @pytest.fixture
 def lock_path(s3_server):
     return upath.UPath(f"{s3_server.bucket('locks')}/{uuid.uuid4().hex}/run/.boomerang.lock")
-
-
-def read(path) -> dict | None:
-    try:
-        return json.loads(path.fs.cat_file(path.path))
-    except FileNotFoundError:
-        return None
 
 
 def plant(path, host: str, pid: int, age: float) -> None:
@@ -62,37 +56,37 @@ def test_a_second_driver_is_refused_with_the_holder_named(lock_path):
 
 def test_close_releases_the_lock_and_may_be_called_again(lock_path):
     lock = ObjectLock(lock_path).acquire()
-    assert read(lock_path)["pid"] == os.getpid()
+    assert read_lock(lock_path)["pid"] == os.getpid()
     lock.close()
-    assert read(lock_path) is None
+    assert read_lock(lock_path) is None
     lock.close()
     with ObjectLock(lock_path):
-        assert read(lock_path) is not None
-    assert read(lock_path) is None
+        assert read_lock(lock_path) is not None
+    assert read_lock(lock_path) is None
 
 
 def test_close_leaves_a_lock_that_is_no_longer_its_own(lock_path):
     lock = ObjectLock(lock_path).acquire()
     plant(lock_path, "elsewhere.invalid", 4242, age=0)
     lock.close()
-    assert read(lock_path)["token"] == "theirs"
+    assert read_lock(lock_path)["token"] == "theirs"
 
 
 def test_the_lock_of_a_dead_process_on_this_host_is_taken_over(lock_path):
     plant(lock_path, socket.gethostname(), dead_pid(), age=0)
     with ObjectLock(lock_path):
-        assert read(lock_path)["pid"] == os.getpid()
+        assert read_lock(lock_path)["pid"] == os.getpid()
 
 
 def test_another_hosts_lock_is_taken_over_only_once_its_heartbeat_is_older_than_the_lease(lock_path):
     plant(lock_path, "elsewhere.invalid", 4242, age=ObjectLock.lease / 2)
     with pytest.raises(FolderLocked, match=re.escape("pid 4242 on elsewhere.invalid")):
         ObjectLock(lock_path).acquire()
-    assert read(lock_path)["token"] == "theirs"
+    assert read_lock(lock_path)["token"] == "theirs"
 
     plant(lock_path, "elsewhere.invalid", 4242, age=ObjectLock.lease + 60)
     with ObjectLock(lock_path):
-        assert read(lock_path)["host"] == socket.gethostname()
+        assert read_lock(lock_path)["host"] == socket.gethostname()
 
 
 def test_a_lock_object_that_cannot_be_read_still_holds_the_folder(lock_path):
@@ -120,7 +114,7 @@ def test_of_drivers_taking_over_one_stale_lock_at_once_one_wins(lock_path):
     for thread in threads:
         thread.join()
     assert (len(won), len(refused)) == (1, 3)
-    assert read(lock_path)["token"] == won[0]._token
+    assert read_lock(lock_path)["token"] == won[0]._token
     won[0].close()
 
 
@@ -129,14 +123,14 @@ def test_the_heartbeat_is_refreshed_while_the_lock_is_held(lock_path):
         lease = 0.5
 
     with QuickLock(lock_path):
-        first = read(lock_path)
+        first = read_lock(lock_path)
         deadline = time.monotonic() + 10
-        while (latest := read(lock_path))["heartbeat"] == first["heartbeat"]:
+        while (latest := read_lock(lock_path))["heartbeat"] == first["heartbeat"]:
             assert time.monotonic() < deadline, "the heartbeat was not refreshed within 10 s"
             time.sleep(0.02)
     assert latest["heartbeat"] > first["heartbeat"]
     assert (latest["token"], latest["since"]) == (first["token"], first["since"])
-    assert read(lock_path) is None
+    assert read_lock(lock_path) is None
 
 
 def test_a_store_that_cannot_create_only_if_absent_falls_back_to_reading_back(tmp_path, lock_path):
