@@ -251,7 +251,7 @@ def save(name: str, result: dict) -> Path:
     with the machine description and the exact command line."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}{'-smoke' if '--smoke' in sys.argv else ''}.json"
-    record = {"command": " ".join([Path(sys.executable).name, "-m", f"bench.{name}", *sys.argv[1:]]), **result}
+    record = {**result, "command": " ".join([Path(sys.executable).name, "-m", f"bench.{name}", *sys.argv[1:]])}
     record["machine"] = machine()
     path.write_text(json.dumps(record, indent=2, default=str) + "\n")
     return path

@@ -75,7 +75,7 @@ def main() -> None:
         if any(r.get(m) is not None for r in runs)
     ]
     print(common.table(rows, ["milestone", "median s"]))
-    common.save("startup", {"command": "python -m bench.startup", "runs": runs, "medians": rows, **common.machine()})
+    common.save("startup", {"runs": runs, "medians": rows})
 
 
 if __name__ == "__main__":
