@@ -4,10 +4,10 @@ Synthetic finished tables (manifest, private outputs, distances for two recogniz
 written shard by shard with the product's own writers, then each pass the driver makes is timed in a fresh
 process, with its peak memory (ru_maxrss above the process's after imports):
 
-  plan      resume planning of a finished job: pipeline.job.run_pass up to "nothing to do"
-  finalize  finalize of the finished job: thresholds restated, summary, report, run.json (pipeline.finalize)
-  gate      the gate's decision pass: pipeline.gate.decide
-  compact   compacting one shard of 4096 images from batch parts of 4 (pipeline.records.compact_shard)
+  plan      resume planning of a finished job: pipeline.execution.job.run_pass up to "nothing to do"
+  finalize  finalize of the finished job: thresholds restated, summary, report, run.json (pipeline.outputs.finalize)
+  gate      the gate's decision pass: pipeline.release.gate.decide
+  compact   compacting one shard of 4096 images from batch parts of 4 (pipeline.tables.records.compact_shard)
 
     .venv/bin/python bench/bookkeeping.py --n 100000 1000000 --repeats 3
 """
@@ -33,10 +33,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench import common  # noqa: E402
 from evaluation import DISTANCES_SCHEMA, write_parquet_atomic  # noqa: E402
-from pipeline.config import DEFAULT_SHARD_SIZE, JobSettings  # noqa: E402
-from pipeline.layout import RunLayout, write_private_table  # noqa: E402
-from pipeline.records import MANIFEST_SCHEMA, OUTPUTS_SCHEMA, with_marker, write_batch  # noqa: E402
-from pipeline.shards import plan_shards, shard_name  # noqa: E402
+from pipeline.folder.layout import RunLayout, write_private_table  # noqa: E402
+from pipeline.settings.config import DEFAULT_SHARD_SIZE, JobSettings  # noqa: E402
+from pipeline.tables.records import MANIFEST_SCHEMA, OUTPUTS_SCHEMA, with_marker, write_batch  # noqa: E402
+from pipeline.tables.shards import plan_shards, shard_name  # noqa: E402
 
 LEVEL = 0.7
 RECOGNIZERS = ("VGG-Face", "Facenet")
@@ -124,8 +124,8 @@ def columns_table(columns: dict[str, list], schema: pa.Schema) -> pa.Table:
 
 
 def fake_job(out: Path, n: int):
-    from pipeline.inputs import InputItem, InputSet
-    from pipeline.job import Job
+    from pipeline.execution.inputs import InputItem, InputSet
+    from pipeline.execution.job import Job
 
     settings = JobSettings(
         input="unused",
@@ -151,21 +151,21 @@ def child(what: str, out: Path, n: int) -> dict:
     """One measurement in this (fresh) process: seconds and peak memory above the baseline."""
     job = fake_job(out, n) if what in ("plan", "finalize", "gate") else None
     if what == "gate":  # deepface's threshold table: imported before the baseline
-        from pipeline.gate import gate_thresholds
+        from pipeline.release.gate import gate_thresholds
 
         gate_thresholds(job.settings)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
     if what == "plan":
-        from pipeline.job import run_pass
+        from pipeline.execution.job import run_pass
 
         assert run_pass(job, (LEVEL,)) == 0
     elif what == "finalize":
-        from pipeline.finalize import finalize
+        from pipeline.outputs.finalize import finalize
 
         assert finalize(job).counts["images"] == n
     elif what == "gate":
-        from pipeline.gate import decide
+        from pipeline.release.gate import decide
 
         decision = decide(job)
         assert len(decision.released) + len(decision.withheld) == n
@@ -179,7 +179,7 @@ def child(what: str, out: Path, n: int) -> dict:
 
 def compact_one(out: Path, size: int) -> float:
     """One shard's worth of batch parts (`size` images, --shard-size, in batches of 4), then its compaction."""
-    from pipeline.records import compact_shard
+    from pipeline.tables.records import compact_shard
 
     layout = RunLayout.at(str(out / "compact"))
     layout.prepare(overwrite=False)

@@ -2,7 +2,7 @@
 
 Runs `boomerang demo --out DIR` (7 sample images, tiny random-weight models, its own embedded Ray) as its own
 process, `--repeats` times, and reports medians of the milestones the job records in run.json ("timings",
-seconds since the process started; pipeline.timings) and of the first manifest part's appearance on disk:
+seconds since the process started; pipeline.execution.timings) and of the first manifest part's appearance on disk:
 
 - imported: the command line and the driver's modules loaded;
 - prepared: inputs found, weights checked and hashed, the folder and its secret ready;

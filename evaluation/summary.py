@@ -17,7 +17,7 @@ from evaluation.settings import EvaluationSettings
 # Two-sided 95%: the normal quantile 1 - 0.05 / 2.
 Z_95 = 1.959964
 
-# The attacks per (level, recognizer), filled where the run kept embeddings (pipeline.attacks): outputs
+# The attacks per (level, recognizer), filled where the run kept embeddings (pipeline.outputs.linkage_attack): outputs
 # attacked, originals in the gallery, hit@1 with its 95% Wilson interval, hit@5, chance hit@1; linkage
 # always, re-identification where the run knows who is in the images.
 ATTACK_COLUMNS = (

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from evaluation.summary import NULLABLE_COUNTS, SUMMARY_COLUMNS
 
-# Both tables are public in a boomerang run folder: pipeline.schemas tags their columns and declares the form of
+# Both tables are public in a boomerang run folder: pipeline.tables.schemas tags their columns and declares the form of
 # each text column, which its public writer checks at every write (this library cannot import pipeline).
 DISTANCES_SCHEMA = pa.schema(
     [

@@ -221,7 +221,7 @@ def _add_job_flags(parser: argparse.ArgumentParser, *, sampler: bool, evaluation
 
 
 def _add_forget(sub) -> None:
-    """`boomerang forget RUN --ids FILE | --identity NAME`: consent withdrawal (pipeline.forget)."""
+    """`boomerang forget RUN --ids FILE | --identity NAME`: consent withdrawal (pipeline.release.forget)."""
     text = "consent withdrawal: remove images' outputs, rows, embeddings and released files from a run folder"
     p = sub.add_parser("forget", help=text, description=text)
     p.add_argument("dir", help="the run's --out folder")
@@ -324,19 +324,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     # transformers 5 warns on stderr, once per process, that its image processors want torchvision; boomerang
     # never uses them (no feature extractor is loaded), and the warning buries the job's own one-line errors.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from . import commands
+    from pipeline.commands import common
 
     previous = _stop_on_sigterm()
     try:
-        return commands.dispatch(args)
+        return _command(args.command)(args)
     except KeyboardInterrupt as err:
-        reason = "terminated" if isinstance(err, commands.Terminated) else "interrupted"
+        reason = "terminated" if isinstance(err, common.Terminated) else "interrupted"
         print(f"boomerang: {reason}; what finished is kept: run the same command again to resume", file=sys.stderr)
         return 130
-    except commands.CANNOT_RUN as err:
+    except common.CANNOT_RUN as err:
         print(f"boomerang: {_one_line(err)}", file=sys.stderr)
         return EXIT_CANNOT_RUN
-    except (commands.JobFailed, commands.ClusterUnavailable) as err:
+    except (common.JobFailed, common.ClusterUnavailable) as err:
         print(f"boomerang: {_one_line(err)}", file=sys.stderr)
         return EXIT_FAILED
     finally:
@@ -346,6 +346,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+def _command(name: str):
+    """The function of one subcommand; demo and doctor's modules are imported only for them."""
+    if name == "demo":
+        from pipeline.commands.demo import cmd_demo
+
+        return cmd_demo
+    if name == "doctor":
+        from pipeline.commands.doctor import cmd_doctor
+
+        return cmd_doctor
+    from pipeline.commands import augment, enhance, evaluate, forget, report, run
+
+    return {
+        "run": run.cmd_run,
+        "anonymize": run.cmd_anonymize,
+        "augment": augment.cmd_augment,
+        "enhance": enhance.cmd_enhance,
+        "evaluate": evaluate.cmd_evaluate,
+        "report": report.cmd_report,
+        "forget": forget.cmd_forget,
+    }[name]
+
+
 def _stop_on_sigterm():
     """SIGTERM (a scheduler stopping the job) ends it like Ctrl-C: recorded as interrupted, resumable."""
     import signal
@@ -353,7 +376,7 @@ def _stop_on_sigterm():
 
     if threading.current_thread() is not threading.main_thread():
         return None
-    from .commands import Terminated
+    from pipeline.commands.common import Terminated
 
     def stop(signum, frame):
         raise Terminated()

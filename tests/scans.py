@@ -93,8 +93,8 @@ def raw_leaks(out: Path, needles: list[bytes]) -> list[str]:
 
 
 def undeclared_columns(out: Path) -> list[tuple[str, str]]:
-    """(file, column) of every column of a public Parquet file that pipeline.schemas does not declare public."""
-    from pipeline.schemas import PUBLIC_COLUMNS
+    """(file, column) of every column of a public Parquet file that pipeline.tables.schemas does not declare public."""
+    from pipeline.tables.schemas import PUBLIC_COLUMNS
 
     found = []
     for path in public_files(out):

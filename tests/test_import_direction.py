@@ -37,7 +37,8 @@ def test_the_driver_starts_without_torch_or_diffusers():
     import sys
 
     code = (
-        "import sys, pipeline.cli, pipeline.commands, pipeline.job, pipeline.gate, pipeline.evaluate_only\n"
+        "import sys, pipeline.cli, pipeline.commands.run, pipeline.commands.evaluate, pipeline.commands.report, "
+        "pipeline.execution.job, pipeline.release.gate, pipeline.execution.evaluate_only\n"
         "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)

@@ -16,8 +16,8 @@ from PIL import Image
 from samples import astronaut, astronaut_variants
 
 from anonymize import SamplerSettings
-from pipeline.layout import RunLayout
-from pipeline.records import read_manifest
+from pipeline.folder.layout import RunLayout
+from pipeline.tables.records import read_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -85,8 +85,8 @@ def test_samples_and_augment(cli, tiny_sd, tmp_path):
 def test_one_sample_is_reproducible_alone(tiny_sd, tmp_path):
     """Sample 2 of an image, made alone in this process by the stage, is the job's sample 2 byte for byte:
     a sample depends on its own key only (same model files, one torch thread, fixed model batch)."""
-    from pipeline.secret import anon_id, keyed_levels, output_key
-    from pipeline.stages import AnonymizeConfig, AnonymizeStage
+    from pipeline.execution.stages import AnonymizeConfig, AnonymizeStage
+    from pipeline.folder.secret import anon_id, keyed_levels, output_key
 
     secret = b"s" * 32
     image = astronaut(64)

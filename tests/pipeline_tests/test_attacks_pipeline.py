@@ -68,8 +68,8 @@ def test_linkage_ranks_equal_a_brute_force_recomputation_and_no_embedding_leaves
             schema = pq.read_schema(table)
             assert not any(str(field.type).startswith(("list", "large_list")) for field in schema), table
     # A capped attack (10^6-image runs) attacks the smallest anon_ids of each level, against every original.
-    from pipeline.attacks import linkage_attack
-    from pipeline.layout import RunLayout
+    from pipeline.folder.layout import RunLayout
+    from pipeline.outputs.linkage_attack import linkage_attack
 
     capped = linkage_attack(RunLayout.at(str(out)), max_queries=2)
     assert (capped.groupby(["level", "recognizer"]).size() == 2).all()

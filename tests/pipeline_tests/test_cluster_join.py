@@ -290,7 +290,7 @@ def test_job_with_nothing_at_the_address_fails_in_one_line(job_args):
 
 def test_a_successful_run_prints_no_ray_log_lines(job_args):
     # Ray Data's actor pools make Ray's core worker log an ERROR line on every run (actor constructor
-    # arguments in the object store with max_restarts > 0); pipeline.cluster spends it where nobody sees it.
+    # arguments in the object store with max_restarts > 0); pipeline.execution.cluster spends it where nobody sees it.
     result = _boomerang(job_args(), _env())
 
     assert result.returncode == 0, result.stderr

@@ -6,10 +6,10 @@ import pytest
 from samples import write_faces
 
 from pipeline.cli import make_parser
-from pipeline.config import SettingsError, settings_from_flags
-from pipeline.inputs import InputError, discover
-from pipeline.layout import RunLayout, level_dirname
-from pipeline.secret import anon_id, load_secret
+from pipeline.execution.inputs import InputError, discover
+from pipeline.folder.layout import RunLayout, level_dirname
+from pipeline.folder.secret import anon_id, load_secret
+from pipeline.settings.config import SettingsError, settings_from_flags
 
 
 def settings(*argv):

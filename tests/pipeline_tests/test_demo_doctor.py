@@ -53,12 +53,12 @@ def test_doctor_exits_0_when_every_required_part_is_present(capsys, monkeypatch,
 
     out = capsys.readouterr().out
     assert f"model {tiny_sd}: local folder {tiny_sd} present" in out
-    # The actors a job with default flags would start here: the plan the job itself uses (pipeline.plan).
+    # The actors a job with default flags would start here: the plan the job itself uses (pipeline.execution.actors).
     import os
 
     import torch
 
-    from pipeline.plan import plan_actors
+    from pipeline.execution.actors import plan_actors
 
     plan = plan_actors(os.cpu_count() or 1, torch.cuda.device_count())
     assert f"plan with default flags: {plan.describe()}" in out
@@ -75,7 +75,7 @@ def test_doctor_exits_1_when_the_cluster_given_cannot_be_joined(capsys, monkeypa
     assert main(["doctor", "--address", f"127.0.0.1:{port}", "--model", str(tiny_sd), "--recognizers", "Facenet"]) == 1
 
     out = capsys.readouterr().out
-    # The same one line as a job's (pipeline.cluster), here on the doctor's Ray line.
+    # The same one line as a job's (pipeline.execution.cluster), here on the doctor's Ray line.
     assert f"cannot join the Ray cluster at 127.0.0.1:{port}: nothing answers at " in out
     assert f"(connection refused); start the head with `ray start --head --port {port}`" in out
     assert out.rstrip().splitlines()[-1] == "NOT ready: missing the Ray cluster"

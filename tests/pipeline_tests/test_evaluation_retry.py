@@ -10,12 +10,12 @@ from PIL import Image, ImageFilter
 from samples import write_faces
 
 from evaluation import DISTANCES_SCHEMA
-from pipeline.errors import TRANSIENT
-from pipeline.layout import RunLayout
-from pipeline.records import compact_finished, forget_pairs, read_marker, write_batch
-from pipeline.resume import shard_todo
-from pipeline.shards import plan_shards, shard_name
-from pipeline.stages import _mark_transient_evaluations
+from pipeline.execution.stages import _mark_transient_evaluations
+from pipeline.folder.layout import RunLayout
+from pipeline.tables.records import compact_finished, forget_pairs, read_marker, write_batch
+from pipeline.tables.resume import shard_todo
+from pipeline.tables.row_errors import TRANSIENT
+from pipeline.tables.shards import plan_shards, shard_name
 
 IDS = [f"{i:02x}" * 12 for i in range(8)]  # sorted anon_ids: one shard of 8
 SIZE = (1000, 1.5e9)  # what discovery saw of each input file: (size, mtime)

@@ -1,4 +1,4 @@
-"""What determines a run's outputs is derived from the settings objects (pipeline.fingerprint): a new knob is
+"""What determines a run's outputs is derived from the settings objects (pipeline.settings.fingerprint): a new knob is
 covered without another edit, region mode and the device are in it, and a rerun that changes any of it is
 refused in one line naming the flag."""
 
@@ -11,9 +11,9 @@ import pytest
 from samples import write_faces
 
 from anonymize import EnhanceSettings, SamplerSettings
-from pipeline import fingerprint as fp
-from pipeline.config import JobSettings, build_settings
-from pipeline.provenance import RefusedRerun, check_rerun, record_fingerprint
+from pipeline.folder.provenance import RefusedRerun, check_rerun, record_fingerprint
+from pipeline.settings import fingerprint as fp
+from pipeline.settings.config import JobSettings, build_settings
 
 MODEL = {"model": "some/model", "commit": "c0ffee", "weights_sha256": None}
 RECOGNIZERS = {"Facenet": {"weights_sha256": "f" * 64, "random_weights": True}}
@@ -24,7 +24,7 @@ def settings(**values) -> JobSettings:
 
 
 def recorded(determining: dict) -> dict:
-    """A run.json record holding `determining`, as pipeline.job writes it."""
+    """A run.json record holding `determining`, as pipeline.execution.job writes it."""
     record: dict = {}
     record_fingerprint(record, determining)
     return json.loads(json.dumps(record))  # as read back from disk
@@ -113,7 +113,7 @@ def test_the_device_and_dtype_are_compared_once_known_and_a_stage_added_later_is
     half = fp.fingerprint(settings(dtype="float16"), "run", MODEL, RECOGNIZERS, "cpu")
     with pytest.raises(RefusedRerun, match="^--dtype differs"):
         check_rerun(recorded(on_cpu), half, has_outputs=True)
-    # Before the driver knows its cluster the device is not known: the check waits for it (pipeline.job).
+    # Before the driver knows its cluster the device is not known: the check waits for it (pipeline.execution.job).
     check_rerun(recorded(on_cpu), fp.fingerprint(job, "run", MODEL, RECOGNIZERS), has_outputs=True)
     # An anonymize-only folder later evaluated: the evaluation keys are new, nothing recorded changes.
     anonymized = fp.fingerprint(job, "anonymize", MODEL, None, "cpu")
@@ -132,7 +132,8 @@ def test_the_device_and_dtype_are_compared_once_known_and_a_stage_added_later_is
         check_rerun(recorded(on_cpu), other, has_outputs=True)
 
 
-# run.json's determines_outputs as the version before pipeline.fingerprint wrote it (pipeline.provenance's
+# run.json's determines_outputs as the version before pipeline.settings.fingerprint wrote it
+# (pipeline.folder.provenance's
 # hand-written output_settings), for a whole-image `boomerang run`.
 VERSION_1 = {
     "model_weights": "c0ffee",
@@ -170,7 +171,7 @@ def test_folders_written_by_the_previous_version_resume_and_refuse_a_region_swit
             "no_face": "withhold",
         }
     }
-    # Its faces were seeded on the workers by the secret itself (before pipeline.secret.PART_SEED_SCHEME): not
+    # Its faces were seeded on the workers by the secret itself (before pipeline.folder.secret.PART_SEED_SCHEME): not
     # resumed, so no folder mixes the two seedings.
     faces = fp.fingerprint(settings(region="faces"), "run", MODEL, RECOGNIZERS)
     with pytest.raises(RefusedRerun, match="^the seeding of faces and tiles .*recorded 'secret-per-part'"):

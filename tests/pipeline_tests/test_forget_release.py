@@ -18,11 +18,11 @@ import pytest
 from samples import write_faces
 from scans import embedded_images, leaks
 
-from pipeline.forget import _move_boundaries, remove_rows_of
-from pipeline.layout import RunLayout
-from pipeline.records import read_marker, shard_marker
-from pipeline.release import release_key, release_name, staged_folder
-from pipeline.shards import load_shards, plan_shards, shard_files
+from pipeline.folder.layout import RunLayout
+from pipeline.release.forget import _move_boundaries, remove_rows_of
+from pipeline.release.swap import release_key, release_name, staged_folder
+from pipeline.tables.records import read_marker, shard_marker
+from pipeline.tables.shards import load_shards, plan_shards, shard_files
 
 PEOPLE = ("Ann_Lee", "Bob_Ray", "Cy_Doe")
 

@@ -273,7 +273,7 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 
 
 def test_an_original_without_a_face_is_withheld_after_one_rung(cli, tmp_path):
-    from pipeline.demo import write_sample_faces
+    from pipeline.commands.demo import write_sample_faces
 
     faces = write_sample_faces(tmp_path / "faces")
     data = tmp_path / "in"

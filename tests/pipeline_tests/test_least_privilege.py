@@ -37,8 +37,8 @@ def test_the_run_folder_is_0700_and_nothing_in_it_is_readable_by_other_users(cli
 
 
 def _job(tmp_path, tiny_sd, **values):
-    from pipeline.config import build_settings
-    from pipeline.job import prepare
+    from pipeline.execution.job import prepare
+    from pipeline.settings.config import build_settings
 
     data = tmp_path / "in"
     write_faces(data, 2, size=(64, 64))
@@ -56,7 +56,7 @@ def test_the_anonymize_actors_and_their_rows_never_hold_the_secret(tmp_path, tin
     import ray.cloudpickle
 
     from anonymize import output_seed
-    from pipeline.job import anonymize_config, work_row
+    from pipeline.execution.job import anonymize_config, work_row
 
     job = _job(tmp_path, tiny_sd, **values)
     try:
@@ -79,9 +79,9 @@ def test_faces_seeded_the_way_before_the_secret_left_the_workers_are_not_resumed
     """Finding 9: faces and tiles are now seeded from a per-output sub-key; a region folder from before (no
     seed scheme recorded) is refused a resume rather than mixed. Whole-image folders resume as ever."""
     from anonymize import RegionSettings
-    from pipeline.config import JobSettings
-    from pipeline.fingerprint import VERSION, defaults, fingerprint
-    from pipeline.provenance import RefusedRerun, check_rerun
+    from pipeline.folder.provenance import RefusedRerun, check_rerun
+    from pipeline.settings.config import JobSettings
+    from pipeline.settings.fingerprint import VERSION, defaults, fingerprint
 
     def record(fp: dict) -> dict:
         return {"determines_outputs": fp, "determines_outputs_version": VERSION}
@@ -101,8 +101,8 @@ def test_faces_seeded_the_way_before_the_secret_left_the_workers_are_not_resumed
 
 def test_the_internal_report_draws_no_face_boxes(cli, tmp_path):
     """Finding 11b: face boxes locate people and stay in private/outputs.parquet (docs/privacy.md)."""
-    from pipeline.layout import RunLayout
-    from pipeline.records import read_faces
+    from pipeline.folder.layout import RunLayout
+    from pipeline.tables.records import read_faces
 
     data, out = tmp_path / "in", tmp_path / "out"
     data.mkdir()

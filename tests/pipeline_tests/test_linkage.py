@@ -6,7 +6,7 @@ import pandas as pd
 from PIL import Image
 
 from anonymize import encode_png
-from pipeline.linkage import png_size, unique_size_ids
+from pipeline.release.image_sizes import png_size, unique_size_ids
 
 
 def test_released_images_of_a_unique_size_are_found(tmp_path):

@@ -18,10 +18,10 @@ import pandas as pd
 import pytest
 from s3 import read_lock
 
-from pipeline.layout import RunLayout
-from pipeline.lock import FolderLocked, LockLost, ObjectLock, ensure_held
-from pipeline.records import finish_batch
-from pipeline.resume import ShardCompactor
+from pipeline.folder.layout import RunLayout
+from pipeline.folder.lock import FolderLocked, LockLost, ObjectLock, ensure_held
+from pipeline.tables.records import finish_batch
+from pipeline.tables.resume import ShardCompactor
 
 upath = pytest.importorskip("upath")
 faultproxy = pytest.importorskip("faultproxy")
@@ -169,8 +169,8 @@ def test_a_job_that_lost_its_lock_fails_in_one_line_and_leaves_run_json_to_the_n
     from samples import write_faces
 
     from pipeline.cli import make_parser
-    from pipeline.commands import JobFailed, run_job
-    from pipeline.config import settings_from_flags
+    from pipeline.commands.common import JobFailed, run_job
+    from pipeline.settings.config import settings_from_flags
 
     originals, out = tmp_path / "orig", tmp_path / "out"
     write_faces(originals, 1, size=(64, 64))

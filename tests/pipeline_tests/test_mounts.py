@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.lock import NetworkFilesystem, RunLock, run_lock
-from pipeline.mounts import parse_mountinfo, shared_mount
+from pipeline.folder.lock import NetworkFilesystem, RunLock, run_lock
+from pipeline.folder.mounts import parse_mountinfo, shared_mount
 
 # The shape of /proc/self/mountinfo: optional fields (shared:N, master:N) before "-", escaped spaces.
 SAMPLE = r"""22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw

@@ -15,7 +15,7 @@ import uuid
 import pytest
 from s3 import read_lock
 
-from pipeline.lock import FolderLocked, ObjectLock, RunLock, _creates_only_if_absent, run_lock
+from pipeline.folder.lock import FolderLocked, ObjectLock, RunLock, _creates_only_if_absent, run_lock
 
 upath = pytest.importorskip("upath")
 

@@ -2,7 +2,7 @@
 
 Jobs here run as their own processes: the test session's Ray workers were started before the S3 settings
 were in the environment, and object-store settings reach workers the way they do on a cluster, through
-each node's environment (pipeline.storage).
+each node's environment (pipeline.folder.storage).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from jobs import Gate, kill_job_when
 from samples import write_faces
 from scans import leaks
 
-from pipeline import storage
-from pipeline.layout import OutputError, RunLayout
+from pipeline.folder import storage
+from pipeline.folder.layout import OutputError, RunLayout
 
 HERE = Path(__file__).parent
 
@@ -221,7 +221,7 @@ def test_a_gated_release_on_s3_its_report_and_overwrite(s3_server, tmp_path, tin
 
 
 def test_doctor_checks_the_out_store_and_names_its_lock(s3_server, tmp_path, capsys):
-    from pipeline.doctor import output_check
+    from pipeline.commands.doctor import output_check
 
     url = f"{s3_server.bucket('runs')}/doctor"
     line, ok = output_check(url)

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from pipeline.config import build_settings
-from pipeline.plan import ActorPlan, plan_actors, plan_evaluation
+from pipeline.execution.actors import ActorPlan, plan_actors, plan_evaluation
+from pipeline.settings.config import build_settings
 
 
 @pytest.mark.parametrize(

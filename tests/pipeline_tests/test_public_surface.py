@@ -5,7 +5,7 @@ The corpus is named as people's photos are: person folders with spaces and non-A
 names, a root folder named after a family, and bad files whose OS and decoder errors would quote their paths.
 After each command, nothing outside private/ may hold any component (3+ characters) of any input path, any
 input id, any seed, any face box or the run's secret, and every public table's columns must be declared
-public (pipeline.schemas).
+public (pipeline.tables.schemas).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def test_evaluate_publishes_no_path_of_the_other_tool(cli, corpus, tmp_path):
 # One case per command, each a sequence of commands on one folder, scanned after each.
 AUGMENT_LEAKS = (
     "augment's train/ names each class folder (and labels.parquet's label) after the input's parent folder: "
-    "the person's name; pseudonymous class names are pipeline/augment.py's to make"
+    "the person's name; pseudonymous class names are pipeline/outputs/training_set.py's to make"
 )
 CASES = {
     "run, then report": [["run", "{data}", *LEVEL], ["report", "{out}"]],
@@ -131,7 +131,7 @@ def test_no_public_byte_of_a_command_leads_back_to_a_person(cli, corpus, tmp_pat
 @pytest.mark.heavy
 @pytest.mark.xfail(
     reason="the internal report draws each resampled face square as an SVG rect with the box's coordinates "
-    "(issue 22, finding 11: evaluation/report.py and pipeline/finalize.py, not this change's files)"
+    "(issue 22, finding 11: evaluation/report.py and pipeline/outputs/finalize.py, not this change's files)"
 )
 def test_no_public_byte_of_a_face_region_gate_leads_back_to_a_person(cli, scenes, tmp_path):
     data, _ = scenes

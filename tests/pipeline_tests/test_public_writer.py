@@ -1,4 +1,4 @@
-"""The public surface declared once (pipeline.schemas) and enforced by the one public writer, at every write.
+"""The public surface declared once (pipeline.tables.schemas) and enforced by the one public writer, at every write.
 
 Each refusal is checked the way an attacker would try to get past it: a private column, a path or an id in a
 cell (with spaces, relative, Windows-style, a URI), exception text, a table no one declared, a private table
@@ -13,10 +13,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipeline import schemas
-from pipeline.errors import scrub
-from pipeline.layout import write_private_table, write_public_table
-from pipeline.schemas import MANIFEST_SCHEMA, PublicSurfaceError
+from pipeline.folder.layout import write_private_table, write_public_table
+from pipeline.tables import schemas
+from pipeline.tables.row_errors import scrub
+from pipeline.tables.schemas import MANIFEST_SCHEMA, PublicSurfaceError
 
 ANON = "0123456789abcdef01234567"
 REPO = Path(__file__).resolve().parents[2]
@@ -207,8 +207,8 @@ def test_a_fixed_reason_text_passes_the_scrubber_unchanged():
 
 def test_every_fixed_error_text_the_product_writes_has_the_public_form():
     from anonymize import ImageError
-    from pipeline.errors import BAD_NAME, DUPLICATE_ID, MISSING_OUTPUT, classify
-    from pipeline.stages import NO_FACE_ORIGINAL_TEXT, NO_FACE_TEXT
+    from pipeline.execution.stages import NO_FACE_ORIGINAL_TEXT, NO_FACE_TEXT
+    from pipeline.tables.row_errors import BAD_NAME, DUPLICATE_ID, MISSING_OUTPUT, classify
 
     errors = [BAD_NAME, DUPLICATE_ID, MISSING_OUTPUT]
     errors += [classify(e) for e in (OSError("x"), MemoryError(), ValueError("x"), RuntimeError("x"))]

@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from evaluation import DISTANCES_SCHEMA, EvaluationSettings
-from pipeline.errors import INPUT, TRANSIENT
-from pipeline.layout import RunLayout
-from pipeline.records import MARKER_KEY, compact_finished, read_marker, write_batch
-from pipeline.resume import shard_todo
-from pipeline.shards import plan_shards, shard_name
+from pipeline.folder.layout import RunLayout
+from pipeline.tables.records import MARKER_KEY, compact_finished, read_marker, write_batch
+from pipeline.tables.resume import shard_todo
+from pipeline.tables.row_errors import INPUT, TRANSIENT
+from pipeline.tables.shards import plan_shards, shard_name
 
 IDS = [f"{i:02x}" * 12 for i in range(8)]  # sorted anon_ids: one shard of 8
 SIZE = (1000, 1.5e9)  # what discovery saw of each input file: (size, mtime)
@@ -128,9 +128,9 @@ def test_a_kill_between_a_shard_file_and_deleting_its_parts_counts_no_row_twice(
     """The state a kill leaves after compaction wrote the shard files and before it deleted the parts."""
     import shutil
 
-    from pipeline.finalize import ManifestOverview, restate_thresholds
-    from pipeline.records import compact_shard, read_shard, table_files
-    from pipeline.shards import batch_parts
+    from pipeline.outputs.finalize import ManifestOverview, restate_thresholds
+    from pipeline.tables.records import compact_shard, read_shard, table_files
+    from pipeline.tables.shards import batch_parts
 
     layout = RunLayout.at(str(tmp_path / "out"))
     layout.prepare(overwrite=False)

@@ -87,7 +87,7 @@ def _stage_actors(stage: str) -> set[str]:
 @pytest.mark.heavy
 def test_same_bytes_whatever_the_batch_size_and_worker_count(cli, tmp_path):
     """--workers 1 against the default plan, which fills the machine (one actor per CPU here)."""
-    from pipeline.plan import plan_actors
+    from pipeline.execution.actors import plan_actors
 
     data = tmp_path / "in"
     write_faces(data, 5, size=(64, 64))

@@ -104,7 +104,7 @@ def test_the_output_folder_is_guarded(cli, tmp_path):
 HOLD_LOCK = """
 import sys
 from pathlib import Path
-from pipeline.lock import RunLock
+from pipeline.folder.lock import RunLock
 lock = RunLock(Path(sys.argv[1])).acquire()
 print("held", flush=True)
 sys.stdin.read()

@@ -10,8 +10,8 @@ import pytest
 from jobs import Gate, kill_job_when
 from samples import write_faces
 
-from pipeline.secret import anon_id
-from pipeline.shards import Shards
+from pipeline.folder.secret import anon_id
+from pipeline.tables.shards import Shards
 
 pytestmark = pytest.mark.slow
 

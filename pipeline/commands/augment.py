@@ -1,0 +1,30 @@
+"""`boomerang augment`: K local samples per image (evaluation off unless --evaluate), then train/ in class
+folders."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.commands.common import run_job
+from pipeline.execution.job import Job, run_pass
+from pipeline.outputs.finalize import JobResult, finalize
+from pipeline.settings.config import SettingsError, settings_from_flags
+
+
+def cmd_augment(args: argparse.Namespace) -> int:
+    flags = vars(args).copy()
+    evaluate, label_column = flags.pop("evaluate"), flags.pop("label_column")
+    settings = settings_from_flags(flags)
+    if settings.gate:
+        raise SettingsError("augment makes training data, not a release: drop --gate")
+
+    def work(job: Job) -> JobResult:
+        from pipeline.execution.inputs import identity_labels
+        from pipeline.outputs.training_set import build_training_set
+
+        run_pass(job, job.settings.levels)
+        labels = identity_labels(job.inputs, None, label_column) if label_column else None
+        layout = job.layout
+        return finalize(job, extra={"train": build_training_set(layout, labels) | {"folder": "train"}})
+
+    return run_job(settings, "run" if evaluate else "anonymize", work)

@@ -1,0 +1,128 @@
+"""`boomerang doctor`: what this machine has for a job, and where weights are looked for."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from anonymize import SamplerSettings
+from evaluation import EvaluationSettings, weight_file
+from pipeline.execution.actors import plan_actors
+
+
+def report(
+    *, model: str | None, recognizers: str | None, engine: str, address: str | None, out: str | None = None
+) -> tuple[str, bool]:
+    """The doctor's lines, and whether every required part (model, recognizer weights, cluster, the --out
+    store when given) is present."""
+    lines = ["boomerang doctor"]
+    lines += _gpus()
+    missing: list[str] = []
+    ray_lines, ray_ok = _ray(address)
+    lines += ray_lines
+    if not ray_ok:
+        missing.append("the Ray cluster")
+    if out is not None:
+        line, out_ok = output_check(out)
+        lines.append(line)
+        if not out_ok:
+            missing.append("a usable --out")
+    model_lines, model_ok = _model(model or SamplerSettings().model)
+    lines += model_lines
+    if not model_ok:
+        missing.append("the diffusion model")
+    names = tuple(n.strip() for n in recognizers.split(",")) if recognizers else EvaluationSettings().recognizers
+    lines.append(f"deepface engine: {engine} (DEEPFACE_BACKEND_ENGINE is set by boomerang)")
+    home = os.environ.get("DEEPFACE_HOME", str(Path.home()))
+    lines.append(f"deepface weights folder: {Path(home) / '.deepface' / 'weights'} (DEEPFACE_HOME={home})")
+    absent = []
+    for name in names:
+        path = weight_file(name, engine)
+        state = "present" if path.exists() else "MISSING: copy the file there (no download without network)"
+        lines.append(f"  {name}: {path} {state}")
+        if not path.exists():
+            absent.append(name)
+    if absent:
+        missing.append(f"recognizer weights ({', '.join(absent)})")
+    ok = not missing
+    lines.append("ready: every required part is present" if ok else f"NOT ready: missing {'; '.join(missing)}")
+    return "\n".join(lines), ok
+
+
+def _gpus() -> list[str]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return ["GPUs: none visible to torch (the sampler runs on CPU, slowly)"]
+    names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return [f"GPUs: {len(names)}: {', '.join(names)}"]
+
+
+def _ray(address: str | None) -> tuple[list[str], bool]:
+    """Join the cluster given with the job's own code (pipeline.execution.cluster), so a failure reads the same."""
+    import ray
+
+    from pipeline.execution.cluster import ClusterUnavailable, check
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        import torch
+
+        cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
+        return [
+            f"Ray {ray.__version__}: no cluster given; jobs start an embedded local Ray with {cpus} CPUs",
+            _plan_line(cpus, gpus),
+        ], True
+    try:
+        info = check(address)
+    except ClusterUnavailable as err:
+        return [f"Ray {ray.__version__}: {err}"], False
+    return [
+        f"Ray {ray.__version__} cluster {address}: joined: {info.nodes} nodes, {info.cpus:g} CPUs, {info.gpus:g} GPUs",
+        _plan_line(info.cpus, info.gpus),
+    ], True
+
+
+def _plan_line(cpus: float, gpus: float) -> str:
+    return f"plan with default flags: {plan_actors(cpus, gpus).describe()}"
+
+
+def _model(model: str) -> tuple[list[str], bool]:
+    path = Path(model).expanduser()
+    if path.exists():
+        ok = (path / "model_index.json").is_file()
+        return [f"model {model}: local folder {path} {'present' if ok else 'MISSING model_index.json'}"], ok
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    try:
+        from huggingface_hub import snapshot_download
+
+        where = snapshot_download(model, local_files_only=True)
+        return [f"model {model}: in the Hugging Face cache at {where}"], True
+    except Exception:
+        return [
+            f"model {model}: MISSING from the Hugging Face cache {HF_HUB_CACHE}; with no network, "
+            "download it elsewhere and set HF_HOME, or pass --model /path/to/folder"
+        ], False
+
+
+def output_check(out: str) -> tuple[str, bool]:
+    """Where a job's run folder would go, whether its store answers, and which lock it would take."""
+    from pipeline.folder.layout import OutputError, RunLayout
+    from pipeline.folder.lock import describe
+
+    try:
+        layout = RunLayout.at(out)
+        layout.check_store()
+    except OutputError as err:
+        return f"output: {err}", False
+    kind = "local folder" if layout.local else "object store, reachable"
+    return f"output: {layout.root} ({kind}; lock: {describe(layout.lock_file)})", True
+
+
+def cmd_doctor(args) -> int:
+    text, ok = report(
+        model=args.model, recognizers=args.recognizers, engine=args.engine, address=args.address, out=args.out
+    )
+    print(text)
+    return 0 if ok else 1

@@ -1,0 +1,16 @@
+"""`boomerang evaluate`: any anonymizer's outputs against their originals (no anonymization)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+from pipeline.commands.common import run_job
+from pipeline.settings.config import settings_from_flags
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pipeline.execution.evaluate_only import evaluate_pass
+
+    settings = replace(settings_from_flags(vars(args)), input=args.originals)
+    return run_job(settings, "evaluate", lambda job: evaluate_pass(job, args.anonymized))

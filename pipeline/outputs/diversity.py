@@ -1,0 +1,103 @@
+"""How different the local samples of one image are (`--samples K`, the paper's data augmentation).
+
+For each (level, recognizer), every image with two samples or more (in face-region mode: every face) gets the
+mean cosine distance between its samples' embeddings, all pairs, taken from the embeddings the evaluation kept
+(private/embeddings.parquet: the face each distance was measured at). The summary reports their mean next to
+the samples' mean distance from the original (`distance_mean`): samples as far from each other as from their
+original are as diverse as the level allows; samples close to each other are near copies.
+"""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+import pandas as pd
+
+from pipeline.folder import storage
+from pipeline.folder.layout import RunLayout
+from pipeline.tables.records import read_files, table_files
+
+DIVERSITY_COLUMNS = ("diversity_images", "diversity_mean")
+
+
+def sample_diversity(layout: RunLayout) -> pd.DataFrame:
+    """Per (level, recognizer): images (faces) with 2+ samples and the mean pairwise distance between them."""
+    columns = ["level", "recognizer", *DIVERSITY_COLUMNS]
+    if not layout.identities.is_file():
+        return pd.DataFrame(columns=columns)
+    ids = storage.read_table(layout.identities, columns=["anon_id", "image_id", "sample"]).to_pandas()
+    if "sample" not in ids or ids["sample"].fillna(0).max() < 1:
+        return pd.DataFrame(columns=columns)
+    image_of = dict(zip(ids["anon_id"], ids["image_id"], strict=True))
+    rows = []
+    # Samples exist only in runs whose embeddings carry `face`; the originals' vectors are not needed here.
+    wanted = ["anon_id", "level", "face", "recognizer", "anonymized"]
+    for table in read_files(table_files(layout.embeddings), columns=wanted):
+        frame = table.to_pandas()
+        if frame.empty:
+            continue
+        frame["image"] = frame["anon_id"].map(image_of)
+        rows.append(frame[["level", "recognizer", "image", "face", "anonymized"]])
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    found = []
+    # An image's samples are in different shards (each has its own keyed name): group over all of them.
+    embeddings = pd.concat(rows, ignore_index=True)
+    for (level, recognizer), group in embeddings.groupby(["level", "recognizer"], dropna=False):
+        means = [
+            mean_pairwise_distance(np.stack(samples["anonymized"].to_numpy()))
+            for _, samples in group.groupby(["image", group["face"].fillna(-1)])
+            if len(samples) >= 2
+        ]
+        if means:
+            found.append(
+                {
+                    "level": level,
+                    "recognizer": recognizer,
+                    "diversity_images": len(means),
+                    "diversity_mean": np.mean(means),
+                }
+            )
+    return pd.DataFrame(found, columns=columns)
+
+
+def mean_pairwise_distance(vectors: np.ndarray) -> float:
+    """The mean cosine distance (1 - cosine similarity) over all pairs of rows of `vectors` (n >= 2)."""
+    unit = vectors.astype(np.float64)
+    unit = unit / np.linalg.norm(unit, axis=1, keepdims=True)
+    similarity = unit @ unit.T
+    n = len(unit)
+    upper = similarity[np.triu_indices(n, k=1)]
+    return float(np.mean(1.0 - upper))
+
+
+def with_diversity(summary: pd.DataFrame, diversity: pd.DataFrame) -> pd.DataFrame:
+    """The summary with its diversity columns filled per (level, recognizer) where there are samples."""
+    if diversity.empty:
+        return summary
+    merged = summary.drop(columns=list(DIVERSITY_COLUMNS)).merge(diversity, on=["level", "recognizer"], how="left")
+    merged["diversity_images"] = merged["diversity_images"].astype("Int64")
+    return merged[list(summary.columns)]
+
+
+def diversity_section(summary: pd.DataFrame) -> tuple[str, str] | None:
+    """The report's section on local samples: how far the samples of one image are from each other."""
+    rows = summary[summary["diversity_images"].notna()] if "diversity_images" in summary else summary.iloc[0:0]
+    if rows.empty:
+        return None
+    cells = "".join(
+        f"<tr><td>{html.escape(str(r.label))}</td><td>{html.escape(r.recognizer)}</td><td>{int(r.diversity_images)}"
+        f"</td><td>{r.diversity_mean:.4f}</td><td>{r.distance_mean:.4f}</td></tr>"
+        for r in rows.itertuples()
+    )
+    body = (
+        "<p>Each image was sampled several times (<code>--samples</code>), each sample with its own generator. "
+        "Diversity is the mean cosine distance between the samples of one image (all pairs, by the same "
+        "recognizer), next to their mean distance from the original: samples as far from each other as from "
+        "their original are as varied as the level allows.</p>"
+        "<table><tr><th>level</th><th>recognizer</th><th>images with 2+ samples</th>"
+        "<th>mean distance between samples</th><th>mean distance from the original</th></tr>"
+        f"{cells}</table>"
+    )
+    return ("Local samples: diversity", body)

@@ -1,0 +1,369 @@
+"""The release gate: raise each image's level along a ladder only as far as the recognizers require.
+
+Rounds over one output folder: round k anonymizes and evaluates, at ladder[k], the images that no
+lower level cleared. An image clears a level when every requested recognizer evaluated it and found a
+distance above the GATE threshold: the stricter of the run's threshold and deepface's own for that
+model and metric, so the gate never releases what `DeepFace.verify` calls the same person (unless
+--gate-thresholds explicitly lowers it, which the report then says first). Each round is an ordinary
+resumable pass; what remains is recomputed from the Parquet files, so a killed job resumes where it
+stopped. Only ladder levels count: rows of other levels in the same folder (an earlier sweep) are ignored.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from evaluation import DISTANCES_SCHEMA
+from pipeline.execution.job import Job, run_pass
+from pipeline.folder import storage
+from pipeline.folder.layout import RunLayout, write_private_table, write_public_table
+from pipeline.folder.lock import ensure_held
+from pipeline.outputs.finalize import JobResult, build_report, finalize
+from pipeline.outputs.linkage_attack import linkable
+from pipeline.release.image_sizes import image_sizes
+from pipeline.release.swap import copy_synced, release_key, release_name, staged_folder
+from pipeline.settings.config import lowered_gate_thresholds
+from pipeline.tables.records import shards_with_rows, table_steps
+from pipeline.tables.schemas import RELEASE_SCHEMA, RELEASED_SCHEMA
+
+NO_FACE = "no face found in the original"
+NEVER_CLEARED = "no level on the ladder cleared every recognizer"
+LINKABLE = "its own original stayed among the nearest originals (--gate-max-linkage)"
+
+
+def gate_thresholds(settings) -> dict[str, float]:
+    """Per recognizer, the threshold the gate decides with (see the module docstring)."""
+    from evaluation.summary import deepface_threshold
+
+    evaluation = settings.evaluation
+    explicit = dict(settings.gate_thresholds)
+    found = {}
+    for name in evaluation.recognizers:
+        if name in explicit:
+            found[name] = explicit[name]
+            continue
+        own = deepface_threshold(name, evaluation.metric, evaluation.engine)
+        found[name] = (
+            max(evaluation.threshold_for(name), own) if not math.isnan(own) else evaluation.threshold_for(name)
+        )
+    return found
+
+
+def lowered_thresholds(settings) -> dict[str, tuple[float, float]]:
+    """Recognizers whose explicit gate threshold is below deepface's own: name -> (gate, deepface's)."""
+    return lowered_gate_thresholds(settings)
+
+
+def cleared_levels(distances: pd.DataFrame, thresholds: dict[str, float]) -> pd.DataFrame:
+    """Per (anon_id, level): cleared = every recognizer evaluated it (every face of it, in face-region mode) and
+    found distance > its gate threshold."""
+    columns = ["anon_id", "level", "cleared", "no_face_original"]
+    if distances.empty:
+        return pd.DataFrame(columns=columns)
+    # Face-region mode has a row per face: an image clears only when every face clears every recognizer.
+    keys = ["anon_id", "level", "recognizer"] + (["face"] if "face" in distances else [])
+    d = distances[distances["recognizer"].isin(list(thresholds))].drop_duplicates(keys)
+    d = d.assign(
+        clears=(d["status"] == "ok") & (d["distance"].astype(float) > d["recognizer"].map(thresholds)),
+        no_face=d["status"] == "no_face_original",
+    )
+    grouped = d.groupby(["anon_id", "level"]).agg(
+        n=("recognizer", "nunique"), all_clear=("clears", "all"), no_face_original=("no_face", "any")
+    )
+    grouped["cleared"] = (grouped["n"] == len(thresholds)) & grouped["all_clear"]
+    return grouped.reset_index()[columns]
+
+
+def without_linkable(status: pd.DataFrame, too_close: set) -> pd.DataFrame:
+    """`cleared_levels` rows, no longer cleared where the linkage rule (--gate-max-linkage) holds them back."""
+    if not too_close or status.empty:
+        return status
+    pairs = zip(status["anon_id"].tolist(), status["level"].astype(float).tolist(), strict=True)
+    close = np.fromiter((pair in too_close for pair in pairs), dtype=bool, count=len(status))
+    return status.assign(cleared=status["cleared"].to_numpy(dtype=bool) & ~close)
+
+
+def run_gate(job: Job) -> JobResult:
+    thresholds = gate_thresholds(job.settings)
+    remaining = {item.image_id for item in job.inputs.items}
+    for level in job.settings.ladder:
+        if not remaining:
+            break
+        run_pass(job, (level,), image_ids=remaining, label=f"gate level {level:g}")
+        too_close = linkable(job.layout, job.settings.gate_max_linkage) if job.settings.gate_max_linkage else set()
+        settled: set[str] = set()
+        for manifest, distances in shard_rows(job):
+            status = without_linkable(cleared_levels(distances, thresholds), too_close)
+            here = status[status["level"] == level]
+            # Cleared; or with no face in the original, where no level will ever find one to compare.
+            settled |= set(here.loc[here["cleared"] | here["no_face_original"], "anon_id"])
+            # A file that cannot be read at one level cannot at any: stop spending rounds on it.
+            settled |= set(manifest.loc[(manifest["status"] != "ok") & (manifest["level"] == level), "anon_id"])
+        remaining = {i for i in remaining if job.anon_ids[i] not in settled}
+    return finish_gate(job)
+
+
+# What the gate reads of each table: its decisions, the release's manifest and the cost sentence.
+GATE_MANIFEST_COLUMNS = ["anon_id", "level", "t_boom", "n_steps", "status", "error", "output_path", "sha256_output"]
+GATE_DISTANCE_COLUMNS = ["anon_id", "level", "face", "recognizer", "status", "distance"]
+
+
+def shard_rows(job: Job):
+    """(manifest rows, distance rows) of consecutive shards, about ROWS_PER_STEP manifest rows at a time
+    (records.table_steps; one shard at a time spent more on pandas' per-call cost than on the rows: 15 s
+    instead of 8 s at 10^6). Every row of an image (at every level) comes in the same step."""
+    empty = DISTANCES_SCHEMA.empty_table().select(GATE_DISTANCE_COLUMNS).to_pandas()
+    sources = [(job.layout.manifest, GATE_MANIFEST_COLUMNS), (job.layout.distances, GATE_DISTANCE_COLUMNS)]
+    for manifest, distances in table_steps(sorted(shards_with_rows(job.layout)), sources):
+        found = [empty] if distances is None else [empty, distances.to_pandas()]
+        yield manifest.to_pandas(), pd.concat(found, ignore_index=True)
+
+
+@dataclass
+class Decision:
+    """The gate's outcome over the whole folder, gathered one shard at a time."""
+
+    released: pd.DataFrame  # one row per released image, at its lowest clearing ladder level
+    withheld: pd.DataFrame  # anon_id, last_level, reason
+    spent_steps: int = 0  # model evaluations of the ok rows at ladder levels
+    n_images: int = 0  # images with an ok output at some ladder level
+    unique_size: list[str] = field(default_factory=list)  # released anon_ids whose size no other input has
+
+
+def finish_gate(job: Job) -> JobResult:
+    """release/, both reports and run.json from the Parquet files (also what `boomerang report` does).
+
+    release/ (its images, manifest and public report) is built in a staging folder and swapped in whole
+    (pipeline.release.swap): a build that fails or is killed leaves the previous release as it was.
+    """
+    lowered = lowered_thresholds(job.settings)
+    if lowered:
+        items = ", ".join(f"{name} {gate:g} (deepface's own: {own:g})" for name, (gate, own) in lowered.items())
+        warning = (
+            f"WARNING: --gate-thresholds lowers the gate below deepface's own threshold for {items}: released "
+            "images may be ones that DeepFace.verify calls the same person as their original."
+        )
+        job.notice = f"{warning} {job.notice}" if job.notice else warning
+    decision = decide(job, current_ids(job))
+    released, withheld = decision.released, decision.withheld
+    ensure_held(job.layout.lock_file)  # the release is the last commit: not for a driver that lost the folder
+    with staged_folder(job.layout.release) as folder:
+        gate, names = build_release(job, released, withheld, folder)
+        gate["released_with_a_unique_size"] = len(decision.unique_size)
+        section = gate_section(job, decision)
+        pairs = set(zip(released["anon_id"], released["level"].astype(float), strict=True))
+        result = finalize(job, sections=[section], extra={"gate": gate}, released=pairs)
+        # The public report travels with the release: only released images, byte for byte as released.
+        shown = released.assign(release_id=released["anon_id"].map(names)).sort_values("release_id").head(12)
+        samples = [
+            (f"released, level {row.level:.2f}", (folder / "images" / f"{row.release_id}.png").read_bytes())
+            for row in shown.itertuples()
+        ]
+        failures = result.overview.failures
+        failures = failures[failures["anon_id"].isin(released["anon_id"])]
+        build_report(
+            job,
+            failures.assign(anon_id=failures["anon_id"].map(names)),  # the release's names, not the internal ones
+            result.summary,
+            DISTANCES_SCHEMA.empty_table().to_pandas(),
+            samples,
+            [section],
+            report_dir=folder / "report",
+        )
+    return result
+
+
+def current_ids(job: Job) -> set[str] | None:
+    """The anon_ids the gate may release: those of the current input (an image deleted from it, e.g. a
+    person who withdrew consent, is never released again). Without inputs (`boomerang report`): those the
+    last gate decided on (private/released.parquet and withheld.parquet); None for a folder from before
+    those were kept."""
+    if job.inputs is not None:
+        return set(job.anon_ids.values())
+    return decided_ids(job.layout)
+
+
+def decided_ids(layout: RunLayout) -> set[str] | None:
+    found = None
+    for path in (layout.private / "released.parquet", layout.private / "withheld.parquet"):
+        if path.is_file():
+            ids = storage.read_table(path, columns=["anon_id"]).column("anon_id").to_pylist()
+            found = (found or set()) | set(ids)
+    if found is not None and not (layout.private / "released.parquet").is_file():
+        return None  # withheld.parquet alone: written before released.parquet was kept
+    return found
+
+
+def decide(job: Job, current: set[str] | None = None) -> Decision:
+    """Release or withhold each image, shard by shard (see `decide_shard`), with what the report needs;
+    only images in `current` (anon_ids) when given: rows of images no longer in the input are ignored."""
+    ladder = [float(v) for v in job.settings.ladder]
+    thresholds = gate_thresholds(job.settings)
+    too_close = linkable(job.layout, job.settings.gate_max_linkage) if job.settings.gate_max_linkage else set()
+    released, withheld = [], []
+    decision = Decision(pd.DataFrame(), pd.DataFrame())
+    sizes: Counter = Counter()
+    released_sizes: dict[str, tuple[int, int]] = {}
+    for manifest, distances in shard_rows(job):
+        manifest = manifest[manifest["level"].astype(float).isin(ladder)]
+        if current is not None:
+            manifest = manifest[manifest["anon_id"].isin(current)]
+            distances = distances[distances["anon_id"].isin(current)]
+        shard_released, shard_withheld = decide_shard(manifest, distances, thresholds, too_close)
+        released.append(shard_released)
+        withheld.append(shard_withheld)
+        ok = manifest[manifest["status"] == "ok"]
+        decision.spent_steps += int(ok["n_steps"].sum())
+        decision.n_images += int(ok["anon_id"].nunique())
+        # Every image that decoded has an ok output of its own size: one per image is enough.
+        shard_sizes = image_sizes(job.layout.root, ok)
+        sizes.update(shard_sizes.values())
+        released_sizes.update((a, shard_sizes[a]) for a in shard_released["anon_id"] if a in shard_sizes)
+    decision.released = pd.concat(released, ignore_index=True) if released else _empty_released()
+    no_rows = pd.DataFrame(columns=["anon_id", "last_level", "reason"])
+    decision.withheld = pd.concat(withheld, ignore_index=True) if withheld else no_rows
+    decision.unique_size = sorted(a for a, size in released_sizes.items() if sizes[size] == 1)
+    return decision
+
+
+def _empty_released() -> pd.DataFrame:
+    return pd.DataFrame(columns=GATE_MANIFEST_COLUMNS + ["cleared", "no_face_original"])
+
+
+def decide_shard(
+    manifest: pd.DataFrame, distances: pd.DataFrame, thresholds: dict[str, float], too_close: set = frozenset()
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(released rows at their lowest clearing level, withheld anon_ids with the reason) of some images'
+    rows at ladder levels (every row of each image); `too_close`: (anon_id, level) the linkage rule holds back."""
+    status = without_linkable(cleared_levels(distances, thresholds), too_close)
+    ok = manifest[manifest["status"] == "ok"].merge(status, on=["anon_id", "level"], how="left")
+    ok["cleared"] = ok["cleared"].astype("boolean").fillna(False).astype(bool)
+    ok["no_face_original"] = ok["no_face_original"].astype("boolean").fillna(False).astype(bool)
+    released = ok[ok["cleared"]].sort_values("level").groupby("anon_id", as_index=False).first()
+    no_face = set(ok.loc[ok["no_face_original"], "anon_id"])
+    # Each withheld image's highest level tried, in one vectorized pass (a loop per image took minutes at 10^6).
+    rest = manifest[~manifest["anon_id"].isin(released["anon_id"])].sort_values(["anon_id", "level"], kind="stable")
+    last = rest.drop_duplicates("anon_id", keep="last")
+    failed = (last["status"] != "ok").to_numpy()
+    error_reason = [str(e).split(":", 1)[0] or "error" for e in last["error"].tolist()]
+    last_levels = last["level"].astype(float).tolist()
+    reason = [
+        err if bad else NO_FACE if aid in no_face else LINKABLE if (aid, lv) in too_close else NEVER_CLEARED
+        for aid, lv, bad, err in zip(last["anon_id"].tolist(), last_levels, failed, error_reason, strict=True)
+    ]
+    withheld = pd.DataFrame(
+        {"anon_id": last["anon_id"].tolist(), "last_level": last["level"].astype(float).tolist(), "reason": reason},
+        columns=["anon_id", "last_level", "reason"],
+    )
+    return released, withheld
+
+
+def build_release(job: Job, released: pd.DataFrame, withheld: pd.DataFrame, folder) -> tuple[dict, dict[str, str]]:
+    """The release into `folder` (a staging folder): exactly the cleared images at their lowest clearing level,
+    under release names; the name mapping and the withheld ones in private/. Returns (counts for run.json,
+    anon_id -> release_id)."""
+    layout = job.layout
+    key = release_key(layout, job.secret)
+    names = {a: release_name(key, a) for a in released["anon_id"]}
+    storage.make_dirs(folder / "images")
+    rows, mapping = [], []
+    # Sorted by release name (a keyed hash): no trace of the source order or the internal names.
+    ordered = released.assign(release_id=released["anon_id"].map(names)).sort_values("release_id")
+    for row in ordered.itertuples():
+        name = f"{row.release_id}.png"
+        copy_synced(layout.root / row.output_path, folder / "images" / name)
+        rows.append(
+            {
+                "release_id": row.release_id,
+                "level": float(row.level),
+                "t_boom": int(row.t_boom),
+                "n_steps": int(row.n_steps),
+                "sha256_output": row.sha256_output,
+                "output_path": f"images/{name}",
+            }
+        )
+        mapping.append({"anon_id": row.anon_id, "release_id": row.release_id, "level": float(row.level)})
+    write_public_table(pa.Table.from_pylist(rows, schema=RELEASE_SCHEMA), folder / "manifest.parquet")
+    write_private_table(pa.Table.from_pylist(mapping, schema=RELEASED_SCHEMA), layout.private / "released.parquet")
+    identities = storage.read_table(layout.identities).to_pandas()
+    private = withheld.merge(identities[["anon_id", "image_id", "source"]], on="anon_id", how="left")
+    write_private_table(pa.Table.from_pandas(private, preserve_index=False), layout.private / "withheld.parquet")
+    counts = {
+        "released": len(rows),
+        "withheld": int(len(withheld)),
+        "withheld_reasons": {str(k): int(v) for k, v in withheld["reason"].value_counts().items()},
+        "thresholds": gate_thresholds(job.settings),
+    }
+    return counts, names
+
+
+def gate_section(job: Job, decision: Decision) -> tuple[str, str]:
+    """The report's gate section: thresholds, levels needed, withheld reasons, cost against a fixed top level."""
+    from anonymize import planned_steps
+
+    settings = job.settings
+    released, withheld = decision.released, decision.withheld
+    unique_sizes = len(decision.unique_size)
+    ladder = [float(v) for v in settings.ladder]
+    per_level = released.groupby("level").size().reindex(ladder, fill_value=0)
+    spent, n_images = decision.spent_steps, decision.n_images
+    # The alternative: every image that could be processed, once, at the top rung.
+    try:
+        _, top_steps = planned_steps(settings.sampler, ladder[-1])
+        fixed = top_steps * n_images
+        cost = (
+            f"{spent} model evaluations spent on {n_images} images; one pass at the top level {ladder[-1]:g} "
+            f"would take {fixed} ({top_steps} each)"
+            + (f": the gate cost {spent / fixed:.0%} of that." if fixed else ".")
+        )
+    except Exception:  # noqa: BLE001 - the model folder may be gone when a report is rebuilt
+        cost = f"{spent} model evaluations spent on {n_images} images."
+    thresholds = gate_thresholds(settings)
+    rows = "".join(f"<tr><td>{lvl:g}</td><td>{n}</td></tr>" for lvl, n in per_level.items())
+    reasons = "".join(
+        f"<tr><td>{html.escape(str(r))}</td><td>{n}</td></tr>" for r, n in withheld["reason"].value_counts().items()
+    )
+    threshold_text = ", ".join(f"{html.escape(n)} {t:g}" for n, t in thresholds.items())
+    body = (
+        f"<p>Ladder: {', '.join(f'{v:g}' for v in ladder)}. Each image starts at the lowest level and moves up "
+        "only while some recognizer still matches it to its original. Gate thresholds (the stricter of the "
+        f"run's threshold and deepface's own, unless set with --gate-thresholds): {threshold_text}.</p>"
+        f"<table><tr><th>lowest clearing level</th><th>images released</th></tr>{rows}</table>"
+        f"<p>Released: {len(released)}; withheld: {len(withheld)}. Every released image cleared every "
+        "recognizer at its gate threshold"
+        + (
+            f", and no recognizer ranked its own original within the nearest {settings.gate_max_linkage} of all "
+            "originals (the linkage attack, --gate-max-linkage)"
+            if settings.gate_max_linkage
+            else ""
+        )
+        + ".</p>"
+        + (f"<table><tr><th>withheld because</th><th>images</th></tr>{reasons}</table>" if len(withheld) else "")
+        + f"<p>{html.escape(cost)}</p>"
+        + (
+            f"<p class='notice'>{unique_sizes} released images have a width and height that no other input has: "
+            "someone holding the originals can match them by size alone. Resize the inputs to common sizes "
+            "before release (docs/privacy.md).</p>"
+            if unique_sizes
+            else "<p>No released image has a size of its own among the inputs (sizes do not link them).</p>"
+        )
+        + (SCENE_LINKAGE_NOTICE if settings.region.faces else "")
+    )
+    return ("Release gate", body)
+
+
+# Face-region mode: what the release gives away by construction (said in the public report, docs/privacy.md).
+SCENE_LINKAGE_NOTICE = (
+    "<p class='notice'>Face-region mode (--region faces, released with --accept-scene-linkage): only the faces "
+    "were resampled and every other pixel is the original's, so anyone who holds the original photos links "
+    "each released image to its source by its background. What this release protects is who is in the "
+    "photos (the faces, measured above), not which photo each one is; clothing, places and other people's "
+    "context are also kept.</p>"
+)
