@@ -33,10 +33,11 @@ sys.path.insert(0, str(ROOT))
 
 from bench import common  # noqa: E402
 from evaluation import DISTANCES_SCHEMA, write_parquet_atomic  # noqa: E402
-from pipeline.folder.layout import RunLayout, write_private_table  # noqa: E402
+from pipeline.folder.layout import RunLayout  # noqa: E402
 from pipeline.settings.config import DEFAULT_SHARD_SIZE, JobSettings  # noqa: E402
 from pipeline.tables.records import MANIFEST_SCHEMA, OUTPUTS_SCHEMA, with_marker, write_batch  # noqa: E402
 from pipeline.tables.shards import plan_shards, shard_name  # noqa: E402
+from pipeline.tables.write import write_private_table  # noqa: E402
 
 LEVEL = 0.7
 RECOGNIZERS = ("VGG-Face", "Facenet")
@@ -151,7 +152,7 @@ def child(what: str, out: Path, n: int) -> dict:
     """One measurement in this (fresh) process: seconds and peak memory above the baseline."""
     job = fake_job(out, n) if what in ("plan", "finalize", "gate") else None
     if what == "gate":  # deepface's threshold table: imported before the baseline
-        from pipeline.release.gate import gate_thresholds
+        from pipeline.settings.gate_policy import gate_thresholds
 
         gate_thresholds(job.settings)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

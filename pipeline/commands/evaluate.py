@@ -6,6 +6,8 @@ import argparse
 from dataclasses import replace
 
 from pipeline.commands.common import run_job
+from pipeline.execution.job import Job
+from pipeline.outputs.finalize import JobResult, finalize
 from pipeline.settings.config import settings_from_flags
 
 
@@ -13,4 +15,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipeline.execution.evaluate_only import evaluate_pass
 
     settings = replace(settings_from_flags(vars(args)), input=args.originals)
-    return run_job(settings, "evaluate", lambda job: evaluate_pass(job, args.anonymized))
+
+    def work(job: Job) -> JobResult:
+        evaluate_pass(job, args.anonymized)
+        return finalize(job)
+
+    return run_job(settings, "evaluate", work)

@@ -25,7 +25,6 @@ from pipeline.execution.job import Job, ensure_cluster
 from pipeline.execution.progress import Progress
 from pipeline.folder import storage
 from pipeline.folder.layout import RunLayout
-from pipeline.outputs.finalize import JobResult, finalize
 from pipeline.tables.records import compact_finished, finish_batch, forget_pairs, read_manifest, remove_orphans
 from pipeline.tables.resume import ShardCompactor, done_by_shard, pairs_to_retry
 from pipeline.tables.row_errors import MISSING_OUTPUT, classify, error_row
@@ -132,8 +131,8 @@ def missing_outputs(job: Job, pairs: list[dict]) -> list[dict]:
     return rows
 
 
-def evaluate_pass(job: Job, anonymized: str) -> JobResult:
-    """Evaluate every (original, anonymized) pair not yet done, record missing outputs, finalize."""
+def evaluate_pass(job: Job, anonymized: str) -> None:
+    """Evaluate every (original, anonymized) pair not yet done and record missing outputs."""
     import ray.data
     from ray.data import ActorPoolStrategy
 
@@ -197,4 +196,3 @@ def evaluate_pass(job: Job, anonymized: str) -> JobResult:
         progress.close()
         job.pairs_done_now += progress.done
     compactor.finish()
-    return finalize(job)

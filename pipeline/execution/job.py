@@ -38,8 +38,9 @@ from pipeline.folder.provenance import (
     write_json_atomic,
 )
 from pipeline.folder.secret import anon_id, keyed_levels, load_secret, output_key
-from pipeline.settings.config import JobSettings, override_statement, public_model
+from pipeline.settings.config import JobSettings, public_model
 from pipeline.settings.fingerprint import anonymize_device, defaults, device_keys, fingerprint
+from pipeline.settings.gate_policy import override_statement
 from pipeline.tables.records import (
     compact_finished,
     finish_batch,
@@ -241,7 +242,7 @@ def _start_record(job: Job, model: dict | None, recognizers: dict | None, determ
     record_fingerprint(record, determining, defaults(settings))
     if model is not None:
         record["model"] = {**model, "model": public_model(model["model"], weights)}
-    # A gate-policy override opens run.json ("_" sorts before every other key): pipeline.settings.config.GATE_OVERRIDES.
+    # A gate-policy override opens run.json ("_" sorts before every other key): pipeline.settings.gate_policy.
     record.pop("_gate_override", None)
     statement = override_statement(settings)
     if statement:

@@ -1,20 +1,17 @@
 """The output folder of a run: where every file goes, and how private files are written.
 
-See product-spec section 5. Parquet "files" are folders of part files, each written whole by the stage that
-produced the rows, so a half-written part never exists under its final name. `--out` is a local folder or an
-object-store URL (pipeline.folder.storage). Locally `private/` is 0700 and every file in it 0600 from the moment it
-exists (created with that mode, never chmod-ed later).
+See product-spec section 5. Parquet "files" are folders of part files, each written whole by the stage that produced
+the rows, so a half-written part never exists under its final name. `--out` is a local folder or an object-store URL
+(pipeline.folder.storage). Tables are written through pipeline.tables.write. Locally `private/` is 0700 and every
+file in it 0600 from the moment it exists (created with that mode, never chmod-ed later).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pyarrow as pa
-
 from pipeline.folder import storage
 from pipeline.folder.storage import Location
-from pipeline.tables.schemas import check_private, check_public, table_at
 
 
 class OutputError(ValueError):
@@ -115,22 +112,3 @@ class RunLayout:
 def write_private_bytes(path: Location, data: bytes) -> None:
     """Write a file of private/ whole, 0600 from creation (locally: fsync-ed, file and folder)."""
     storage.write_bytes(path, data, private=True)
-
-
-def write_private_table(table: pa.Table, path: Location, *, name: str | None = None) -> None:
-    """A Parquet file of private/, written like `write_private_bytes`; only a table declared in private/
-    (pipeline.tables.schemas), so this writer is never a way around the public one's checks."""
-    check_private(table, table_at(path, name))
-    storage.write_table(table, path, private=True)
-
-
-def write_public_table(table: pa.Table, path: Location, *, name: str | None = None) -> None:
-    """A Parquet file outside private/, written whole: the one way a shareable table is written.
-
-    Refuses (schemas.PublicSurfaceError) a table not declared where it is written, a column not declared
-    public, and any string value that is not of its column's form or looks like a path, a file name, an input
-    id or an exception's text (pipeline.tables.schemas). `name` names the declared table when it is written under
-    another folder (e.g. a staging folder swapped in whole).
-    """
-    check_public(table, table_at(path, name))
-    storage.write_table(table, path)

@@ -100,8 +100,8 @@ def anon_id(secret: bytes, image_id: str) -> str:
 # Workers never hold the secret: the driver derives, per output, its seed (whole-image mode, the same
 # anonymize.output_seed as ever) and a sub-key from which a worker derives the seed of each face (face-region
 # mode) or tile (enhance), whose count only the worker learns. A job on a shared cluster that reads Ray's
-# objects learns the seeds of the outputs it sees, never a key to any other output or name.
-PART_SEED_SCHEME = "per-output-key-v1"  # run.json: region/enhance folders seeded before it are not resumed
+# objects learns the seeds of the outputs it sees, never a key to any other output or name. The scheme's name,
+# recorded in run.json, is pipeline.settings.fingerprint.PART_SEED_SCHEME.
 
 
 def keyed_levels(secret: bytes, run_seed: int, image_id: str, levels, sample: int = 0) -> dict[str, list]:

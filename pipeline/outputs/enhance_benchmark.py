@@ -21,9 +21,9 @@ import pyarrow as pa
 from anonymize import decode_image, degrade, upsample
 from evaluation.quality import quality_row
 from pipeline.execution.inputs import read_bytes
-from pipeline.folder.layout import write_public_table
 from pipeline.tables.records import read_manifest
 from pipeline.tables.schemas import QUALITY_SCHEMA
+from pipeline.tables.write import write_public_table
 
 BASELINES = ("lanczos", "bicubic")
 

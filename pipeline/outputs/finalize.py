@@ -22,12 +22,13 @@ from evaluation.summary import (
     verdict_table,
 )
 from pipeline.folder import storage
-from pipeline.folder.layout import write_public_table
 from pipeline.folder.provenance import now, read_json, write_json_atomic
 from pipeline.outputs.diversity import diversity_section, sample_diversity, with_diversity
 from pipeline.outputs.linkage_attack import linkage_attack, linkage_section, with_linkage, write_attacks
-from pipeline.settings.config import override_statement, public_model
+from pipeline.settings.config import public_model
+from pipeline.settings.gate_policy import gate_thresholds, override_statement
 from pipeline.tables.records import ROWS_PER_STEP, shards_with_rows, table_files, table_steps
+from pipeline.tables.write import write_public_table
 
 if TYPE_CHECKING:
     from pipeline.execution.job import Job
@@ -111,8 +112,6 @@ def finalize(job: Job, sections=(), extra: dict | None = None, released: set | N
     report = None
     verdict: list[str] = []
     if job.evaluated or any(layout.distances.glob("part-*.parquet")):
-        from pipeline.release.gate import gate_thresholds  # here: gate imports this module
-
         gate = gate_thresholds(job.settings)
         partials, distances, verdicts = restate_thresholds(layout.distances, job.settings.evaluation, gate)
         summary = summary_from_partials(partials, job.settings.evaluation, job.settings.label)

@@ -24,9 +24,10 @@ import pyarrow.compute as pc
 from evaluation.report import linkage_plot_html
 from evaluation.summary import ATTACK_COLUMNS, NULLABLE_COUNTS
 from pipeline.folder import storage
-from pipeline.folder.layout import RunLayout, write_private_table
+from pipeline.folder.layout import RunLayout
 from pipeline.tables.records import table_files
 from pipeline.tables.schemas import ATTACKS_SCHEMA
+from pipeline.tables.write import write_private_table
 
 LINKAGE = "linkage"
 REID = "reid"

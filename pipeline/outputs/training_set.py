@@ -19,9 +19,10 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline.folder import storage
-from pipeline.folder.layout import RunLayout, level_dirname, write_public_table
+from pipeline.folder.layout import RunLayout, level_dirname
 from pipeline.tables.records import read_manifest
 from pipeline.tables.schemas import LABELS_SCHEMA
+from pipeline.tables.write import write_public_table
 
 NO_CLASS = "_unlabelled"  # images at the top of the input folder
 

@@ -33,13 +33,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.folder import storage
-from pipeline.folder.layout import OutputError, RunLayout, write_private_table, write_public_table
+from pipeline.folder.layout import OutputError, RunLayout
 from pipeline.folder.lock import run_lock
 from pipeline.folder.provenance import now, read_json, write_json_atomic
 from pipeline.folder.secret import anon_id, output_key, parse_secret
 from pipeline.release.swap import release_key, release_name, remove_leftovers
 from pipeline.tables.records import read_marker, with_marker
 from pipeline.tables.shards import SHARD_NAME, SHARDS_FILE
+from pipeline.tables.write import write_private_table, write_public_table
 
 
 @dataclass

@@ -12,7 +12,6 @@ stopped. Only ladder levels count: rows of other levels in the same folder (an e
 from __future__ import annotations
 
 import html
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -21,64 +20,39 @@ import pandas as pd
 import pyarrow as pa
 
 from evaluation import DISTANCES_SCHEMA
+from evaluation.summary import image_verdicts
 from pipeline.execution.job import Job, run_pass
 from pipeline.folder import storage
-from pipeline.folder.layout import RunLayout, write_private_table, write_public_table
+from pipeline.folder.layout import RunLayout
 from pipeline.folder.lock import ensure_held
 from pipeline.outputs.finalize import JobResult, build_report, finalize
 from pipeline.outputs.linkage_attack import linkable
 from pipeline.release.image_sizes import image_sizes
 from pipeline.release.swap import copy_synced, release_key, release_name, staged_folder
-from pipeline.settings.config import lowered_gate_thresholds
+from pipeline.settings.gate_policy import gate_thresholds, lowered_gate_thresholds
 from pipeline.tables.records import shards_with_rows, table_steps
 from pipeline.tables.schemas import RELEASE_SCHEMA, RELEASED_SCHEMA
+from pipeline.tables.write import write_private_table, write_public_table
 
 NO_FACE = "no face found in the original"
 NEVER_CLEARED = "no level on the ladder cleared every recognizer"
 LINKABLE = "its own original stayed among the nearest originals (--gate-max-linkage)"
 
 
-def gate_thresholds(settings) -> dict[str, float]:
-    """Per recognizer, the threshold the gate decides with (see the module docstring)."""
-    from evaluation.summary import deepface_threshold
-
-    evaluation = settings.evaluation
-    explicit = dict(settings.gate_thresholds)
-    found = {}
-    for name in evaluation.recognizers:
-        if name in explicit:
-            found[name] = explicit[name]
-            continue
-        own = deepface_threshold(name, evaluation.metric, evaluation.engine)
-        found[name] = (
-            max(evaluation.threshold_for(name), own) if not math.isnan(own) else evaluation.threshold_for(name)
-        )
-    return found
-
-
-def lowered_thresholds(settings) -> dict[str, tuple[float, float]]:
-    """Recognizers whose explicit gate threshold is below deepface's own: name -> (gate, deepface's)."""
-    return lowered_gate_thresholds(settings)
-
-
 def cleared_levels(distances: pd.DataFrame, thresholds: dict[str, float]) -> pd.DataFrame:
-    """Per (anon_id, level): cleared = every recognizer evaluated it (every face of it, in face-region mode) and
-    found distance > its gate threshold."""
+    """Per (anon_id, level): cleared = the verdict's rule (evaluation.summary.image_verdicts: every recognizer
+    evaluated it, every face of it in face-region mode, and found distance > its gate threshold); and whether
+    the original had no face."""
     columns = ["anon_id", "level", "cleared", "no_face_original"]
     if distances.empty:
         return pd.DataFrame(columns=columns)
     # Face-region mode has a row per face: an image clears only when every face clears every recognizer.
     keys = ["anon_id", "level", "recognizer"] + (["face"] if "face" in distances else [])
     d = distances[distances["recognizer"].isin(list(thresholds))].drop_duplicates(keys)
-    d = d.assign(
-        clears=(d["status"] == "ok") & (d["distance"].astype(float) > d["recognizer"].map(thresholds)),
-        no_face=d["status"] == "no_face_original",
-    )
-    grouped = d.groupby(["anon_id", "level"]).agg(
-        n=("recognizer", "nunique"), all_clear=("clears", "all"), no_face_original=("no_face", "any")
-    )
-    grouped["cleared"] = (grouped["n"] == len(thresholds)) & grouped["all_clear"]
-    return grouped.reset_index()[columns]
+    verdicts = image_verdicts(d.dropna(subset=["level"]), thresholds).rename(columns={"clears": "cleared"})
+    no_face = d.assign(no_face_original=d["status"] == "no_face_original").groupby(["anon_id", "level"])
+    merged = verdicts.merge(no_face["no_face_original"].any().reset_index(), on=["anon_id", "level"], how="left")
+    return merged[columns]
 
 
 def without_linkable(status: pd.DataFrame, too_close: set) -> pd.DataFrame:
@@ -143,7 +117,7 @@ def finish_gate(job: Job) -> JobResult:
     release/ (its images, manifest and public report) is built in a staging folder and swapped in whole
     (pipeline.release.swap): a build that fails or is killed leaves the previous release as it was.
     """
-    lowered = lowered_thresholds(job.settings)
+    lowered = lowered_gate_thresholds(job.settings)
     if lowered:
         items = ", ".join(f"{name} {gate:g} (deepface's own: {own:g})" for name, (gate, own) in lowered.items())
         warning = (

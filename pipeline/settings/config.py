@@ -15,6 +15,7 @@ from typing import Any
 
 from anonymize import EnhanceSettings, RegionSettings, SamplerSettings, validate_level
 from evaluation import EvaluationSettings
+from pipeline.settings.gate_policy import gate_policy_breaches, gate_policy_refusal
 
 DEFAULT_LADDER = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -133,18 +134,9 @@ class JobSettings:
 
     def _check_gate_policy(self) -> None:
         """--gate refuses, in one line, what would void its guarantees unless --gate-override names each rule."""
-        unknown = sorted(set(self.gate_override) - set(GATE_OVERRIDES))
-        if unknown:
-            raise SettingsError(
-                f"--gate-override: unknown rule(s) {', '.join(unknown)}; the rules are {', '.join(GATE_OVERRIDES)}"
-            )
-        broken = [name for name in gate_policy_breaches(self) if name not in self.gate_override]
-        if broken:
-            reasons = "; ".join(f"{_BREACH_FLAGS[name](self)} {GATE_OVERRIDES[name]}" for name in broken)
-            raise SettingsError(
-                f"--gate refused: {reasons}; pass --gate-override {','.join(broken)} to release anyway (both "
-                "reports and run.json then say so first; docs/privacy.md)"
-            )
+        refusal = gate_policy_refusal(self)
+        if refusal:
+            raise SettingsError(refusal)
 
     def overrides_in_effect(self) -> tuple[str, ...]:
         """The gate-policy rules this run breaks under --gate-override (empty without --gate)."""
@@ -176,70 +168,6 @@ def public_model(model: str, weights_sha256: str | None = None) -> str:
     if not (os.path.isabs(model) or model.startswith(("~", ".", "file:"))):
         return model
     return f"local model, sha256 {weights_sha256[:12]}" if weights_sha256 else "local model"
-
-
-# The gate's policy (docs/privacy.md): each rule --gate enforces, by the name --gate-override gives it, and what
-# breaking it costs (said in the refusal and, when overridden, first in both reports and run.json).
-GATE_OVERRIDES = {
-    "detector-skip": "looks for no face, so an original with no face is compared as if it had one and the rule "
-    "'an original with no face is withheld' cannot hold",
-    "whole-image": "compares an output whose face the detector misses on the whole image, so hiding the face "
-    "from the detector counts as clearing it",
-    "samples": "releases whichever of the samples of an image fooled the certifying recognizers (best-of-K "
-    "against the judge), and several variants of one face",
-    "thresholds": "sets a gate threshold below deepface's own, so the gate may release images that "
-    "DeepFace.verify calls the same person as their original",
-}
-_BREACH_FLAGS = {
-    "detector-skip": lambda s: "--detector skip",
-    "whole-image": lambda s: "--no-face-anonymized whole_image",
-    "samples": lambda s: f"--samples {s.samples}",
-    "thresholds": lambda s: (
-        "--gate-thresholds "
-        + ",".join(f"{n}={g:g} (deepface's own {own:g})" for n, (g, own) in lowered_gate_thresholds(s).items())
-    ),
-}
-
-
-def gate_policy_breaches(settings: JobSettings) -> list[str]:
-    """The gate-policy rules (GATE_OVERRIDES names) these settings break; none without --gate."""
-    if not settings.gate:
-        return []
-    evaluation = settings.evaluation
-    found = {
-        "detector-skip": evaluation.detector == "skip",
-        "whole-image": evaluation.no_face_anonymized == "whole_image",
-        "samples": settings.samples > 1,
-        "thresholds": bool(settings.gate_thresholds) and bool(lowered_gate_thresholds(settings)),
-    }
-    return [name for name in GATE_OVERRIDES if found[name]]
-
-
-def lowered_gate_thresholds(settings: JobSettings) -> dict[str, tuple[float, float]]:
-    """Recognizers whose explicit gate threshold is below deepface's own: name -> (gate, deepface's)."""
-    if not settings.gate_thresholds:
-        return {}
-    from evaluation.summary import deepface_threshold
-
-    evaluation = settings.evaluation
-    lowered = {}
-    for name, value in settings.gate_thresholds:
-        own = deepface_threshold(name, evaluation.metric, evaluation.engine)
-        if not math.isnan(own) and value < own:
-            lowered[name] = (value, own)
-    return lowered
-
-
-def override_statement(settings: JobSettings) -> str | None:
-    """The sentence both reports and run.json open with when --gate-override is in effect; None when not."""
-    names = settings.overrides_in_effect()
-    if not names:
-        return None
-    broken = "; ".join(f"{_BREACH_FLAGS[name](settings)} {GATE_OVERRIDES[name]}" for name in names)
-    return (
-        f"GATE POLICY OVERRIDDEN (--gate-override {','.join(names)}): this release was made although {broken}. "
-        "The release guarantees of docs/privacy.md do not hold for it."
-    )
 
 
 # Flag name -> (section, field). Sections: "" job, "sampler", "evaluation".

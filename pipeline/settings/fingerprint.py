@@ -96,8 +96,9 @@ _STAGES = {
 }
 
 # How faces (region mode) and tiles (enhance) are seeded: not a setting but the code's, and it changes their
-# bytes. Folders seeded on the workers by the secret itself (before pipeline.folder.secret.PART_SEED_SCHEME) are
-# recorded without it and read as OLD_PART_SEEDS, so they are refused a resume rather than mixed.
+# bytes (pipeline.folder.secret.keyed_levels). Folders seeded on the workers by the secret itself (before
+# PART_SEED_SCHEME) are recorded without it and read as OLD_PART_SEEDS, so they are refused a resume, not mixed.
+PART_SEED_SCHEME = "per-output-key-v1"
 OLD_PART_SEEDS = "secret-per-part"
 
 # The flag a user changes a key with, where the rule in `flag_for` does not give it (pipeline/cli.py).
@@ -152,8 +153,6 @@ def fingerprint(
         pins |= device_keys(settings.sampler, device)
     found = {k: v for k, v in walk(settings, pins).items() if set(stage_of(k)) & stages}
     if ANONYMIZE in stages and (settings.region.faces or settings.enhance is not None):
-        from pipeline.folder.secret import PART_SEED_SCHEME
-
         found["seed_scheme"] = PART_SEED_SCHEME
     if EVALUATE in stages and recognizers is not None:
         found["recognizer_weights"] = {name: r["weights_sha256"] for name, r in recognizers.items()}

@@ -27,12 +27,13 @@ import pyarrow.compute as pc
 
 from evaluation import distances_table
 from pipeline.folder import storage
-from pipeline.folder.layout import RunLayout, write_private_table, write_public_table
+from pipeline.folder.layout import RunLayout
 from pipeline.folder.lock import ensure_held
 from pipeline.folder.storage import Location
 from pipeline.tables.row_errors import TRANSIENT
 from pipeline.tables.schemas import EMBEDDINGS_SCHEMA, FACE_BOX, IDENTITY_SCHEMA, MANIFEST_SCHEMA, OUTPUTS_SCHEMA
 from pipeline.tables.shards import batch_name, batch_parts, load_shards, shard_files, shard_name, shard_of_name
+from pipeline.tables.write import write_private_table, write_public_table
 
 # The tables' schemas (and which columns are public) are declared once, in pipeline.tables.schemas.
 

@@ -1,7 +1,7 @@
 """Every table a run folder holds, declared once: where it lives, its schema, and each column public or private.
 
 The public surface of a run is what is written outside `private/`. It is listed here and nowhere else:
-`pipeline.folder.layout.write_public_table` looks the table up by where it is written and refuses, in code, a table
+`pipeline.tables.write.write_public_table` looks the table up by where it is written and refuses, in code, a table
 that is not declared, a column that is not declared public, a nested column (boxes, embeddings), and a
 string value that does not have its column's declared form (a reason code and a fixed text for an error, a
 24-hex pseudonym for an id, `images/level=.../<hex>.png` for an output) or that looks like a path, a file

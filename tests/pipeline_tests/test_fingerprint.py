@@ -171,8 +171,8 @@ def test_folders_written_by_the_previous_version_resume_and_refuse_a_region_swit
             "no_face": "withhold",
         }
     }
-    # Its faces were seeded on the workers by the secret itself (before pipeline.folder.secret.PART_SEED_SCHEME): not
-    # resumed, so no folder mixes the two seedings.
+    # Its faces were seeded on the workers by the secret itself (before fingerprint.PART_SEED_SCHEME): not resumed,
+    # so no folder mixes the two seedings.
     faces = fp.fingerprint(settings(region="faces"), "run", MODEL, RECOGNIZERS)
     with pytest.raises(RefusedRerun, match="^the seeding of faces and tiles .*recorded 'secret-per-part'"):
         check_rerun(region_record, faces, has_outputs=True)

@@ -1,0 +1,29 @@
+"""The one way a table of the run folder is written: checked against its declaration (pipeline.tables.schemas),
+then written whole through pipeline.folder.storage."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from pipeline.folder import storage
+from pipeline.folder.storage import Location
+from pipeline.tables.schemas import check_private, check_public, table_at
+
+
+def write_private_table(table: pa.Table, path: Location, *, name: str | None = None) -> None:
+    """A Parquet file of private/, written like `write_private_bytes`; only a table declared in private/
+    (pipeline.tables.schemas), so this writer is never a way around the public one's checks."""
+    check_private(table, table_at(path, name))
+    storage.write_table(table, path, private=True)
+
+
+def write_public_table(table: pa.Table, path: Location, *, name: str | None = None) -> None:
+    """A Parquet file outside private/, written whole: the one way a shareable table is written.
+
+    Refuses (schemas.PublicSurfaceError) a table not declared where it is written, a column not declared
+    public, and any string value that is not of its column's form or looks like a path, a file name, an input
+    id or an exception's text (pipeline.tables.schemas). `name` names the declared table when it is written under
+    another folder (e.g. a staging folder swapped in whole).
+    """
+    check_public(table, table_at(path, name))
+    storage.write_table(table, path)
