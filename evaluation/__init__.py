@@ -10,7 +10,8 @@ Modules, one job each:
 - ``evaluator``: :class:`PairEvaluator`, one row per (pair, recognizer).
 - ``summary``: per (level, recognizer) statistics with Wilson intervals (pure pandas/numpy).
 - ``attacks``: linkage and re-identification attack ranks, exact and chunked; hit@k rates.
-- ``tables``: Parquet schemas and atomic writes.
+- ``tables``: Parquet schemas and their writes.
+- ``files``: the one atomic file writer (temporary file, fsync, rename), which pipeline reuses.
 - ``report``: the self-contained HTML compliance report.
 
 This package never imports ``pipeline`` or ``anonymize``.

@@ -13,7 +13,6 @@ import html
 import io
 import json
 import math
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from evaluation.files import write_atomic
 from evaluation.summary import protocol_label
 
 DISTANCE_PLOT = "distance_vs_level.svg"
@@ -94,10 +94,7 @@ def write_report(report_dir: Path, **content) -> Path:
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     for name, text in render_report(**content).items():
-        target = report_dir / name
-        tmp = target.with_name(f".{name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
+        write_atomic(report_dir / name, text.encode("utf-8"))
     return report_dir / "index.html"
 
 

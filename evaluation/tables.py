@@ -1,9 +1,8 @@
-"""Parquet schemas of the evaluation files, and writing them so a reader never sees half a file."""
+"""Parquet schemas of the evaluation files, and writing them so a reader never sees half a file (evaluation.files)."""
 
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from evaluation.files import write_atomic
 from evaluation.summary import NULLABLE_COUNTS, SUMMARY_COLUMNS
 
 # Both tables are public in a boomerang run folder: pipeline.tables.schemas tags their columns and declares the form of
@@ -73,9 +73,8 @@ def summary_table(summary: pd.DataFrame) -> pa.Table:
 def write_parquet_atomic(table: pa.Table, path: str | os.PathLike) -> None:
     """Write ``table`` to ``path`` so that the file is either absent, old, or complete.
 
-    Local paths: a hidden temporary file in the same folder (pyarrow's dataset reader skips names
-    starting with "."), fsync, then ``os.replace``. Other URIs (``s3://...``) go through fsspec,
-    where an object store publishes an object only once its upload completes.
+    Local paths: ``evaluation.files.write_atomic`` (a hidden temporary file, fsync, rename). Other URIs
+    (``s3://...``) go through fsspec, where an object store publishes an object only once its upload completes.
     """
     if not isinstance(table, pa.Table):
         raise TypeError(f"table: must be a pyarrow.Table, got {type(table).__name__}")
@@ -88,17 +87,7 @@ def write_parquet_atomic(table: pa.Table, path: str | os.PathLike) -> None:
         return
     target_path = Path(target.removeprefix("file://"))
     target_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target_path.with_name(f".{target_path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            pq.write_table(table, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fsync_folder(target_path.parent)
+    write_atomic(target_path, lambda handle: pq.write_table(table, handle))
 
 
 def read_distances(path: str | os.PathLike) -> pd.DataFrame:
@@ -122,14 +111,3 @@ def _read(path: str | os.PathLike, schema: pa.Schema) -> pd.DataFrame:
     else:
         table = pq.read_table(target.removeprefix("file://"), schema=schema)
     return table.to_pandas()
-
-
-def fsync_folder(folder: Path) -> None:
-    # Makes the rename itself durable; not possible (nor needed) on every platform.
-    if not hasattr(os, "O_DIRECTORY"):
-        return
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

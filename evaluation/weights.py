@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from evaluation.engine import ENGINES, deepface_module
+from evaluation.files import write_atomic
 
 DEEPFACE_HOME_ENV_VAR = "DEEPFACE_HOME"
 
@@ -186,14 +187,17 @@ def _write_one(model_name: str, engine: str, seed: int, path: Path) -> None:
     _randomize(model, generator)
     _calibrate_batchnorm(model, input_size, generator)
     model.eval()
-    # Write next to the target and rename: deepface trusts any file that exists, so a torn file
-    # left by a killed process would be loaded as weights.
-    tmp = path.with_name(path.name + ".tmp")
+    # Written whole (evaluation.files): deepface trusts any file that exists, so a torn file left by a killed
+    # process would be loaded as weights.
     if engine == "pytorch":
-        torch.save(model.state_dict(), tmp)
-    else:
+        write_atomic(path, lambda handle: torch.save(model.state_dict(), handle))
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    try:
         _export_onnx(model_name, model, input_size, engine, tmp)
-    os.replace(tmp, path)
+        write_atomic(path, tmp.read_bytes())
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _export_onnx(model_name: str, model, input_size: int, engine: str, path: Path) -> None:

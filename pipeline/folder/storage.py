@@ -23,14 +23,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import uuid
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, TypeAlias, Union
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from evaluation.tables import fsync_folder
+from evaluation.files import write_atomic
 
 if TYPE_CHECKING:
     from upath import UPath
@@ -128,17 +127,7 @@ def write_bytes(path: Location, data: bytes, *, private: bool = False) -> None:
         path.fs.pipe_file(path.path, data)
         return
     _make_parents(path.parent, PRIVATE_FOLDER_MODE if private else FOLDER_MODE)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE if private else FILE_MODE)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_folder(path.parent)
+    write_atomic(path, data, mode=PRIVATE_FILE_MODE if private else FILE_MODE)
 
 
 def write_text(path: Location, text: str, *, private: bool = False) -> None:
@@ -206,14 +195,8 @@ def copy_file(source: Location, target: Location) -> None:
     """Copy one file whole (server-side where both are in one store)."""
     if is_local(source) and is_local(target):
         _make_parents(target.parent, FOLDER_MODE)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)  # not the source's mode
-            with open(source, "rb") as reader, os.fdopen(fd, "wb") as writer:
-                shutil.copyfileobj(reader, writer)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with open(source, "rb") as reader:  # FILE_MODE, not the source's mode
+            write_atomic(target, lambda writer: shutil.copyfileobj(reader, writer), mode=FILE_MODE)
     elif not is_local(source) and not is_local(target) and source.protocol == target.protocol:
         source.fs.copy(source.path, target.path)
     else:

@@ -19,7 +19,7 @@ import os
 import uuid
 from collections.abc import Iterator
 
-from evaluation.tables import fsync_folder
+from evaluation.files import fsync_folder
 from pipeline.folder import storage
 from pipeline.folder.layout import OutputError, RunLayout
 from pipeline.folder.secret import parse_secret
