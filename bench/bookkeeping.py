@@ -4,10 +4,10 @@ Synthetic finished tables (manifest, private outputs, distances for two recogniz
 written shard by shard with the product's own writers, then each pass the driver makes is timed in a fresh
 process, with its peak memory (ru_maxrss above the process's after imports):
 
-  plan      resume planning of a finished job: pipeline.execution.job.run_pass up to "nothing to do"
+  plan      resume planning of a finished job: pipeline.execution.anonymize_pass.run_pass up to "nothing to do"
   finalize  finalize of the finished job: thresholds restated, summary, report, run.json (pipeline.outputs.finalize)
   gate      the gate's decision pass: pipeline.release.gate.decide
-  compact   compacting one shard of 4096 images from batch parts of 4 (pipeline.tables.records.compact_shard)
+  compact   compacting one shard of 4096 images from batch parts of 4 (pipeline.tables.compaction.compact_shard)
 
     .venv/bin/python bench/bookkeeping.py --n 100000 1000000 --repeats 3
 """
@@ -35,7 +35,9 @@ from bench import common  # noqa: E402
 from evaluation import DISTANCES_SCHEMA, write_parquet_atomic  # noqa: E402
 from pipeline.folder.layout import RunLayout  # noqa: E402
 from pipeline.settings.config import DEFAULT_SHARD_SIZE, JobSettings  # noqa: E402
-from pipeline.tables.records import MANIFEST_SCHEMA, OUTPUTS_SCHEMA, with_marker, write_batch  # noqa: E402
+from pipeline.tables.batch_parts import write_batch  # noqa: E402
+from pipeline.tables.markers import with_marker  # noqa: E402
+from pipeline.tables.schemas import MANIFEST_SCHEMA, OUTPUTS_SCHEMA  # noqa: E402
 from pipeline.tables.shards import plan_shards, shard_name  # noqa: E402
 from pipeline.tables.write import write_private_table  # noqa: E402
 
@@ -158,7 +160,7 @@ def child(what: str, out: Path, n: int) -> dict:
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
     if what == "plan":
-        from pipeline.execution.job import run_pass
+        from pipeline.execution.anonymize_pass import run_pass
 
         assert run_pass(job, (LEVEL,)) == 0
     elif what == "finalize":
@@ -180,7 +182,7 @@ def child(what: str, out: Path, n: int) -> dict:
 
 def compact_one(out: Path, size: int) -> float:
     """One shard's worth of batch parts (`size` images, --shard-size, in batches of 4), then its compaction."""
-    from pipeline.tables.records import compact_shard
+    from pipeline.tables.compaction import compact_shard
 
     layout = RunLayout.at(str(out / "compact"))
     layout.prepare(overwrite=False)

@@ -41,8 +41,9 @@ def resolve_model(name: str) -> str:
 
 
 def actor_threads() -> int:
-    """The torch threads pipeline.execution.job gives each CPU anonymize actor: one (bytes independent of actors)."""
-    from pipeline.execution.job import CPU_THREADS_PER_ACTOR
+    """The torch threads pipeline.execution.anonymize_pass gives each CPU anonymize actor: one (bytes independent of
+    actors)."""
+    from pipeline.execution.anonymize_pass import CPU_THREADS_PER_ACTOR
 
     return CPU_THREADS_PER_ACTOR
 

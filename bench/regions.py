@@ -1,6 +1,6 @@
 """Face-region mode: what an image costs against its number of faces and against its size.
 
-Runs the real code path, `pipeline.execution.stages.AnonymizeStage` (the Ray actor class), in this process, one
+Runs the real code path, `pipeline.execution.anonymize_stage.AnonymizeStage` (the Ray actor class), in this process, one
 stage (one model load) for everything, at one torch thread, level 0.7, 10 steps, model batch 4. Each
 stage call gets one image (a JPEG, quality 95, as a camera would write it) and writes its PNG to a
 temporary folder. Runs are interleaved (every case once per repeat, after one warm-up call) because the
@@ -43,7 +43,8 @@ CELL, COLUMNS, ROWS = 300, 5, 4
 FACE_COUNTS = (1, 5, 20)
 SIZES = ((640, 480), (1280, 960), (2000, 1500), (4000, 3000))
 FIGURE = common.ROOT / "docs" / "img" / "regions.png"
-# The stage module's names timed inside a call (pipeline.execution.stages imports them from anonymize / its own).
+# The stage module's names timed inside a call (pipeline.execution.anonymize_stage imports them from anonymize / its
+# own).
 TIMED = {
     "read_bytes": "read",
     "decode_image": "decode",
@@ -79,7 +80,7 @@ class Clock:
     """Seconds spent in the stage module's functions (and the sampler) during one stage call."""
 
     def __init__(self, stage) -> None:
-        import pipeline.execution.stages as stages
+        import pipeline.execution.anonymize_stage as stages
 
         self.spent: dict[str, float] = defaultdict(float)
         self.unet_calls = 0
@@ -243,7 +244,7 @@ def main() -> None:
     big_repeats = args.repeats if args.big_repeats is None else args.big_repeats
 
     from anonymize import RegionSettings, SamplerSettings
-    from pipeline.execution.stages import AnonymizeConfig, AnonymizeStage
+    from pipeline.execution.anonymize_stage import AnonymizeConfig, AnonymizeStage
 
     model = resolve_model(args.model)
     work = Path(tempfile.mkdtemp(prefix="bench-regions-"))

@@ -61,7 +61,7 @@ class S3Server:
 
 
 def read_lock(path) -> dict | None:
-    """A lock object's JSON (pipeline.folder.lock.ObjectLock), or None when there is none."""
+    """A lock object's JSON (pipeline.folder.object_lock.ObjectLock), or None when there is none."""
     try:
         return json.loads(path.fs.cat_file(path.path))
     except FileNotFoundError:

@@ -38,7 +38,7 @@ def test_the_driver_starts_without_torch_or_diffusers():
 
     code = (
         "import sys, pipeline.cli, pipeline.commands.run, pipeline.commands.evaluate, pipeline.commands.report, "
-        "pipeline.execution.job, pipeline.release.gate, pipeline.execution.evaluate_only\n"
+        "pipeline.execution.anonymize_pass, pipeline.release.gate, pipeline.execution.evaluate_pairs\n"
         "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)

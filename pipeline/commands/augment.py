@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 
 from pipeline.commands.common import run_job
-from pipeline.execution.job import Job, run_pass
+from pipeline.execution.anonymize_pass import run_pass
+from pipeline.execution.job import Job
 from pipeline.outputs.finalize import JobResult, finalize
 from pipeline.settings.config import SettingsError, settings_from_flags
+from pipeline.settings.fingerprint import ANONYMIZE_AND_EVALUATE, ANONYMIZE_ONLY
 
 
 def cmd_augment(args: argparse.Namespace) -> int:
@@ -27,4 +29,4 @@ def cmd_augment(args: argparse.Namespace) -> int:
         layout = job.layout
         return finalize(job, extra={"train": build_training_set(layout, labels) | {"folder": "train"}})
 
-    return run_job(settings, "run" if evaluate else "anonymize", work)
+    return run_job(settings, ANONYMIZE_AND_EVALUATE if evaluate else ANONYMIZE_ONLY, work)

@@ -10,7 +10,7 @@ from pipeline.execution.cluster import ClusterUnavailable
 from pipeline.execution.inputs import InputError
 from pipeline.execution.job import Job, JobError, JobFailed, prepare, record_failure
 from pipeline.folder.layout import OutputError
-from pipeline.folder.lock import LockLost
+from pipeline.folder.lock_common import LockLost
 from pipeline.folder.provenance import RefusedRerun
 from pipeline.outputs.finalize import JobResult, closing_lines
 from pipeline.settings.config import JobSettings, SettingsError
@@ -26,13 +26,14 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM: handled like Ctrl-C (the run is recorded as interrupted and resumes when rerun)."""
 
 
-def run_job(settings: JobSettings, mode: str, work: Callable[[Job], JobResult]) -> int:
-    """Prepare the job, do `work`, print the closing lines.
+def run_job(settings: JobSettings, stages: str, work: Callable[[Job], JobResult]) -> int:
+    """Prepare the job (`stages`: pipeline.settings.fingerprint.ANONYMIZE_AND_EVALUATE, ...), do `work`, print
+    the closing lines.
 
     A failure after the start is recorded in run.json (the trace in private/) and is one line; an
     interruption is recorded as such; the folder's lock is released in every case.
     """
-    job = prepare(settings, mode)
+    job = prepare(settings, stages)
     try:
         result = work(job)
     except CANNOT_RUN:

@@ -84,5 +84,8 @@ def cmd_demo(args) -> int:
     """`boomerang demo --out DIR`: the whole job on bundled sample faces with tiny models, offline."""
     from pipeline.commands.common import run_job
     from pipeline.commands.run import default_work
+    from pipeline.settings.fingerprint import ANONYMIZE_AND_EVALUATE
 
-    return run_job(demo_settings(args.out, address=args.address, overwrite=args.overwrite), "run", default_work)
+    return run_job(
+        demo_settings(args.out, address=args.address, overwrite=args.overwrite), ANONYMIZE_AND_EVALUATE, default_work
+    )

@@ -9,9 +9,11 @@ from dataclasses import replace
 import pandas as pd
 
 from pipeline.commands.common import run_job
-from pipeline.execution.job import Job, run_pass
+from pipeline.execution.anonymize_pass import run_pass
+from pipeline.execution.job import Job
 from pipeline.outputs.finalize import JobResult, finalize
 from pipeline.settings.config import SettingsError, settings_from_flags
+from pipeline.settings.fingerprint import ANONYMIZE_ONLY
 
 
 def cmd_enhance(args: argparse.Namespace) -> int:
@@ -22,7 +24,7 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         raise SettingsError("enhance works on whole images, in tiles: drop --region faces")
     if settings.enhance.degrade and settings.input and settings.input.endswith(".parquet"):
         raise SettingsError("--benchmark reads the originals from a folder of images: pass a folder as INPUT")
-    return run_job(settings, "anonymize", _work)
+    return run_job(settings, ANONYMIZE_ONLY, _work)
 
 
 def _work(job: Job) -> JobResult:

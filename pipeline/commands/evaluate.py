@@ -9,10 +9,11 @@ from pipeline.commands.common import run_job
 from pipeline.execution.job import Job
 from pipeline.outputs.finalize import JobResult, finalize
 from pipeline.settings.config import settings_from_flags
+from pipeline.settings.fingerprint import EVALUATE_ONLY
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pipeline.execution.evaluate_only import evaluate_pass
+    from pipeline.execution.evaluate_pairs import evaluate_pass
 
     settings = replace(settings_from_flags(vars(args)), input=args.originals)
 
@@ -20,4 +21,4 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         evaluate_pass(job, args.anonymized)
         return finalize(job)
 
-    return run_job(settings, "evaluate", work)
+    return run_job(settings, EVALUATE_ONLY, work)

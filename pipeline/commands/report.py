@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.execution.job import Job
+from pipeline.execution.job import finished_job, recorded_settings
 from pipeline.folder.layout import OutputError, RunLayout
 from pipeline.folder.lock import run_lock
 from pipeline.folder.provenance import read_json
-from pipeline.outputs.finalize import finalize
-from pipeline.settings.config import build_settings, flatten
+from pipeline.release.gate import finish
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -18,18 +17,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     record = read_json(layout.run_json)
     if not record.get("settings"):
         raise OutputError(f"{layout.root} holds no run.json from a boomerang run; pass the run's --out folder")
-    values = flatten(record["settings"])
-    values["out"] = str(layout.root)
-    settings = build_settings(values)
+    settings = recorded_settings(layout, record)
     with run_lock(layout.lock_file, shared_filesystem=settings.shared_filesystem_lock) as lock:
-        job = Job(
-            settings, "run", layout, inputs=None, secret=b"", cluster=None, lock=lock, notice=record.get("notice")
-        )
-        if settings.gate:
-            from pipeline.release.gate import finish_gate
-
-            result = finish_gate(job)
-        else:
-            result = finalize(job)
+        result = finish(finished_job(settings, layout, record, lock))
     print(f"Report: {result.report}")
     return 0

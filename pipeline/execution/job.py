@@ -1,26 +1,19 @@
-"""One job on Ray: find the inputs, skip what is done, stream read -> anonymize -> evaluate -> write.
+"""A job: its settings, folder, inputs and secret, prepared and checked before anything is written; run.json's
+start and failure records; the Ray cluster, joined when there is work.
 
-driver: discover inputs, keyed anon_ids, what is still to do (pipeline.tables.resume)  ->  Ray Data plan:
-  rows (one per image, with the levels it still needs)
-    -> AnonymizeStage actor pool (one model load per actor; writes images/)
-    -> EvaluateStage actor pool (writes distances, private outputs and embeddings, manifest parts)
-    -> driver counts progress and compacts finished shards
-then the driver builds the attacks, summary.parquet, the report and run.json (pipeline.outputs.finalize).
-Actor counts: pipeline.execution.actors.
-"""
+Passes over the job: pipeline.execution.driver (with the pair sources anonymize_pass and evaluate_pairs); after
+them pipeline.outputs.finalize builds the attacks, summary.parquet, the report and run.json's end record."""
 
 from __future__ import annotations
 
 import os
 import re
-from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, TextIO
 
 from pipeline.execution.actors import ActorPlan, plan_actors
 from pipeline.execution.cluster import ClusterInfo, connect, disconnect
-from pipeline.execution.inputs import InputItem, InputSet, discover, identity_labels
-from pipeline.execution.progress import Progress
+from pipeline.execution.inputs import InputSet, discover, identity_labels
 from pipeline.execution.timings import Timings, since_start
 from pipeline.folder import storage
 from pipeline.folder.layout import RunLayout, write_private_bytes
@@ -37,23 +30,27 @@ from pipeline.folder.provenance import (
     versions,
     write_json_atomic,
 )
-from pipeline.folder.secret import anon_id, keyed_levels, load_secret, output_key
-from pipeline.settings.config import JobSettings, public_model
-from pipeline.settings.fingerprint import anonymize_device, defaults, device_keys, fingerprint
-from pipeline.settings.gate_policy import override_statement
-from pipeline.tables.records import (
-    compact_finished,
-    finish_batch,
-    forget_pairs,
-    remove_orphans,
-    write_identities,
+from pipeline.folder.secret import anon_id, load_secret, output_key
+from pipeline.settings.config import JobSettings, build_settings, flatten, public_model
+from pipeline.settings.fingerprint import (
+    ANONYMIZE_AND_EVALUATE,
+    ANONYMIZE_ONLY,
+    EVALUATE,
+    EVALUATE_ONLY,
+    JOB_STAGES,
+    anonymize_device,
+    defaults,
+    device_keys,
+    fingerprint,
+    stages_of_mode,
 )
-from pipeline.tables.resume import ShardCompactor, shard_todo
-from pipeline.tables.row_errors import error_row, problem, scrub
-from pipeline.tables.shards import plan_shards
+from pipeline.settings.gate_policy import override_statement
+from pipeline.tables.identities import write_identities
+from pipeline.tables.row_errors import scrub
 
 if TYPE_CHECKING:
-    from pipeline.folder.lock import ObjectLock, RunLock
+    from pipeline.folder.lock import RunLock
+    from pipeline.folder.object_lock import ObjectLock
 
 
 class JobError(RuntimeError):
@@ -79,7 +76,6 @@ def record_failure(job: Job, err: BaseException, status: str = "failed") -> str:
     return f"{line}; what finished is kept: fix the cause and run the same command again to resume"
 
 
-# "OSError: [Errno 28] No space left on device" inside the worker traceback that Ray carries as text.
 _ERROR_LINE = re.compile(r"^(\w+(?:Error|Exception|Interrupt|Exit)): (.+)$", re.MULTILINE)
 _RAY_WRAPPERS = {"UserCodeException", "RayTaskError", "RayActorError", "RaySystemError"}
 
@@ -105,10 +101,12 @@ def _chain(err: BaseException) -> list[BaseException]:
 @dataclass
 class Job:
     settings: JobSettings
-    mode: str  # "run" | "anonymize" | "evaluate"
+    # Which stages its passes run: ANONYMIZE_AND_EVALUATE, ANONYMIZE_ONLY or EVALUATE_ONLY
+    # (pipeline.settings.fingerprint), as run.json records them under "command".
+    stages: str
     layout: RunLayout
     inputs: InputSet | None
-    secret: bytes
+    secret: bytes | None  # None: not loaded (a finished run's rebuild reads private/secret where it needs it)
     cluster: ClusterInfo | None  # connected on first use: a finished job's rerun never starts Ray
     anon_ids: dict[str, str] = field(default_factory=dict)  # image_id -> anon_id
     stream: TextIO | None = None
@@ -131,7 +129,7 @@ class Job:
 
     @property
     def evaluated(self) -> bool:
-        return self.mode in ("run", "evaluate")
+        return EVALUATE in stages_of_mode(self.stages)
 
     def close(self) -> None:
         """Disconnect from an embedded Ray and release the folder."""
@@ -140,7 +138,7 @@ class Job:
             self.lock.close()
 
 
-def prepare(settings: JobSettings, mode: str, stream: TextIO | None = None) -> Job:
+def prepare(settings: JobSettings, stages: str, stream: TextIO | None = None) -> Job:
     """Check everything that can be checked before Ray work starts; nothing is written until all pass.
 
     Order: the folder's lock (one driver per --out), inputs, weights, a rerun's settings against the
@@ -154,7 +152,7 @@ def prepare(settings: JobSettings, mode: str, stream: TextIO | None = None) -> J
     storage.make_run_folder(layout.root)
     lock = run_lock(layout.lock_file, shared_filesystem=settings.shared_filesystem_lock).acquire()
     try:
-        job = _prepare_locked(settings, mode, layout, lock, stream)
+        job = _prepare_locked(settings, stages, layout, lock, stream)
         job.timings["imported"] = imported
         job.timings.mark("prepared")
         return job
@@ -163,7 +161,7 @@ def prepare(settings: JobSettings, mode: str, stream: TextIO | None = None) -> J
         raise
 
 
-def _prepare_locked(settings: JobSettings, mode: str, layout: RunLayout, lock: RunLock | ObjectLock, stream) -> Job:
+def _prepare_locked(settings: JobSettings, stages: str, layout: RunLayout, lock: RunLock | ObjectLock, stream) -> Job:
     inputs = discover(
         settings.input, id_column=settings.id_column, image_column=settings.image_column, exclude=layout.root
     )
@@ -171,23 +169,23 @@ def _prepare_locked(settings: JobSettings, mode: str, layout: RunLayout, lock: R
     if settings.deepface_home:
         os.environ["DEEPFACE_HOME"] = settings.deepface_home
     # Fail here, in one line, rather than in every actor (which Ray would restart forever).
-    model = model_identity(settings.sampler) if mode != "evaluate" else None
+    model = model_identity(settings.sampler) if stages != EVALUATE_ONLY else None
     recognizers = None
-    if mode != "anonymize":
+    if stages != ANONYMIZE_ONLY:
         from evaluation import check_weights
 
         check_weights(settings.evaluation.recognizers, settings.evaluation.engine)
         recognizers = recognizer_identity(settings.evaluation)
-    device = _device_before_cluster(settings) if mode != "evaluate" else None
-    determining = fingerprint(settings, mode, model, recognizers, device)
+    device = _device_before_cluster(settings) if stages != EVALUATE_ONLY else None
+    determining = fingerprint(settings, stages, model, recognizers, device)
     if not settings.overwrite:
         check_rerun(
             read_json(layout.run_json), determining, has_outputs=layout.has_outputs(), defaults=defaults(settings)
         )
     layout.prepare(settings.overwrite)
     secret = load_secret(layout, settings.secret_file)
-    samples = with_samples(inputs, settings.samples if mode != "evaluate" else 1)
-    job = Job(settings, mode, layout, samples.inputs, secret, None, stream=stream, lock=lock)
+    samples = with_samples(inputs, settings.samples if stages != EVALUATE_ONLY else 1)
+    job = Job(settings, stages, layout, samples.inputs, secret, None, stream=stream, lock=lock)
     job.samples, job.determining, job.device = samples.of, determining, device
     job.anon_ids = {item.image_id: anon_id(secret, item.image_id) for item in job.inputs.items}
     write_identities(
@@ -230,7 +228,7 @@ def _start_record(job: Job, model: dict | None, recognizers: dict | None, determ
     weights = (model or {}).get("weights_sha256")
     record.update(
         {
-            "command": job.mode,
+            "command": job.stages,
             "settings": settings.public_dict(weights),
             "versions": versions(),
             "started": now(),
@@ -273,7 +271,7 @@ def _device_before_cluster(settings: JobSettings) -> str | None:
 def _record_device(job: Job, actors: ActorPlan, record: dict) -> None:
     """Once the cluster is known: the device the anonymize actors will use joins the fingerprint, and a rerun
     whose device or dtype differs from the recorded ones is refused before any work is sent."""
-    if job.mode == "evaluate":
+    if job.stages == EVALUATE_ONLY:
         return
     job.device = anonymize_device(job.settings.sampler.device, actors.gpus_per_anonymize)
     job.determining = {**job.determining, **device_keys(job.settings.sampler, job.device)}
@@ -285,6 +283,23 @@ def _record_device(job: Job, actors: ActorPlan, record: dict) -> None:
             write_json_atomic(job.layout.run_json, record)
             raise
     record_fingerprint(record, job.determining, defaults(job.settings))
+
+
+def recorded_settings(layout: RunLayout, record: dict) -> JobSettings:
+    """The settings of the run whose run.json is `record`, for a command that works on its folder afterwards."""
+    values = flatten(record["settings"])
+    values["out"] = str(layout.root)
+    return build_settings(values)
+
+
+def finished_job(settings: JobSettings, layout: RunLayout, record: dict, lock, secret: bytes | None = None) -> Job:
+    """A Job over a run folder that already holds a run, to rebuild what derives from its tables (`boomerang
+    report`, `forget`): its stages as run.json records them; no inputs, no cluster; without `secret`, what needs
+    the secret (the release names) reads private/secret."""
+    stages = record.get("command") if record.get("command") in JOB_STAGES else ANONYMIZE_AND_EVALUATE
+    return Job(
+        settings, stages, layout, inputs=None, secret=secret, cluster=None, lock=lock, notice=record.get("notice")
+    )
 
 
 def ensure_cluster(job: Job) -> ClusterInfo:
@@ -312,203 +327,6 @@ def ensure_cluster(job: Job) -> ClusterInfo:
     return job.cluster
 
 
-def run_pass(job: Job, levels: tuple[float, ...], image_ids: set[str] | None = None, label: str = "") -> int:
-    """Anonymize (and evaluate) every (image, level) pair not yet done; returns pairs done.
-
-    Done means a manifest row (and, for evaluated jobs, distance rows), except error rows that a rerun
-    retries (pipeline.tables.row_errors): transient ones, input errors whose file has changed since, and every
-    error with --retry-errors. Planning reads one shard at a time (pipeline.tables.resume).
-    """
-    layout = job.layout
-    shards = plan_shards(layout, job.anon_ids.values(), job.settings.shard_size)
-    remove_orphans(layout, evaluated=job.evaluated)
-    compact_finished(layout)  # a killed run's finished batches: from here on each shard is one file
-    by_shard: dict[int, list[InputItem]] = defaultdict(list)
-    for item in job.inputs.items:
-        if image_ids is None or item.image_id in image_ids:
-            by_shard[shards.of(job.anon_ids[item.image_id])].append(item)
-    work: list[dict] = []
-    problems: list[tuple[InputItem, float]] = []
-    planned: Counter = Counter()
-    for shard, items in sorted(by_shard.items()):
-        seen_now = {job.anon_ids[i.image_id]: (i.size, i.mtime) if i.size is not None else None for i in items}
-        todo_by_id, retry = shard_todo(
-            layout, shard, seen_now, levels, evaluated=job.evaluated, retry_errors=job.settings.retry_errors
-        )
-        forget_pairs(layout, retry)
-        for item in items if todo_by_id else ():
-            aid = job.anon_ids[item.image_id]
-            todo = todo_by_id.get(aid)
-            if not todo:
-                continue
-            planned[shard] += len(todo)
-            if item.problem:
-                problems += [(item, level) for level in todo]
-            else:
-                work.append(work_row(job, item, aid, todo))
-    total = sum(planned.values())
-    if total == 0:
-        return 0
-    if work:
-        ensure_cluster(job)
-        job.timings.mark("ray")
-        # Shard by shard, so that shards finish (and are compacted) one after another instead of all at the
-        # end; within a shard in input order, as before sharding.
-        order = {item.image_id: i for i, item in enumerate(job.inputs.items)}
-        work.sort(key=lambda w: (shards.of(w["anon_id"]), order[w["key"]]))
-    compactor = ShardCompactor(layout, planned)
-    progress = Progress(total, label or job.mode, stream=job.stream)
-    if problems:
-        compactor.update(_write_problems(job, problems))
-        progress.update(len(problems), len(problems))
-    if work:
-        for batch in _plan(job, work).iter_batches(batch_format="pandas", batch_size=None):
-            job.timings.mark("first_output")
-            progress.update(len(batch), int((batch["status"] != "ok").sum()))
-            compactor.update(batch)
-    compactor.finish()
-    job.timings.mark("pass_done")
-    progress.close()
-    job.pairs_done_now += progress.done
-    job.errors_now += progress.errors
-    return progress.done
-
-
-def work_row(job: Job, item: InputItem, aid: str, levels) -> dict:
-    """One dataset row for the anonymize stage: what to read, its levels, and per level the output's seed and
-    sub-key (pipeline.folder.secret), derived here: the run's secret never leaves the driver."""
-    image_id, sample = job.sample_of(item.image_id)
-    return {
-        "key": item.image_id,
-        "image_id": image_id,
-        "sample": sample,
-        "anon_id": aid,
-        "source": item.source,
-        "source_size": item.size,
-        "source_mtime": item.mtime,
-        "problem": None,
-        **keyed_levels(job.secret, job.settings.seed, image_id, levels, sample),
-    }
-
-
-def anonymize_config(job: Job, threads: int | None):
-    """What every anonymize actor is constructed with (pickled to each): no secret."""
-    from pipeline.execution.stages import AnonymizeConfig
-
-    settings = job.settings
-    return AnonymizeConfig(str(job.layout.root), settings.max_pixels, threads, settings.region, settings.enhance)
-
-
-def _write_problems(job: Job, problems: list[tuple[InputItem, float]]):
-    """Inputs known bad before reading (bad names, duplicate ids) still get their rows."""
-    rows = [
-        error_row(
-            {"anon_id": job.anon_ids[item.image_id], "sample": job.sample_of(item.image_id)[1]},
-            level,
-            problem(item.problem),
-        )
-        for item, level in problems
-    ]
-    distance_rows = None
-    if job.evaluated:
-        from evaluation import error_rows
-
-        distance_rows = [
-            d for r in rows for d in error_rows(r["anon_id"], r["level"], None, r["error"], job.settings.evaluation)
-        ]
-    return finish_batch(job.layout, rows, distance_rows)
-
-
-CPU_THREADS_PER_ACTOR = 1
-TASK_CPUS = 0.25
-
-
-def _plan(job: Job, work: list[dict]):
-    import ray.data
-    from ray.data import ActorPoolStrategy
-
-    # The stages import torch and diffusers: only a job that runs them pays for that.
-    from pipeline.execution.stages import AnonymizeStage, EvaluateConfig, EvaluateStage, WriteStage
-
-    settings = job.settings
-    actors = actor_plan(job)
-    gpus = actors.gpus_per_anonymize
-    if job.inputs.kind == "folder":
-        ds = ray.data.from_items(work)
-    else:
-        # Light tasks, a quarter CPU each: the actors of a machine-filling plan (pipeline.execution.actors) hold the
-        # rest, and a task that asked for a whole CPU would wait for one forever.
-        ds = ray.data.read_parquet(
-            job.inputs.uri,
-            columns=[job.inputs.id_column, job.inputs.image_column],
-            num_cpus=TASK_CPUS,
-        )
-        by_id: dict[str, list[dict]] = defaultdict(list)  # an image's samples share its Parquet row
-        for w in work:
-            by_id[w["image_id"]].append(w)
-        ds = ds.map_batches(
-            _attach_work,
-            fn_kwargs={
-                "work": by_id,
-                "id_column": job.inputs.id_column,
-                "image_column": job.inputs.image_column,
-            },
-            batch_format="pandas",
-            num_cpus=TASK_CPUS,
-        )
-    # Fractional CPU reservations (pipeline.execution.actors): whole-CPU actors plus Ray's own tasks starve each other.
-    cpu_actor = actors.cpus_per_actor
-    # One torch thread per CPU actor; scale with --workers. A thread count that followed the worker
-    # count would change float reduction order, so --workers would change the bytes; and more threads
-    # than cores across the actors makes OpenMP spin (10x slower on a 2-core machine).
-    threads = None if gpus else CPU_THREADS_PER_ACTOR
-    # The device and dtype recorded in the fingerprint, pinned: an actor without a GPU share would otherwise
-    # take any GPU its node has (Ray leaves CUDA_VISIBLE_DEVICES alone for it).
-    device = job.device or anonymize_device(settings.sampler.device, gpus)
-    sampler = settings.sampler
-    if device == "cpu" or settings.sampler.device:
-        sampler = replace(sampler, device=device, dtype=device_keys(sampler, device)["sampler.dtype"])
-    # else a GPU share: load_model takes the GPU Ray made visible to the actor, the device recorded (pinning
-    # "cuda" would fail on a node whose GPUs are logical only, as in the multi-node tests).
-    ds = ds.map_batches(
-        AnonymizeStage,
-        fn_constructor_args=(sampler, anonymize_config(job, threads)),
-        batch_size=settings.batch_size,
-        batch_format="pandas",
-        compute=ActorPoolStrategy(size=actors.anonymize),
-        num_gpus=gpus,
-        num_cpus=cpu_actor,
-    )
-    if job.evaluated:
-        ds = ds.map_batches(
-            EvaluateStage,
-            fn_constructor_args=(
-                settings.evaluation,
-                EvaluateConfig(
-                    str(job.layout.root), settings.max_pixels, os.environ.get("DEEPFACE_HOME"), 1, settings.region
-                ),
-            ),
-            batch_size=settings.eval_batch_size,
-            batch_format="pandas",
-            compute=ActorPoolStrategy(size=actors.evaluate),
-            # A share of a GPU: Ray makes it the actor's visible device, and deepface's PyTorch recognizers
-            # move themselves to it (cuda:0 when one is visible).
-            num_gpus=actors.gpus_per_evaluate,
-            num_cpus=cpu_actor,
-        )
-    else:
-        ds = ds.map_batches(
-            WriteStage,
-            fn_constructor_args=(str(job.layout.root),),
-            batch_format="pandas",
-            # Nothing is evaluated: each anonymize batch is written (made durable) as it comes.
-            batch_size=settings.batch_size,
-            compute=ActorPoolStrategy(size=1),
-            num_cpus=cpu_actor,
-        )
-    return ds
-
-
 def actor_plan(job: Job) -> ActorPlan:
     """The job's actors on its cluster (pipeline.execution.actors), as `boomerang doctor` prints them."""
     settings = job.settings
@@ -521,27 +339,3 @@ def actor_plan(job: Job) -> ActorPlan:
         eval_gpus_per_worker=settings.eval_gpus_per_worker,
         evaluated=job.evaluated,
     )
-
-
-def _attach_work(batch, work: dict, id_column: str, image_column: str):
-    """Parquet rows -> stage rows: keep the ids still to do and add their anon_id and levels."""
-    import pandas as pd
-
-    ids = batch[id_column].astype(str)
-    keep = ids.isin(work.keys())
-    rows = [dict(w, image=img) for i, img in zip(ids[keep], batch[image_column][keep], strict=True) for w in work[i]]
-    columns = [
-        "key",
-        "image_id",
-        "sample",
-        "anon_id",
-        "source",
-        "source_size",
-        "source_mtime",
-        "problem",
-        "levels",
-        "seeds",
-        "subkeys",
-        "image",
-    ]
-    return pd.DataFrame(rows, columns=columns)

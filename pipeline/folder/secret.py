@@ -106,7 +106,8 @@ def anon_id(secret: bytes, image_id: str) -> str:
 
 def keyed_levels(secret: bytes, run_seed: int, image_id: str, levels, sample: int = 0) -> dict[str, list]:
     """The columns of an anonymize-stage row that key its outputs: levels, and per level the output's seed and
-    sub-key. Computed on the driver (pipeline.execution.job.work_row); the stage reads nothing else of the secret."""
+    sub-key. Computed on the driver (pipeline.execution.anonymize_pass.work_row); the stage reads nothing else of
+    the secret."""
     levels = [float(level) for level in levels]
     return {
         "levels": levels,

@@ -16,7 +16,7 @@ import pandas as pd
 
 from pipeline.folder import storage
 from pipeline.folder.layout import RunLayout
-from pipeline.tables.records import read_files, table_files
+from pipeline.tables.read import read_files, table_files
 
 DIVERSITY_COLUMNS = ("diversity_images", "diversity_mean")
 

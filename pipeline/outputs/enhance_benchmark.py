@@ -1,7 +1,7 @@
 """`boomerang enhance`: the paper's perceptual resolution enhancement, and its benchmark.
 
 The job is an ordinary pass in which the anonymize stage upsamples each image by `--scale` (a named filter,
-Lanczos by default) and Boomerangs it at a small level in tiles of the model's size (pipeline.execution.stages,
+Lanczos by default) and Boomerangs it at a small level in tiles of the model's size (pipeline.execution.anonymize_stage,
 anonymize.tiling). With `--benchmark` each input is first cut to a multiple of the scale and downscaled by it
 (bicubic), and afterwards every output is compared with that reference, as the super-resolution literature
 does without labels: PSNR and SSIM (evaluation.quality, scikit-image), side by side with plain Lanczos and
@@ -21,7 +21,7 @@ import pyarrow as pa
 from anonymize import decode_image, degrade, upsample
 from evaluation.quality import quality_row
 from pipeline.execution.inputs import read_bytes
-from pipeline.tables.records import read_manifest
+from pipeline.tables.read import read_manifest
 from pipeline.tables.schemas import QUALITY_SCHEMA
 from pipeline.tables.write import write_public_table
 

@@ -27,7 +27,7 @@ from pipeline.outputs.diversity import diversity_section, sample_diversity, with
 from pipeline.outputs.linkage_attack import linkage_attack, linkage_section, with_linkage, write_attacks
 from pipeline.settings.config import public_model
 from pipeline.settings.gate_policy import gate_thresholds, override_statement
-from pipeline.tables.records import ROWS_PER_STEP, shards_with_rows, table_files, table_steps
+from pipeline.tables.read import ROWS_PER_STEP, shards_with_rows, table_files, table_steps
 from pipeline.tables.write import write_public_table
 
 if TYPE_CHECKING:

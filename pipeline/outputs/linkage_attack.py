@@ -25,7 +25,7 @@ from evaluation.report import linkage_plot_html
 from evaluation.summary import ATTACK_COLUMNS, NULLABLE_COUNTS
 from pipeline.folder import storage
 from pipeline.folder.layout import RunLayout
-from pipeline.tables.records import table_files
+from pipeline.tables.read import table_files
 from pipeline.tables.schemas import ATTACKS_SCHEMA
 from pipeline.tables.write import write_private_table
 

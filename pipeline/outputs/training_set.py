@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from pipeline.folder import storage
 from pipeline.folder.layout import RunLayout, level_dirname
-from pipeline.tables.records import read_manifest
+from pipeline.tables.read import read_manifest
 from pipeline.tables.schemas import LABELS_SCHEMA
 from pipeline.tables.write import write_public_table
 

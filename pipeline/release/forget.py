@@ -38,7 +38,7 @@ from pipeline.folder.lock import run_lock
 from pipeline.folder.provenance import now, read_json, write_json_atomic
 from pipeline.folder.secret import anon_id, output_key, parse_secret
 from pipeline.release.swap import release_key, release_name, remove_leftovers
-from pipeline.tables.records import read_marker, with_marker
+from pipeline.tables.markers import read_marker, with_marker
 from pipeline.tables.shards import SHARD_NAME, SHARDS_FILE
 from pipeline.tables.write import write_private_table, write_public_table
 
@@ -224,22 +224,11 @@ def _move_boundaries(layout: RunLayout, known: pd.DataFrame, targets: set[str]) 
 def rebuild(layout: RunLayout, lock, secret: bytes) -> None:
     """What derives from the tables, rebuilt from them as `boomerang report` does (the internal report is
     removed first: it may show one of the images removed)."""
-    from pipeline.execution.job import Job
-    from pipeline.outputs.finalize import finalize
-    from pipeline.settings.config import build_settings, flatten
+    from pipeline.execution.job import finished_job, recorded_settings
+    from pipeline.release.gate import finish
 
     storage.remove_tree(layout.report)
     record = read_json(layout.run_json)
     if not record.get("settings"):
         return
-    values = flatten(record["settings"])
-    values["out"] = str(layout.root)
-    settings = build_settings(values)
-    mode = record.get("command") if record.get("command") in ("run", "anonymize", "evaluate") else "run"
-    job = Job(settings, mode, layout, inputs=None, secret=secret, cluster=None, lock=lock, notice=record.get("notice"))
-    if settings.gate:
-        from pipeline.release.gate import finish_gate
-
-        finish_gate(job)
-    else:
-        finalize(job)
+    finish(finished_job(recorded_settings(layout, record), layout, record, lock, secret))

@@ -12,7 +12,6 @@ stopped. Only ladder levels count: rows of other levels in the same folder (an e
 from __future__ import annotations
 
 import html
-from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,16 +20,17 @@ import pyarrow as pa
 
 from evaluation import DISTANCES_SCHEMA
 from evaluation.summary import image_verdicts
-from pipeline.execution.job import Job, run_pass
+from pipeline.execution.anonymize_pass import run_pass
+from pipeline.execution.job import Job
 from pipeline.folder import storage
 from pipeline.folder.layout import RunLayout
-from pipeline.folder.lock import ensure_held
+from pipeline.folder.lock_common import ensure_held
 from pipeline.outputs.finalize import JobResult, build_report, finalize
 from pipeline.outputs.linkage_attack import linkable
-from pipeline.release.image_sizes import image_sizes
+from pipeline.release.image_sizes import SizeCounts
 from pipeline.release.swap import copy_synced, release_key, release_name, staged_folder
 from pipeline.settings.gate_policy import gate_thresholds, lowered_gate_thresholds
-from pipeline.tables.records import shards_with_rows, table_steps
+from pipeline.tables.read import shards_with_rows, table_steps
 from pipeline.tables.schemas import RELEASE_SCHEMA, RELEASED_SCHEMA
 from pipeline.tables.write import write_private_table, write_public_table
 
@@ -91,7 +91,7 @@ GATE_DISTANCE_COLUMNS = ["anon_id", "level", "face", "recognizer", "status", "di
 
 def shard_rows(job: Job):
     """(manifest rows, distance rows) of consecutive shards, about ROWS_PER_STEP manifest rows at a time
-    (records.table_steps; one shard at a time spent more on pandas' per-call cost than on the rows: 15 s
+    (pipeline.tables.read.table_steps; one shard at a time spent more on pandas' per-call cost than on the rows: 15 s
     instead of 8 s at 10^6). Every row of an image (at every level) comes in the same step."""
     empty = DISTANCES_SCHEMA.empty_table().select(GATE_DISTANCE_COLUMNS).to_pandas()
     sources = [(job.layout.manifest, GATE_MANIFEST_COLUMNS), (job.layout.distances, GATE_DISTANCE_COLUMNS)]
@@ -109,6 +109,12 @@ class Decision:
     spent_steps: int = 0  # model evaluations of the ok rows at ladder levels
     n_images: int = 0  # images with an ok output at some ladder level
     unique_size: list[str] = field(default_factory=list)  # released anon_ids whose size no other input has
+
+
+def finish(job: Job) -> JobResult:
+    """What derives from a run's tables, rebuilt (`boomerang report`, after a forget): the gate's decision and
+    release with --gate, else finalize."""
+    return finish_gate(job) if job.settings.gate else finalize(job)
 
 
 def finish_gate(job: Job) -> JobResult:
@@ -183,8 +189,7 @@ def decide(job: Job, current: set[str] | None = None) -> Decision:
     too_close = linkable(job.layout, job.settings.gate_max_linkage) if job.settings.gate_max_linkage else set()
     released, withheld = [], []
     decision = Decision(pd.DataFrame(), pd.DataFrame())
-    sizes: Counter = Counter()
-    released_sizes: dict[str, tuple[int, int]] = {}
+    sizes = SizeCounts()
     for manifest, distances in shard_rows(job):
         manifest = manifest[manifest["level"].astype(float).isin(ladder)]
         if current is not None:
@@ -196,14 +201,11 @@ def decide(job: Job, current: set[str] | None = None) -> Decision:
         ok = manifest[manifest["status"] == "ok"]
         decision.spent_steps += int(ok["n_steps"].sum())
         decision.n_images += int(ok["anon_id"].nunique())
-        # Every image that decoded has an ok output of its own size: one per image is enough.
-        shard_sizes = image_sizes(job.layout.root, ok)
-        sizes.update(shard_sizes.values())
-        released_sizes.update((a, shard_sizes[a]) for a in shard_released["anon_id"] if a in shard_sizes)
+        sizes.add(job.layout.root, ok, shard_released["anon_id"])
     decision.released = pd.concat(released, ignore_index=True) if released else _empty_released()
     no_rows = pd.DataFrame(columns=["anon_id", "last_level", "reason"])
     decision.withheld = pd.concat(withheld, ignore_index=True) if withheld else no_rows
-    decision.unique_size = sorted(a for a, size in released_sizes.items() if sizes[size] == 1)
+    decision.unique_size = sizes.unique()
     return decision
 
 

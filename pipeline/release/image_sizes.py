@@ -47,8 +47,27 @@ def image_sizes(root: Path, manifest: pd.DataFrame) -> dict[str, tuple[int, int]
     return {a: size for a, size in sizes.items() if size is not None}
 
 
+class SizeCounts:
+    """Image sizes counted a few shards at a time (all rows of an image are in one shard): `add` each shard's
+    manifest rows and the ids it releases, then `unique` says which released images no other input matches."""
+
+    def __init__(self) -> None:
+        self.counts: Counter = Counter()
+        self.released: dict[str, tuple[int, int]] = {}
+
+    def add(self, root: Path, manifest: pd.DataFrame, released_ids) -> None:
+        # Every image that decoded has an ok output of its own size: one per image is enough.
+        sizes = image_sizes(root, manifest)
+        self.counts.update(sizes.values())
+        self.released.update((a, sizes[a]) for a in released_ids if a in sizes)
+
+    def unique(self) -> list[str]:
+        """anon_ids of released images whose width and height no other decoded input has."""
+        return sorted(a for a, size in self.released.items() if self.counts[size] == 1)
+
+
 def unique_size_ids(root: Path, manifest: pd.DataFrame, released: pd.DataFrame) -> list[str]:
-    """anon_ids of released images whose width and height no other decoded input has."""
-    sizes = image_sizes(root, manifest)
-    counts = Counter(sizes.values())
-    return sorted(a for a in released["anon_id"] if a in sizes and counts[sizes[a]] == 1)
+    """anon_ids of released images whose width and height no other decoded input has (one pass: `SizeCounts`)."""
+    counts = SizeCounts()
+    counts.add(root, manifest, released["anon_id"])
+    return counts.unique()

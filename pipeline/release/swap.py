@@ -31,9 +31,9 @@ STAGING = ".staging-"
 OLD = ".old-"
 
 
-def release_key(layout: RunLayout, secret: bytes = b"") -> bytes:
+def release_key(layout: RunLayout, secret: bytes | None = None) -> bytes:
     """The key of release names, derived from the run's secret (read from private/ when not given)."""
-    if not secret:
+    if secret is None:
         path = layout.secret_file
         if not path.exists():
             raise OutputError(f"{layout.root} has no private/secret: release names cannot be derived without it")

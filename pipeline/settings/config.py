@@ -170,48 +170,23 @@ def public_model(model: str, weights_sha256: str | None = None) -> str:
     return f"local model, sha256 {weights_sha256[:12]}" if weights_sha256 else "local model"
 
 
-# Flag name -> (section, field). Sections: "" job, "sampler", "evaluation".
-_SAMPLER_KEYS = {
-    "model": "model",
-    "prompt": "prompt",
-    "negative_prompt": "negative_prompt",
-    "guidance_scale": "guidance_scale",
-    "steps": "steps",
-    "scheduler": "scheduler",
-    "resolution": "resolution",
-    "latent": "latent",
-    "allow_pickle": "allow_pickle",
-    "device": "device",
-    "dtype": "dtype",
-    "revision": "revision",
-    "model_batch": "model_batch",
-}
+def _keys(settings_class, renames: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Flag (config key) -> field, for one of the libraries' settings dataclasses: every field under its own name,
+    or the flag `renames` gives it. A field added to the dataclass is a config key at once."""
+    renames = renames or {}
+    return {renames.get(f.name, f.name): f.name for f in fields(settings_class)}
+
+
 # Images per model call in a job: fixed (and padded) so bytes never depend on --batch-size or workers.
 DEFAULT_MODEL_BATCH = 4
-_EVALUATION_KEYS = {
-    "recognizers": "recognizers",
-    "detector": "detector",
-    "engine": "engine",
-    "threshold": "threshold",
-    "thresholds": "thresholds",
-    "align": "align",
-    "metric": "metric",
-    "no_face_anonymized": "no_face_anonymized",
-}
-
-
-# Flag name -> RegionSettings field (face-region mode).
-_REGION_KEYS = {
-    "region": "mode",
-    "region_detector": "detector",
-    "region_margin": "margin",
-    "region_feather": "feather",
-    "no_face": "no_face",
-}
-
-
-# Flag name -> EnhanceSettings field (boomerang enhance).
-_ENHANCE_KEYS = {"scale": "scale", "filter": "filter", "tile_overlap": "overlap", "benchmark": "degrade"}
+_SAMPLER_KEYS = _keys(SamplerSettings)
+_EVALUATION_KEYS = _keys(EvaluationSettings)
+# Face-region mode and boomerang enhance: the flags that name a field otherwise.
+_REGION_KEYS = _keys(
+    RegionSettings,
+    {"mode": "region", "detector": "region_detector", "margin": "region_margin", "feather": "region_feather"},
+)
+_ENHANCE_KEYS = _keys(EnhanceSettings, {"overlap": "tile_overlap", "degrade": "benchmark"})
 
 
 def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:

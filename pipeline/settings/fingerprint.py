@@ -38,7 +38,8 @@ NOT_OUTPUT: dict[str, str] = {
     "deepface_home": "a path: the recognizers' weights are pinned by recognizer_weights (their sha256)",
     "secret_file": "the secret itself is checked against the folder's outputs (pipeline.folder.secret); its path is "
     "not recorded, and nothing of the secret may leave private/",
-    # Scheduling: the model runs on a fixed --model-batch and one torch thread per CPU actor (pipeline.execution.job),
+    # Scheduling: the model runs on a fixed --model-batch and one torch thread per CPU actor
+    # (pipeline.execution.anonymize_pass),
     # so how work is split and placed never changes bytes. The GPU share's effect, the device, is recorded.
     "batch_size": "images per Ray task; model calls are padded to sampler.model_batch",
     "eval_batch_size": "pairs per evaluation batch; each pair is computed on its own",
@@ -190,9 +191,15 @@ def stage_of(key: str) -> tuple[str, ...]:
     return _STAGES.get(key.split(".")[0], (ANONYMIZE, EVALUATE))
 
 
+# Which stages a job's passes run, by the name run.json records for them under "command" (the command that
+# runs them first: augment and enhance run the stages of `run` and `anonymize`).
+ANONYMIZE_AND_EVALUATE, ANONYMIZE_ONLY, EVALUATE_ONLY = "run", "anonymize", "evaluate"
+JOB_STAGES = {ANONYMIZE_AND_EVALUATE: {ANONYMIZE, EVALUATE}, ANONYMIZE_ONLY: {ANONYMIZE}, EVALUATE_ONLY: {EVALUATE}}
+
+
 def stages_of_mode(mode: str) -> set[str]:
-    """The stages a job of this mode runs ("run": both; "anonymize"; "evaluate")."""
-    return {"anonymize": {ANONYMIZE}, "evaluate": {EVALUATE}}.get(mode, {ANONYMIZE, EVALUATE})
+    """The stages a job runs, by its `Job.stages` name (one not known: both)."""
+    return JOB_STAGES.get(mode, {ANONYMIZE, EVALUATE})
 
 
 def stages_recorded(fp: dict) -> set[str]:
@@ -215,7 +222,8 @@ def anonymize_device(explicit: str | None, gpus_per_actor: float) -> str:
     `anonymize.loading.load_model` takes `--device` when given, else CUDA when the actor sees a GPU. An
     actor sees a GPU when Ray gives it a share (then Ray makes that GPU its visible device); one with no
     share would still see every GPU of its node (Ray leaves CUDA_VISIBLE_DEVICES alone for it), so
-    pipeline.execution.job pins that choice to this value in the settings it sends, and what is recorded is what ran.
+    pipeline.execution.anonymize_pass pins that choice to this value in the settings it sends, and what is
+    recorded is what ran.
     """
     return explicit or ("cuda" if gpus_per_actor > 0 else "cpu")
 

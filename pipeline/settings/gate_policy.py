@@ -63,11 +63,15 @@ def override_statement(settings) -> str | None:
     names = settings.overrides_in_effect()
     if not names:
         return None
-    broken = "; ".join(f"{_BREACH_FLAGS[name](settings)} {GATE_OVERRIDES[name]}" for name in names)
     return (
-        f"GATE POLICY OVERRIDDEN (--gate-override {','.join(names)}): this release was made although {broken}. "
-        "The release guarantees of docs/privacy.md do not hold for it."
+        f"GATE POLICY OVERRIDDEN (--gate-override {','.join(names)}): this release was made although "
+        f"{_broken(settings, names)}. The release guarantees of docs/privacy.md do not hold for it."
     )
+
+
+def _broken(settings, names) -> str:
+    """Each named rule's flag and what breaking it costs, joined by semicolons."""
+    return "; ".join(f"{_BREACH_FLAGS[name](settings)} {GATE_OVERRIDES[name]}" for name in names)
 
 
 def gate_policy_refusal(settings) -> str | None:
@@ -79,9 +83,8 @@ def gate_policy_refusal(settings) -> str | None:
     broken = [name for name in gate_policy_breaches(settings) if name not in settings.gate_override]
     if not broken:
         return None
-    reasons = "; ".join(f"{_BREACH_FLAGS[name](settings)} {GATE_OVERRIDES[name]}" for name in broken)
     return (
-        f"--gate refused: {reasons}; pass --gate-override {','.join(broken)} to release anyway (both "
+        f"--gate refused: {_broken(settings, broken)}; pass --gate-override {','.join(broken)} to release anyway (both "
         "reports and run.json then say so first; docs/privacy.md)"
     )
 

@@ -1,6 +1,6 @@
 """What a pass still has to do, shard by shard; and compacting shards as the stream finishes them.
 
-The driver never holds a whole table. A shard whose manifest marker (pipeline.tables.records.shard_marker) says
+The driver never holds a whole table. A shard whose manifest marker (pipeline.tables.markers.shard_marker) says
 it holds exactly this pass's images at every level it asks for is done without being read, but for its
 error rows (a filtered read), which a rerun may retry. Any other shard is read: its manifest keys and, for
 evaluated jobs, its distance keys.
@@ -15,15 +15,10 @@ import pandas as pd
 
 from pipeline.folder import storage
 from pipeline.folder.layout import RunLayout
-from pipeline.folder.lock import ensure_held
-from pipeline.tables.records import (
-    compact_finished,
-    compact_shard,
-    ids_digest,
-    read_marker,
-    read_shard,
-    shards_with_rows,
-)
+from pipeline.folder.lock_common import ensure_held
+from pipeline.tables.compaction import compact_finished, compact_shard
+from pipeline.tables.markers import ids_digest, read_marker
+from pipeline.tables.read import read_shard, shards_with_rows
 from pipeline.tables.row_errors import TRANSIENT
 from pipeline.tables.shards import shard_name
 
@@ -139,9 +134,9 @@ def pairs_to_retry(
     evaluated: bool = False,
 ) -> set[tuple[str, float]]:
     """Error rows of a shard that a rerun redoes: transient ones (an evaluation that failed transiently has a
-    transient manifest row: pipeline.execution.stages), those of inputs that changed since, or all with --retry-errors,
-    which in an evaluated job includes pairs whose evaluation failed. `manifest`: the shard's done rows (or
-    just its error rows)."""
+    transient manifest row: pipeline.execution.evaluate_stage), those of inputs that changed since, or all with
+    --retry-errors, which in an evaluated job includes pairs whose evaluation failed. `manifest`: the shard's done
+    rows (or just its error rows)."""
     errors = manifest[manifest["status"] != "ok"]
     keys = list(zip(errors["anon_id"].tolist(), errors["level"].astype(float).tolist(), strict=True))
     if retry_errors:

@@ -4,7 +4,7 @@ A shareable table (manifest, distances, the reports, run.json) gets a reason cod
 or a reason code and an exception's type name (`scrub`), never the exception's own words: an OS error quotes
 the path (for LFW, a person's name), a duplicate-id message would quote the id. The full text goes to
 private/outputs.parquet (and private/failure.txt for a job's failure). The public writer checks the form
-(pipeline.tables.schemas.REASON).
+(pipeline.tables.public_surface.REASON).
 
 Each error has a kind, which decides what a rerun does with it:
 - ``input``: the file itself is bad (undecodable, too large, too small, a bad name, a duplicate id); a
@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 
 from anonymize import ImageError
-from pipeline.tables.schemas import REASON, looks_private
+from pipeline.tables.public_surface import REASON, looks_private
 
 INPUT = "input"
 TRANSIENT = "transient"
@@ -73,7 +73,7 @@ _WORD = re.compile(r"[^/\\\s_.-]{4,}")
 
 def scrub(text: str | None, ids: tuple[str, ...] = ()) -> str | None:
     """What a shareable table or run.json may say of an error text: the text itself only when it already is a
-    reason code and a fixed text (`RowError.public`: pipeline.tables.schemas.REASON) naming none of `ids` (source
+    reason code and a fixed text (`RowError.public`: pipeline.tables.public_surface.REASON) naming none of `ids` (source
     ids, their folders, names and words); else its leading code and the exception's TYPE name, never the
     exception's words. Those quote paths, and no pattern finds a path's end: `/data/lfw/Aaron Eckhart/x.jpg`
     has a space in it, `Aaron_Eckhart/x.jpg` is relative, an id may be any text.

@@ -2,16 +2,16 @@
 
 The public surface of a run is what is written outside `private/`. It is listed here and nowhere else:
 `pipeline.tables.write.write_public_table` looks the table up by where it is written and refuses, in code, a table
-that is not declared, a column that is not declared public, a nested column (boxes, embeddings), and a
-string value that does not have its column's declared form (a reason code and a fixed text for an error, a
-24-hex pseudonym for an id, `images/level=.../<hex>.png` for an output) or that looks like a path, a file
-name, an input id or an exception's own words (`looks_private`). A new table or column is refused until it
-is declared here, and a new string column of a public table cannot be declared without its form: the
-attacker's reading of the tables is checked at every write, not by a test that knows today's columns.
+that is not declared, a column that is not declared public, a nested column (boxes, embeddings), and a string value
+that does not have its column's declared form (pipeline.tables.public_surface) (a reason code and a fixed text for
+an error, a 24-hex pseudonym for an id, `images/level=.../<hex>.png` for an output) or that looks like a path, a
+file name, an input id or an exception's own words (`looks_private`). A new table or column is refused until it is
+declared here, and a new string column of a public table cannot be declared without its form: the attacker's reading
+of the tables is checked at every write, not by a test that knows today's columns.
 
-Private tables (under `private/`) are declared too, with their private columns tagged: the private writer
-refuses a table written outside `private/` or one that is not declared. The evaluation library keeps the
-distances and summary schemas (`evaluation.tables`, which must not import `pipeline`); they are tagged here.
+Private tables (under `private/`) are declared too, with their private columns tagged: the private writer refuses a
+table written outside `private/` or one that is not declared. The evaluation library keeps the distances and summary
+schemas (`evaluation.tables`, which must not import `pipeline`); they are tagged here.
 """
 
 from __future__ import annotations
@@ -21,46 +21,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from evaluation.tables import DISTANCES_SCHEMA, SUMMARY_SCHEMA
-
-
-class PublicSurfaceError(ValueError):
-    """A table the writers refuse: which table, which column, and why, in one line (never the value)."""
-
-
-# The forms of public string values (matched whole).
-ANON_ID = r"[0-9a-f]{24}"  # pipeline.folder.secret.anon_id: a keyed hash, never an input id
-RELEASE_NAME = r"[0-9a-f]{16,64}"  # a released image's name (release/images/<name>.png)
-SHA256 = r"[0-9a-f]{64}"
-LEVEL_DIR = r"level=[0-9]+(?:\.[0-9]+)?"  # pipeline.folder.layout.level_dirname
-# A reason code and a fixed text (pipeline.tables.row_errors): the text has no path, no quote, no colon (so no
-# "Type: message" of an exception), no underscore (so no LFW-style id); an exception's TYPE may be named.
-REASON = r"[a-z][a-z0-9_ ]{0,39}: [A-Za-z0-9 ,;.()=+%-]{1,200}"
-RECOGNIZER = r"[A-Za-z][A-Za-z0-9_-]{1,31}"
-# A class label or summary label the user chose (`--label`, augment's classes): free text, one line.
-LABEL = r"[^\\\x00-\x1f'\"`~:]{1,200}"
-CLASS_PATH = r"[^/\\\x00-\x1f'\"`~:]+(?:/[^/\\\x00-\x1f'\"`~:]+)*"
-
-
-def one_of(*values: str) -> str:
-    return "|".join(re.escape(v) for v in values)
-
-
-@dataclass(frozen=True)
-class Rule:
-    """The form every value of a public string column has. `names_files`: the value is one of the run's
-    own relative file or class names (so `/`, `.png` and an input's class are expected), which the generic
-    path, file-name and id checks would refuse; its form is what holds it."""
-
-    pattern: str
-    names_files: bool = False
-
-    def refuses(self, value: str) -> str | None:
-        if not re.fullmatch(self.pattern, value):
-            return "does not have the column's declared form"
-        return looks_private(value, files=not self.names_files)
+from pipeline.tables.public_surface import (
+    ANON_ID,
+    CLASS_PATH,
+    LABEL,
+    LEVEL_DIR,
+    REASON,
+    RECOGNIZER,
+    RELEASE_NAME,
+    SHA256,
+    PublicSurfaceError,
+    Rule,
+    is_string,
+    one_of,
+)
 
 
 @dataclass(frozen=True)
@@ -101,7 +77,7 @@ def _table(name, where, schema, *, parts=False, private=(), rules=None) -> Table
     if not table.private:
         if table.private_columns:
             raise AssertionError(f"table {name} is public: a private column belongs in a private/ table")
-        bare = [f.name for f in schema if _is_string(f.type) and f.name not in table.rules]
+        bare = [f.name for f in schema if is_string(f.type) and f.name not in table.rules]
         if bare:
             raise AssertionError(f"public table {name}: string columns need a declared form: {bare}")
     return table
@@ -109,10 +85,6 @@ def _table(name, where, schema, *, parts=False, private=(), rules=None) -> Table
 
 def _rule(value: str | Rule) -> Rule:
     return value if isinstance(value, Rule) else Rule(value)
-
-
-def _is_string(kind: pa.DataType) -> bool:
-    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_dictionary(kind)
 
 
 # --- the manifest (public): one row per (image, level); `error` is a reason code and a fixed text.
@@ -158,7 +130,7 @@ OUTPUTS_SCHEMA = pa.schema(
         ("level", pa.float64()),
         ("seed", pa.int64()),  # whole-image outputs; in face-region mode each face's is in face_boxes
         # Face-region mode: the detected faces (boxes in the original's pixels: they locate people in the
-        # photo, so they stay private), null in whole-image mode. `records.read_faces` flattens them.
+        # photo, so they stay private), null in whole-image mode. `pipeline.tables.read.read_faces` flattens them.
         ("face_boxes", pa.list_(FACE_BOX)),
         ("source_sha256", pa.string()),
         ("source_size", pa.int64()),
@@ -254,6 +226,7 @@ QUALITY_SCHEMA = pa.schema(
         ("ssim", pa.float64()),
     ]
 )
+
 QUALITY_SUMMARY_SCHEMA = pa.schema(
     [
         ("method", pa.string()),
@@ -266,6 +239,7 @@ QUALITY_SUMMARY_SCHEMA = pa.schema(
 )
 
 _METHODS = one_of("boomerang", "lanczos", "bicubic")
+
 _METRICS = one_of("cosine", "euclidean", "euclidean_l2")
 
 TABLES: tuple[Table, ...] = (
@@ -346,12 +320,14 @@ TABLES: tuple[Table, ...] = (
     _table("released", "private/released.parquet", RELEASED_SCHEMA, private=("anon_id",)),
     _table("withheld", "private/withheld.parquet", WITHHELD_SCHEMA, private=("image_id", "source")),
 )
+
 BY_NAME: dict[str, Table] = {t.name: t for t in TABLES}
 
 # Every column a table outside private/ may hold (what the scanner checks a finished folder against).
 PUBLIC_COLUMNS: frozenset[str] = frozenset().union(*(t.public_columns for t in TABLES if not t.private))
 
 STAGING = ".staging-"
+
 _PART = re.compile(r"part-\d{5,}(?:-[0-9a-f]{32})?\.parquet")
 
 
@@ -376,70 +352,3 @@ def table_at(path, name: str | None = None) -> Table:
     if not found:
         raise PublicSurfaceError(f"{folder}/{file}: no table is declared there (pipeline.tables.schemas)")
     return found[0]
-
-
-# What no public string may contain, whatever its column's form: an input's path or file name, an id in
-# LFW's style, an exception's own words. (A column of the run's own relative file names skips the path
-# and file-name checks; its form is strict instead.)
-_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
-_FILE_NAME = re.compile(
-    r"[^\s/\\]\.(?:jpe?g|png|gif|bmp|tiff?|webp|heic|heif|avif|p[gpn]m|parquet|pq|json|txt|csv|npy|npz|pt|pth|"
-    r"safetensors|bin|h5|pkl|zip|tar|gz)\b",
-    re.IGNORECASE,
-)
-_EXCEPTION = re.compile(r"Traceback|Errno|\w(?:Error|Exception|Warning): |\bline \d+\b|File \"")
-_QUOTED = re.compile(r"(['\"`]).+?\1", re.DOTALL)
-_INPUT_ID = re.compile(r"[^\W_][\w-]*_\d{3,}\b|\b(?:IMG|DSC|DSCN|DCIM|PXL|MVIMG)_?\d+", re.IGNORECASE)
-
-
-def looks_private(value: str, files: bool = True) -> str | None:
-    """Why `value` may not appear in a public table (a path, a file name, an id, exception text), else None.
-    `files=False`: a column of the run's own names, whose declared form is strict; only text checks apply."""
-    if files and ("/" in value or "\\" in value or value.startswith("~") or _URI.search(value)):
-        return "looks like a path"
-    if files and _FILE_NAME.search(value):
-        return "looks like a file name"
-    if any(ch in value for ch in "\n\r\t"):
-        return "is multi-line text"
-    if _EXCEPTION.search(value):
-        return "looks like an exception's own text"
-    if _QUOTED.search(value):
-        return "quotes something"
-    if files and _INPUT_ID.search(value):
-        return "looks like an input id"
-    return None
-
-
-def check_public(table: pa.Table, spec: Table) -> None:
-    """Raise PublicSurfaceError unless every column of `table` is a declared public column of `spec` and every
-    string value has its column's form and looks like nothing private. The message names the column, never
-    the value (the value may be what must not be printed)."""
-    if spec.private:
-        raise PublicSurfaceError(f"{spec.where} is a private/ table: written only by the private writer")
-    for column in table.schema:
-        where = f"{spec.where}: column {column.name!r}"
-        if column.name not in spec.schema.names:
-            raise PublicSurfaceError(f"{where} is not declared (pipeline.tables.schemas)")
-        if column.name not in spec.public_columns:
-            raise PublicSurfaceError(f"{where} is declared private")
-        if pa.types.is_nested(column.type):
-            raise PublicSurfaceError(f"{where} is nested ({column.type}): no box or vector is public")
-        if not _is_string(column.type):
-            continue
-        rule = spec.rules[column.name]
-        values = table[column.name]
-        if pa.types.is_dictionary(column.type):
-            values = values.cast(pa.string())
-        for value in pc.unique(values).to_pylist():
-            why = None if value is None else rule.refuses(value)
-            if why:
-                raise PublicSurfaceError(f"{where}: a value {why}; refused (public tables hold no such text)")
-
-
-def check_private(table: pa.Table, spec: Table) -> None:
-    """Raise PublicSurfaceError unless `spec` is a private/ table and `table`'s columns are declared in it."""
-    if not spec.private:
-        raise PublicSurfaceError(f"{spec.where} is public: the private writer must not write it")
-    unknown = [n for n in table.schema.names if n not in spec.schema.names]
-    if unknown:
-        raise PublicSurfaceError(f"{spec.where}: columns {unknown} are not declared (pipeline.tables.schemas)")

@@ -10,7 +10,7 @@ names (docs/privacy.md).
 
 Every table has, per shard, one file `part-00042.parquet` (written whole; the manifest's last, which makes
 it the shard's "done" marker) and, while the shard is being worked on, small batch parts
-`part-00042-<hash>.parquet` that the driver compacts into it (pipeline.tables.records).
+`part-00042-<hash>.parquet` that the driver compacts into it (pipeline.tables.compaction).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ import pyarrow as pa
 
 from pipeline.folder import storage
 from pipeline.folder.storage import Location
-from pipeline.tables.schemas import check_private, check_public, table_at
+from pipeline.tables.public_surface import check_private, check_public
+from pipeline.tables.schemas import table_at
 
 
 def write_private_table(table: pa.Table, path: Location, *, name: str | None = None) -> None:
@@ -20,7 +21,7 @@ def write_private_table(table: pa.Table, path: Location, *, name: str | None = N
 def write_public_table(table: pa.Table, path: Location, *, name: str | None = None) -> None:
     """A Parquet file outside private/, written whole: the one way a shareable table is written.
 
-    Refuses (schemas.PublicSurfaceError) a table not declared where it is written, a column not declared
+    Refuses (public_surface.PublicSurfaceError) a table not declared where it is written, a column not declared
     public, and any string value that is not of its column's form or looks like a path, a file name, an input
     id or an exception's text (pipeline.tables.schemas). `name` names the declared table when it is written under
     another folder (e.g. a staging folder swapped in whole).

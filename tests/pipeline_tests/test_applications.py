@@ -17,7 +17,7 @@ from samples import astronaut, astronaut_variants
 
 from anonymize import SamplerSettings
 from pipeline.folder.layout import RunLayout
-from pipeline.tables.records import read_manifest
+from pipeline.tables.read import read_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -85,7 +85,7 @@ def test_samples_and_augment(cli, tiny_sd, tmp_path):
 def test_one_sample_is_reproducible_alone(tiny_sd, tmp_path):
     """Sample 2 of an image, made alone in this process by the stage, is the job's sample 2 byte for byte:
     a sample depends on its own key only (same model files, one torch thread, fixed model batch)."""
-    from pipeline.execution.stages import AnonymizeConfig, AnonymizeStage
+    from pipeline.execution.anonymize_stage import AnonymizeConfig, AnonymizeStage
     from pipeline.folder.secret import anon_id, keyed_levels, output_key
 
     secret = b"s" * 32

@@ -10,9 +10,11 @@ from PIL import Image, ImageFilter
 from samples import write_faces
 
 from evaluation import DISTANCES_SCHEMA
-from pipeline.execution.stages import _mark_transient_evaluations
+from pipeline.execution.evaluate_stage import _mark_transient_evaluations
 from pipeline.folder.layout import RunLayout
-from pipeline.tables.records import compact_finished, forget_pairs, read_marker, write_batch
+from pipeline.tables.batch_parts import write_batch
+from pipeline.tables.compaction import compact_finished, forget_pairs
+from pipeline.tables.markers import read_marker
 from pipeline.tables.resume import shard_todo
 from pipeline.tables.row_errors import TRANSIENT
 from pipeline.tables.shards import plan_shards, shard_name

@@ -21,7 +21,7 @@ from scans import embedded_images, leaks
 from pipeline.folder.layout import RunLayout
 from pipeline.release.forget import _move_boundaries, remove_rows_of
 from pipeline.release.swap import release_key, release_name, staged_folder
-from pipeline.tables.records import read_marker, shard_marker
+from pipeline.tables.markers import read_marker, shard_marker
 from pipeline.tables.shards import load_shards, plan_shards, shard_files
 
 PEOPLE = ("Ann_Lee", "Bob_Ray", "Cy_Doe")

@@ -56,7 +56,7 @@ def test_the_anonymize_actors_and_their_rows_never_hold_the_secret(tmp_path, tin
     import ray.cloudpickle
 
     from anonymize import output_seed
-    from pipeline.execution.job import anonymize_config, work_row
+    from pipeline.execution.anonymize_pass import anonymize_config, work_row
 
     job = _job(tmp_path, tiny_sd, **values)
     try:
@@ -102,7 +102,7 @@ def test_faces_seeded_the_way_before_the_secret_left_the_workers_are_not_resumed
 def test_the_internal_report_draws_no_face_boxes(cli, tmp_path):
     """Finding 11b: face boxes locate people and stay in private/outputs.parquet (docs/privacy.md)."""
     from pipeline.folder.layout import RunLayout
-    from pipeline.tables.records import read_faces
+    from pipeline.tables.read import read_faces
 
     data, out = tmp_path / "in", tmp_path / "out"
     data.mkdir()

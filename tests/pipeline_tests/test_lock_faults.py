@@ -19,8 +19,9 @@ import pytest
 from s3 import read_lock
 
 from pipeline.folder.layout import RunLayout
-from pipeline.folder.lock import FolderLocked, LockLost, ObjectLock, ensure_held
-from pipeline.tables.records import finish_batch
+from pipeline.folder.lock_common import FolderLocked, LockLost, ensure_held
+from pipeline.folder.object_lock import ObjectLock
+from pipeline.tables.batch_parts import finish_batch
 from pipeline.tables.resume import ShardCompactor
 
 upath = pytest.importorskip("upath")
@@ -135,7 +136,7 @@ def test_lost_writes_resets_and_slow_answers_do_not_cost_the_lock(proxy, run_url
 
 
 def test_a_driver_that_lost_the_lock_commits_nothing(proxy, run_url):
-    """The commit points: a manifest part (records.finish_batch) and a compaction (resume.ShardCompactor)."""
+    """The commit points: a manifest part (batch_parts.finish_batch) and a compaction (resume.ShardCompactor)."""
     layout = RunLayout.at(run_url)
     lock = ObjectLock(via_proxy(proxy, run_url), lease=3.0, beat=0.1).acquire()
     assert str(lock.path) == str(layout.lock_file)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.folder.lock import NetworkFilesystem, RunLock, run_lock
+from pipeline.folder.lock import RunLock, run_lock
+from pipeline.folder.lock_common import NetworkFilesystem
 from pipeline.folder.mounts import parse_mountinfo, shared_mount
 
 # The shape of /proc/self/mountinfo: optional fields (shared:N, master:N) before "-", escaped spaces.

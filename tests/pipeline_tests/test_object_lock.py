@@ -15,7 +15,9 @@ import uuid
 import pytest
 from s3 import read_lock
 
-from pipeline.folder.lock import FolderLocked, ObjectLock, RunLock, _creates_only_if_absent, run_lock
+from pipeline.folder.lock import RunLock, run_lock
+from pipeline.folder.lock_common import FolderLocked
+from pipeline.folder.object_lock import ObjectLock, creates_only_if_absent
 
 upath = pytest.importorskip("upath")
 
@@ -135,8 +137,8 @@ def test_the_heartbeat_is_refreshed_while_the_lock_is_held(lock_path):
 
 def test_a_store_that_cannot_create_only_if_absent_falls_back_to_reading_back(tmp_path, lock_path):
     path = upath.UPath(f"file://{tmp_path}/.boomerang.lock")  # fsspec's local filesystem: no create-only write
-    assert not _creates_only_if_absent(path.fs)
-    assert _creates_only_if_absent(lock_path.fs)
+    assert not creates_only_if_absent(path.fs)
+    assert creates_only_if_absent(lock_path.fs)
     with ObjectLock(path), pytest.raises(FolderLocked, match=re.escape(f"pid {os.getpid()}")):
         ObjectLock(path).acquire()
     assert not (tmp_path / ".boomerang.lock").exists()

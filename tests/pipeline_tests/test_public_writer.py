@@ -13,9 +13,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipeline.tables import schemas
+from pipeline.tables import public_surface, schemas
+from pipeline.tables.public_surface import PublicSurfaceError
 from pipeline.tables.row_errors import scrub
-from pipeline.tables.schemas import MANIFEST_SCHEMA, PublicSurfaceError
+from pipeline.tables.schemas import MANIFEST_SCHEMA
 from pipeline.tables.write import write_private_table, write_public_table
 
 ANON = "0123456789abcdef01234567"
@@ -192,7 +193,7 @@ def test_error_texts_with_spaces_or_relative_paths_leak_nothing(text):
         assert word not in public, public
     # What is left is a reason code and an exception's type name, a form the public writer accepts.
     code, _, rest = public.partition(": ")
-    assert code and rest and schemas.looks_private(public) is None
+    assert code and rest and public_surface.looks_private(public) is None
     assert rest in ("OSError", "ValueError", "IsADirectoryError", "text withheld")
 
 
@@ -208,7 +209,8 @@ def test_a_fixed_reason_text_passes_the_scrubber_unchanged():
 
 def test_every_fixed_error_text_the_product_writes_has_the_public_form():
     from anonymize import ImageError
-    from pipeline.execution.stages import NO_FACE_ORIGINAL_TEXT, NO_FACE_TEXT
+    from pipeline.execution.anonymize_stage import NO_FACE_TEXT
+    from pipeline.execution.evaluate_stage import NO_FACE_ORIGINAL_TEXT
     from pipeline.tables.row_errors import BAD_NAME, DUPLICATE_ID, MISSING_OUTPUT, classify
 
     errors = [BAD_NAME, DUPLICATE_ID, MISSING_OUTPUT]

@@ -19,7 +19,7 @@ from scans import leaks
 from anonymize import RegionSettings, SamplerSettings
 from pipeline.folder.layout import RunLayout
 from pipeline.folder.secret import keyed_levels
-from pipeline.tables.records import read_faces, read_manifest
+from pipeline.tables.read import read_faces, read_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -190,7 +190,7 @@ def test_boomerang_evaluate_in_region_mode_with_dlibs_real_weights(cli, dlib_wei
 @pytest.fixture
 def region_stage(tiny_sd, tmp_path):
     """The anonymize stage itself, in this process (no Ray), in face-region mode."""
-    from pipeline.execution.stages import AnonymizeConfig, AnonymizeStage
+    from pipeline.execution.anonymize_stage import AnonymizeConfig, AnonymizeStage
 
     def make(**region):
         settings = SamplerSettings(model=str(tiny_sd), steps=4, model_batch=4)
@@ -220,12 +220,12 @@ def batch_of(images: dict[str, Image.Image], tmp_path) -> pd.DataFrame:
 
 
 def test_a_large_photo_keeps_its_size_and_is_never_resized_whole(region_stage, tmp_path, monkeypatch):
-    import pipeline.execution.stages
+    import pipeline.execution.anonymize_stage
 
     def whole_image_resize(*args, **kwargs):
         raise AssertionError("region mode resized the whole photo to the model's size")
 
-    monkeypatch.setattr(pipeline.execution.stages, "to_model_input", whole_image_resize)
+    monkeypatch.setattr(pipeline.execution.anonymize_stage, "to_model_input", whole_image_resize)
     stage = region_stage()
     big = scene(3000, 2000, FACE_SIZE, ((1200, 700),))
     rows = stage(batch_of({"big.png": big}, tmp_path))

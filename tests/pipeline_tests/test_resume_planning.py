@@ -12,7 +12,9 @@ import pytest
 
 from evaluation import DISTANCES_SCHEMA, EvaluationSettings
 from pipeline.folder.layout import RunLayout
-from pipeline.tables.records import MARKER_KEY, compact_finished, read_marker, write_batch
+from pipeline.tables.batch_parts import write_batch
+from pipeline.tables.compaction import compact_finished
+from pipeline.tables.markers import MARKER_KEY, read_marker
 from pipeline.tables.resume import shard_todo
 from pipeline.tables.row_errors import INPUT, TRANSIENT
 from pipeline.tables.shards import plan_shards, shard_name
@@ -129,7 +131,8 @@ def test_a_kill_between_a_shard_file_and_deleting_its_parts_counts_no_row_twice(
     import shutil
 
     from pipeline.outputs.finalize import ManifestOverview, restate_thresholds
-    from pipeline.tables.records import compact_shard, read_shard, table_files
+    from pipeline.tables.compaction import compact_shard
+    from pipeline.tables.read import read_shard, table_files
     from pipeline.tables.shards import batch_parts
 
     layout = RunLayout.at(str(tmp_path / "out"))

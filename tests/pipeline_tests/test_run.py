@@ -129,11 +129,11 @@ def test_evaluate_another_tools_output(cli, tmp_path):
         Image.open(originals / rel).filter(ImageFilter.GaussianBlur(3)).save(target)
     out = tmp_path / "out"
 
-    status, stdout, _ = cli(
+    status, stdout, stderr = cli(
         "evaluate", "--originals", str(originals), "--anonymized", str(theirs), "--out", str(out), "--label", "blur-3"
     )
 
-    assert status == 0
+    assert status == 0, stderr
     distances = pd.read_parquet(out / "evaluation" / "distances.parquet")
     assert len(distances) == 3 and distances["level"].isna().all()  # another tool's output has no level
     assert sorted(distances["status"]) == ["missing_output", "ok", "ok"]

@@ -1,21 +1,16 @@
-"""The Ray Data stages: callable classes that `map_batches` runs as actor pools.
-
-Each actor loads its model once in `__init__`. A bad image never raises out of a stage: it becomes a
-row with status "error", so one file cannot abort the job (Ray would otherwise fail the whole block).
-Error rows carry a public reason and a private detail (pipeline.tables.row_errors).
-"""
+"""The anonymize stage, a callable class that Ray Data's `map_batches` runs as an actor pool: each actor loads its
+model once; a batch's images are decoded, their outputs sampled at each level they still need (whole images, the
+faces of face-region mode, or enhance's tiles) and written to images/. A bad image never raises out of the stage:
+it becomes a row with status "error" (pipeline.tables.row_errors), so one file cannot abort the job. Also the
+write-only stage that ends an `anonymize` pass (nothing evaluated)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
-import os
-import re
 import time
 from dataclasses import dataclass, replace
 
-import numpy as np
 import pandas as pd
 
 from anonymize import (
@@ -46,8 +41,8 @@ from pipeline.execution.inputs import read_bytes
 from pipeline.folder import storage
 from pipeline.folder.layout import RunLayout
 from pipeline.folder.secret import part_seed
-from pipeline.tables.records import finish_batch
-from pipeline.tables.row_errors import RowError, classify, error_row, problem, scrub
+from pipeline.tables.batch_parts import finish_batch
+from pipeline.tables.row_errors import RowError, classify, error_row, problem
 
 OUTPUT_COLUMNS = (
     "anon_id",
@@ -73,7 +68,6 @@ OUTPUT_COLUMNS = (
     "anonymized",
 )
 
-
 INTEGER_COLUMNS = {
     "seed": "Int64",
     "sample": "Int32",
@@ -85,8 +79,8 @@ INTEGER_COLUMNS = {
 
 # Face-region mode: the row of an image in which the detector found no face (never a copy of the original).
 NO_FACE_DETECTED = "no_face_detected"
+
 NO_FACE_TEXT = "no_face_detected: the face detector found no face in the image; no output was made"
-NO_FACE_ORIGINAL_TEXT = "no_face_original: the face detector found no face in the original"
 
 
 @dataclass(frozen=True)
@@ -179,13 +173,9 @@ class AnonymizeStage:
             return []
         seeds = [self._seed(entry.base, level) for entry in chunk]
         inputs = [to_model_input(entry.image, self.model.resolution) for entry in chunk]
-        started = time.perf_counter()
-        try:
-            result = self._run_sampler([square for square, _ in inputs], level, seeds)
-        except (ValueError, RuntimeError, MemoryError) as err:  # e.g. a level too small for the grid, OOM
-            error = classify(err)
-            return [self._error(entry.base, level, error) for entry in chunk]
-        seconds = (time.perf_counter() - started) / len(chunk)
+        result, seconds, failed = self._sampled(chunk, [square for square, _ in inputs], level, seeds)
+        if failed:
+            return failed
         outputs = [
             from_model_output(image, placement) for image, (_, placement) in zip(result.images, inputs, strict=True)
         ]
@@ -203,13 +193,9 @@ class AnonymizeStage:
         seeds = [self._seed(base, level, job.face_index) for base, job in zip(bases, jobs, strict=True)]
         resolution = self.model.resolution
         squares = [cut_region(entry.image, job.region, resolution) for entry in chunk for job in entry.faces]
-        started = time.perf_counter()
-        try:
-            result = self._run_sampler(squares, level, seeds)
-        except (ValueError, RuntimeError, MemoryError) as err:
-            error = classify(err)
-            return [self._error(entry.base, level, error) for entry in chunk]
-        seconds = (time.perf_counter() - started) / len(chunk)
+        result, seconds, failed = self._sampled(chunk, squares, level, seeds)
+        if failed:
+            return failed
         rows, faces_out, seeds_left = [], iter(result.images), iter(seeds)
         for entry in chunk:
             pieces, records = [], []
@@ -237,13 +223,9 @@ class AnonymizeStage:
             plans.append((entry, big.size, padded, tile_grid(padded.size, resolution, overlap)))
         crops = [crop for _, _, padded, tiles in plans for crop in cut_tiles(padded, tiles)]
         seeds = [self._seed(entry.base, level, i) for entry, _, _, tiles in plans for i in range(len(tiles))]
-        started = time.perf_counter()
-        try:
-            result = self._run_sampler(crops, level, seeds)
-        except (ValueError, RuntimeError, MemoryError) as err:
-            error = classify(err)
-            return [self._error(entry.base, level, error) for entry in chunk]
-        seconds = (time.perf_counter() - started) / len(chunk)
+        result, seconds, failed = self._sampled(chunk, crops, level, seeds)
+        if failed:
+            return failed
         rows, outputs = [], iter(result.images)
         for entry, size, padded, tiles in plans:
             blended = blend_tiles(padded.size, tiles, [next(outputs) for _ in tiles], overlap)
@@ -268,6 +250,17 @@ class AnonymizeStage:
             "anonymized": png,
         }
 
+    def _sampled(self, chunk: list[_Decoded], images: list, level: float, seeds: list[int]):
+        """The sampler over `images` for the images of `chunk`: (result, seconds per image, []), or (None, 0, an
+        error row per image) when it failed (e.g. a level too small for the grid, out of memory at batch 1)."""
+        started = time.perf_counter()
+        try:
+            result = self._run_sampler(images, level, seeds)
+        except (ValueError, RuntimeError, MemoryError) as err:
+            error = classify(err)
+            return None, 0.0, [self._error(entry.base, level, error) for entry in chunk]
+        return result, (time.perf_counter() - started) / len(chunk), []
+
     def _run_sampler(self, images: list, level: float, seeds: list[int]):
         """The sampler call; on out-of-memory, again with half the model batch, down to 1."""
         while True:
@@ -278,7 +271,7 @@ class AnonymizeStage:
                 model_batch = self.sampler.settings.model_batch or len(images)
                 if not is_out_of_memory(err) or model_batch <= 1:
                     raise
-                _free_accelerator_memory()
+                free_accelerator_memory()
                 self.sampler.settings = replace(self.sampler.settings, model_batch=model_batch // 2)
 
     def _seed(self, base: dict, level: float, part: int | None = None) -> int:
@@ -303,7 +296,7 @@ class AnonymizeStage:
 
 
 def _face_record(job: FaceJob, box, seed: int) -> dict:
-    """A face of face_boxes (records.FACE_BOX): detector box, confidence, the square resampled, the seed."""
+    """A face of face_boxes (schemas.FACE_BOX): detector box, confidence, the square resampled, the seed."""
     region = job.region
     return {
         "face": job.face_index,
@@ -323,190 +316,11 @@ def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, MemoryError) or "out of memory" in str(err).lower()
 
 
-def _free_accelerator_memory() -> None:
+def free_accelerator_memory() -> None:
     import torch
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-@dataclass(frozen=True)
-class EvaluateConfig:
-    out: str
-    max_pixels: int
-    deepface_home: str | None = None
-    threads: int | None = None
-    region: RegionSettings = RegionSettings()
-
-
-class EvaluateStage:
-    """Compare each anonymized image with its original; write the batch's manifest and distance parts."""
-
-    def __init__(self, evaluation_settings, config: EvaluateConfig, read=None) -> None:
-        """`read`: a function that turns a batch of pairs into one with both images' bytes (`boomerang evaluate`
-        reads another tool's files in the actor itself, so that only paths cross processes)."""
-        # deepface reads DEEPFACE_HOME when it loads weights; set it before the recognizers are built.
-        if config.deepface_home:
-            os.environ["DEEPFACE_HOME"] = config.deepface_home
-        import torch
-
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        from evaluation import PairEvaluator
-
-        self.settings = evaluation_settings
-        self.config = config
-        self.layout = RunLayout.at(config.out)
-        self.evaluator = PairEvaluator(evaluation_settings)
-        self.read = read
-
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        from evaluation import Pair, error_rows
-
-        rows = (self.read(batch) if self.read else batch).to_dict("records")
-        pairs, no_face = [], []
-        for row in rows:
-            row["t_boom"] = None if pd.isna(row["t_boom"]) else int(row["t_boom"])
-            # No level (another tool's output): Arrow may carry an all-NaN column as nulls.
-            row["level"] = math.nan if pd.isna(row["level"]) else float(row["level"])
-            # pandas turns a missing text into NaN when some rows of the batch failed to read and others did not.
-            row["error"] = row["error"] if isinstance(row.get("error"), str) else None
-            if row["status"] != "ok":
-                continue
-            try:
-                original = decode_image(row["original"], max_pixels=self.config.max_pixels)
-                anonymized = np.asarray(decode_image(row["anonymized"], max_pixels=self.config.max_pixels))
-                regions = self._regions(row, original)
-            except ImageError as err:  # only reachable for another tool's files (boomerang evaluate)
-                row.update(error_row({}, row["level"], classify(err)))
-                continue
-            original = np.asarray(original)
-            key = (row["anon_id"], row["level"], row["t_boom"])
-            if regions is None:
-                pairs.append(Pair(*key, row["source_sha256"], original, anonymized))
-            elif not regions:
-                no_face.append(row)
-            for face, square in regions or ():
-                # Both images cut at the same square; the recognizer then finds the face inside it.
-                # Another tool's output may have another size: its square is scaled to it.
-                scaled = _scaled(square, original.shape, anonymized.shape)
-                pairs.append(
-                    Pair(*key, f"{row['source_sha256']}#{face}", _cut(original, square), _cut(anonymized, scaled), face)
-                )
-        distance_rows, embeddings = self._evaluate(pairs)
-        for row in rows:
-            if row["status"] != "ok":
-                status = NO_FACE_DETECTED if row["status"] == NO_FACE_DETECTED else "error"
-                args = (row["anon_id"], row["level"], row["t_boom"], row["error"], self.settings)
-                distance_rows += error_rows(*args, status=status)
-        for row in no_face:  # boomerang evaluate in face-region mode: no face in the original to compare
-            args = (row["anon_id"], row["level"], row["t_boom"], NO_FACE_ORIGINAL_TEXT, self.settings)
-            distance_rows += error_rows(*args, status="no_face_original")
-        _mark_transient_evaluations(rows, distance_rows)
-        # deepface's words are not ours: no path or id may reach a shareable table through them.
-        ids = tuple(str(row.get("image_id") or "") for row in rows)
-        for distance_row in distance_rows:
-            distance_row["error"] = scrub(distance_row["error"], ids)
-        return finish_batch(self.layout, rows, distance_rows, embeddings)
-
-    def _evaluate(self, pairs: list) -> tuple[list[dict], list[dict]]:
-        """The evaluator's rows and embeddings for these pairs; pairs whose evaluation ran out of memory are
-        evaluated again in halves of the batch (the accelerator's cache freed first), down to one pair at a
-        time, before their error rows stand (and mark their pairs transient: `_mark_transient_evaluations`)."""
-        rows, embeddings = self.evaluator.evaluate_with_embeddings(pairs)
-        if len(pairs) <= 1:
-            return rows, embeddings
-        per = len(rows) // len(pairs)  # one row per recognizer, pair after pair
-        failed = [i for i in range(len(pairs)) if any(_out_of_memory(r) for r in rows[i * per : (i + 1) * per])]
-        if not failed:
-            return rows, embeddings
-        _free_accelerator_memory()
-        redo = [pairs[i] for i in failed]
-        half = max(1, len(pairs) // 2)
-        again_rows, again_embeddings = [], []
-        for start in range(0, len(redo), half):
-            chunk_rows, chunk_embeddings = self._evaluate(redo[start : start + half])
-            again_rows += chunk_rows
-            again_embeddings += chunk_embeddings
-        for k, i in enumerate(failed):
-            rows[i * per : (i + 1) * per] = again_rows[k * per : (k + 1) * per]
-        redone = {(p.anon_id, p.level, p.face) for p in redo}
-        kept = [e for e in embeddings if (e["anon_id"], e["level"], e["face"]) not in redone]
-        return rows, kept + again_embeddings
-
-    def _regions(self, row: dict, original) -> list[tuple[int, tuple[int, int, int]]] | None:
-        """Face-region mode: (face index, (left, top, side)) of each face square to compare; None for a whole-image
-        pair. The anonymize stage's boxes when it made the output; else (boomerang evaluate) detected here."""
-        region = self.config.region
-        faces = row.get("faces")
-        if not region.faces or (faces is not None and not pd.isna(faces) and int(faces) == 0):
-            return None  # 0 faces: a whole-image output (--no-face image)
-        boxes = row.get("face_boxes")
-        if isinstance(boxes, str):
-            return [(f["face"], (f["left"], f["top"], f["side"])) for f in json.loads(boxes)]
-        found = detect_faces(original, region.detector)
-        return [
-            (j.face_index, (j.region.left, j.region.top, j.region.side))
-            for j in face_jobs("", found, original.size, region.margin)
-        ]
-
-
-# Exception names that say an evaluation failed for the machine's sake (memory, I/O, a connection), not the
-# pair's: the evaluator reports a failed pair as "<name>: <message>" text in its distance rows.
-_TRANSIENT_NAMES = re.compile(
-    r"\b(?:MemoryError|OutOfMemoryError|OSError|IOError|TimeoutError|\w*ConnectionError|BrokenPipeError|"
-    r"FileNotFoundError|PermissionError|IsADirectoryError|InterruptedError|BlockingIOError)\b"
-)
-
-
-def _out_of_memory(distance_row: dict) -> bool:
-    text = distance_row.get("error") or ""
-    return distance_row.get("status") == "error" and ("out of memory" in text.lower() or "MemoryError" in text)
-
-
-def _transient_evaluation(distance_row: dict) -> RowError | None:
-    """The row error of a distance row whose evaluation failed transiently (`pipeline.tables.row_errors.classify`)."""
-    if distance_row.get("status") != "error":
-        return None
-    text = distance_row.get("error") or ""
-    if _out_of_memory(distance_row):
-        return classify(MemoryError(text))
-    if _TRANSIENT_NAMES.search(text):
-        return classify(OSError(text))
-    return None
-
-
-def _mark_transient_evaluations(rows: list[dict], distance_rows: list[dict]) -> None:
-    """Turn the manifest row of each pair whose evaluation failed transiently into a transient error row, so
-    that resume redoes the pair on every rerun (a failed distance row under an "ok" manifest row would count
-    as done for good), and the shard marker counts it with the other transient errors."""
-    failed: dict[tuple, RowError] = {}
-    for distance_row in distance_rows:
-        error = _transient_evaluation(distance_row)
-        if error is not None:
-            failed.setdefault(_pair_key(distance_row["anon_id"], distance_row["level"]), error)
-    for row in rows:
-        error = failed.get(_pair_key(row["anon_id"], row["level"])) if row["status"] == "ok" else None
-        if error is not None:
-            row.update(error_row({}, row["level"], error))
-
-
-def _pair_key(anon_id: str, level) -> tuple[str, float]:
-    # No level (another tool's output) is NaN: as a key it must equal itself.
-    return str(anon_id), -1.0 if level is None or math.isnan(level) else float(level)
-
-
-def _cut(image: np.ndarray, square: tuple[int, int, int]) -> np.ndarray:
-    left, top, side = square
-    return np.ascontiguousarray(image[top : top + side, left : left + side])
-
-
-def _scaled(square: tuple[int, int, int], shape: tuple, to_shape: tuple) -> tuple[int, int, int]:
-    if shape[:2] == to_shape[:2]:
-        return square
-    left, top, side = square
-    sx, sy = to_shape[1] / shape[1], to_shape[0] / shape[0]
-    return (round(left * sx), round(top * sy), max(1, round(side * min(sx, sy))))
 
 
 class WriteStage:

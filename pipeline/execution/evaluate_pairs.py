@@ -1,4 +1,4 @@
-"""`boomerang evaluate`: the evaluation stage on any anonymizer's output.
+"""The pair source of `boomerang evaluate`: the evaluation stage on any anonymizer's output, through the one driver.
 
 Pairs are matched through a boomerang output folder's manifest, or, for another tool's folder, by
 relative path without the extension (`alice/001.jpg` <-> `alice/001.png`). A `level=X` folder in the
@@ -20,15 +20,16 @@ import fsspec
 import pandas as pd
 
 from pipeline.execution.actors import plan_evaluation
+from pipeline.execution.driver import drive, evaluate_stage, start_pass
 from pipeline.execution.inputs import InputError, discover, read_bytes
-from pipeline.execution.job import Job, ensure_cluster
-from pipeline.execution.progress import Progress
+from pipeline.execution.job import Job
 from pipeline.folder import storage
 from pipeline.folder.layout import RunLayout
-from pipeline.tables.records import compact_finished, finish_batch, forget_pairs, read_manifest, remove_orphans
-from pipeline.tables.resume import ShardCompactor, done_by_shard, pairs_to_retry
+from pipeline.tables.batch_parts import finish_batch
+from pipeline.tables.compaction import forget_pairs
+from pipeline.tables.read import read_manifest
+from pipeline.tables.resume import done_by_shard, pairs_to_retry
 from pipeline.tables.row_errors import MISSING_OUTPUT, classify, error_row
-from pipeline.tables.shards import plan_shards
 
 _LEVEL = re.compile(r"(?:^|/)level=([0-9.]+)/")
 
@@ -131,17 +132,10 @@ def missing_outputs(job: Job, pairs: list[dict]) -> list[dict]:
     return rows
 
 
-def evaluate_pass(job: Job, anonymized: str) -> None:
-    """Evaluate every (original, anonymized) pair not yet done and record missing outputs."""
-    import ray.data
-    from ray.data import ActorPoolStrategy
-
-    from pipeline.execution.stages import EvaluateConfig, EvaluateStage
-
+def evaluate_pass(job: Job, anonymized: str) -> int:
+    """Evaluate every (original, anonymized) pair not yet done and record missing outputs; returns pairs done."""
     settings = job.settings
-    shards = plan_shards(job.layout, job.anon_ids.values(), settings.shard_size)
-    remove_orphans(job.layout, evaluated=True)
-    compact_finished(job.layout)
+    shards = start_pass(job)
     done, retry = set(), set()
     for shard, rows in done_by_shard(job.layout, range(shards.count), evaluated=True):
         # Transient errors (a read that failed, out of memory) are redone, and every error with --retry-errors.
@@ -157,42 +151,44 @@ def evaluate_pass(job: Job, anonymized: str) -> None:
     pairs = [p for p in matched if _key(p["anon_id"], p["level"]) not in done]
     missing = [r for r in missing_outputs(job, matched) if _key(r["anon_id"], r["level"]) not in done]
     planned = Counter(shards.of(p["anon_id"]) for p in [*pairs, *missing])
-    compactor = ShardCompactor(job.layout, planned)
-    if missing:
-        from evaluation import error_rows
+    return drive(
+        job,
+        planned,
+        known=(lambda: _write_missing(job, missing)) if missing else None,
+        stream=(lambda: _plan(job, pairs)) if pairs else None,
+        label="evaluate",
+    )
 
-        distance_rows = [
-            d for r in missing for d in error_rows(r["anon_id"], r["level"], None, r["error"], settings.evaluation)
-        ]
-        compactor.update(finish_batch(job.layout, missing, [dict(d, status="missing_output") for d in distance_rows]))
-        job.pairs_done_now += len(missing)
-    if pairs:
-        ensure_cluster(job)
-        plan = plan_evaluation(
-            job.cluster.cpus,
-            job.cluster.gpus,
-            eval_workers=settings.eval_workers,
-            eval_gpus_per_worker=settings.eval_gpus_per_worker,
-        )
-        progress = Progress(len(pairs), "evaluate")
-        inputs = job.inputs
-        parquet = (inputs.uri, inputs.id_column, inputs.image_column) if inputs.kind == "parquet" else None
-        config = EvaluateConfig(str(job.layout.root), settings.max_pixels, settings.deepface_home, 1, settings.region)
-        # The actors read the images themselves: a separate read task would move every image's bytes
-        # between processes once more, which costs as much as the embeddings of small images.
-        ds = ray.data.from_items(pairs).map_batches(
-            EvaluateStage,
-            fn_constructor_args=(settings.evaluation, config, functools.partial(_load, parquet=parquet)),
-            batch_size=settings.eval_batch_size,
-            batch_format="pandas",
-            # The actors reserve at most half the CPUs in Ray's accounting (pipeline.execution.actors).
-            compute=ActorPoolStrategy(size=plan.evaluate),
-            num_gpus=plan.gpus_per_evaluate,
-            num_cpus=plan.cpus_per_actor,
-        )
-        for batch in ds.iter_batches(batch_format="pandas", batch_size=None):
-            progress.update(len(batch), int((batch["status"] != "ok").sum()))
-            compactor.update(batch)
-        progress.close()
-        job.pairs_done_now += progress.done
-    compactor.finish()
+
+def _write_missing(job: Job, missing: list[dict]):
+    """Originals with no anonymized counterpart: their error rows, written before any pair is read."""
+    from evaluation import error_rows
+
+    settings = job.settings.evaluation
+    distance_rows = [d for r in missing for d in error_rows(r["anon_id"], r["level"], None, r["error"], settings)]
+    return finish_batch(job.layout, missing, [dict(d, status="missing_output") for d in distance_rows])
+
+
+def _plan(job: Job, pairs: list[dict]):
+    """The Ray Data plan of the pairs: the evaluation actors read both images themselves (a separate read task
+    would move every image's bytes between processes once more, which costs as much as the embeddings of small
+    images), sized by `plan_evaluation` (every CPU, or two actors per GPU)."""
+    import ray.data
+
+    settings, inputs = job.settings, job.inputs
+    plan = plan_evaluation(
+        job.cluster.cpus,
+        job.cluster.gpus,
+        eval_workers=settings.eval_workers,
+        eval_gpus_per_worker=settings.eval_gpus_per_worker,
+    )
+    parquet = (inputs.uri, inputs.id_column, inputs.image_column) if inputs.kind == "parquet" else None
+    return evaluate_stage(
+        ray.data.from_items(pairs),
+        job,
+        actors=plan.evaluate,
+        gpus=plan.gpus_per_evaluate,
+        cpus=plan.cpus_per_actor,
+        deepface_home=settings.deepface_home,
+        read=functools.partial(_load, parquet=parquet),
+    )

@@ -1,0 +1,217 @@
+"""The pair source of a run: what each input still needs (shard by shard, from the shard's marker where it says
+"all done"; error rows a rerun retries), rows for inputs known bad before reading, and the Ray Data plan
+read -> anonymize (-> evaluate, or write) that the driver (pipeline.execution.driver) streams.
+
+Actor counts: pipeline.execution.actors. Workers never receive the run's secret: each row carries its outputs'
+seeds and sub-keys, derived here (pipeline.folder.secret)."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, defaultdict
+from dataclasses import replace
+
+from pipeline.execution.driver import drive, evaluate_stage, start_pass
+from pipeline.execution.inputs import InputItem
+from pipeline.execution.job import Job, actor_plan
+from pipeline.folder.secret import keyed_levels
+from pipeline.settings.fingerprint import anonymize_device, device_keys
+from pipeline.tables.batch_parts import finish_batch
+from pipeline.tables.compaction import forget_pairs
+from pipeline.tables.resume import shard_todo
+from pipeline.tables.row_errors import error_row, problem
+
+
+def run_pass(job: Job, levels: tuple[float, ...], image_ids: set[str] | None = None, label: str = "") -> int:
+    """Anonymize (and evaluate) every (image, level) pair not yet done; returns pairs done.
+
+    Done means a manifest row (and, for evaluated jobs, distance rows), except error rows that a rerun
+    retries (pipeline.tables.row_errors): transient ones, input errors whose file has changed since, and every
+    error with --retry-errors. Planning reads one shard at a time (pipeline.tables.resume).
+    """
+    layout = job.layout
+    shards = start_pass(job)
+    by_shard: dict[int, list[InputItem]] = defaultdict(list)
+    for item in job.inputs.items:
+        if image_ids is None or item.image_id in image_ids:
+            by_shard[shards.of(job.anon_ids[item.image_id])].append(item)
+    work: list[dict] = []
+    problems: list[tuple[InputItem, float]] = []
+    planned: Counter = Counter()
+    for shard, items in sorted(by_shard.items()):
+        seen_now = {job.anon_ids[i.image_id]: (i.size, i.mtime) if i.size is not None else None for i in items}
+        todo_by_id, retry = shard_todo(
+            layout, shard, seen_now, levels, evaluated=job.evaluated, retry_errors=job.settings.retry_errors
+        )
+        forget_pairs(layout, retry)
+        for item in items if todo_by_id else ():
+            aid = job.anon_ids[item.image_id]
+            todo = todo_by_id.get(aid)
+            if not todo:
+                continue
+            planned[shard] += len(todo)
+            if item.problem:
+                problems += [(item, level) for level in todo]
+            else:
+                work.append(work_row(job, item, aid, todo))
+    # Shard by shard, so that shards finish (and are compacted) one after another instead of all at the end;
+    # within a shard in input order, as before sharding.
+    order = {item.image_id: i for i, item in enumerate(job.inputs.items)}
+    work.sort(key=lambda w: (shards.of(w["anon_id"]), order[w["key"]]))
+    return drive(
+        job,
+        planned,
+        known=(lambda: _write_problems(job, problems)) if problems else None,
+        stream=(lambda: _plan(job, work)) if work else None,
+        label=label,
+    )
+
+
+def work_row(job: Job, item: InputItem, aid: str, levels) -> dict:
+    """One dataset row for the anonymize stage: what to read, its levels, and per level the output's seed and
+    sub-key (pipeline.folder.secret), derived here: the run's secret never leaves the driver."""
+    image_id, sample = job.sample_of(item.image_id)
+    return {
+        "key": item.image_id,
+        "image_id": image_id,
+        "sample": sample,
+        "anon_id": aid,
+        "source": item.source,
+        "source_size": item.size,
+        "source_mtime": item.mtime,
+        "problem": None,
+        **keyed_levels(job.secret, job.settings.seed, image_id, levels, sample),
+    }
+
+
+def anonymize_config(job: Job, threads: int | None):
+    """What every anonymize actor is constructed with (pickled to each): no secret."""
+    from pipeline.execution.anonymize_stage import AnonymizeConfig
+
+    settings = job.settings
+    return AnonymizeConfig(str(job.layout.root), settings.max_pixels, threads, settings.region, settings.enhance)
+
+
+def _write_problems(job: Job, problems: list[tuple[InputItem, float]]):
+    """Inputs known bad before reading (bad names, duplicate ids) still get their rows."""
+    rows = [
+        error_row(
+            {"anon_id": job.anon_ids[item.image_id], "sample": job.sample_of(item.image_id)[1]},
+            level,
+            problem(item.problem),
+        )
+        for item, level in problems
+    ]
+    distance_rows = None
+    if job.evaluated:
+        from evaluation import error_rows
+
+        distance_rows = [
+            d for r in rows for d in error_rows(r["anon_id"], r["level"], None, r["error"], job.settings.evaluation)
+        ]
+    return finish_batch(job.layout, rows, distance_rows)
+
+
+CPU_THREADS_PER_ACTOR = 1
+
+TASK_CPUS = 0.25
+
+
+def _plan(job: Job, work: list[dict]):
+    """The Ray Data plan of this pass's work rows: read (Parquet rows, or paths the actors read), anonymize,
+    then evaluate (or write)."""
+    import ray.data
+    from ray.data import ActorPoolStrategy
+
+    # The stages import torch and diffusers: only a job that runs them pays for that.
+    from pipeline.execution.anonymize_stage import AnonymizeStage, WriteStage
+
+    settings = job.settings
+    actors = actor_plan(job)
+    gpus = actors.gpus_per_anonymize
+    if job.inputs.kind == "folder":
+        ds = ray.data.from_items(work)
+    else:
+        # Light tasks, a quarter CPU each: the actors of a machine-filling plan (pipeline.execution.actors) hold the
+        # rest, and a task that asked for a whole CPU would wait for one forever.
+        ds = ray.data.read_parquet(
+            job.inputs.uri,
+            columns=[job.inputs.id_column, job.inputs.image_column],
+            num_cpus=TASK_CPUS,
+        )
+        by_id: dict[str, list[dict]] = defaultdict(list)  # an image's samples share its Parquet row
+        for w in work:
+            by_id[w["image_id"]].append(w)
+        ds = ds.map_batches(
+            _attach_work,
+            fn_kwargs={
+                "work": by_id,
+                "id_column": job.inputs.id_column,
+                "image_column": job.inputs.image_column,
+            },
+            batch_format="pandas",
+            num_cpus=TASK_CPUS,
+        )
+    # Fractional CPU reservations (pipeline.execution.actors): whole-CPU actors plus Ray's own tasks starve each other.
+    cpu_actor = actors.cpus_per_actor
+    # One torch thread per CPU actor; scale with --workers. A thread count that followed the worker
+    # count would change float reduction order, so --workers would change the bytes; and more threads
+    # than cores across the actors makes OpenMP spin (10x slower on a 2-core machine).
+    threads = None if gpus else CPU_THREADS_PER_ACTOR
+    # The device and dtype recorded in the fingerprint, pinned: an actor without a GPU share would otherwise
+    # take any GPU its node has (Ray leaves CUDA_VISIBLE_DEVICES alone for it).
+    device = job.device or anonymize_device(settings.sampler.device, gpus)
+    sampler = settings.sampler
+    if device == "cpu" or settings.sampler.device:
+        sampler = replace(sampler, device=device, dtype=device_keys(sampler, device)["sampler.dtype"])
+    # else a GPU share: load_model takes the GPU Ray made visible to the actor, the device recorded (pinning
+    # "cuda" would fail on a node whose GPUs are logical only, as in the multi-node tests).
+    ds = ds.map_batches(
+        AnonymizeStage,
+        fn_constructor_args=(sampler, anonymize_config(job, threads)),
+        batch_size=settings.batch_size,
+        batch_format="pandas",
+        compute=ActorPoolStrategy(size=actors.anonymize),
+        num_gpus=gpus,
+        num_cpus=cpu_actor,
+    )
+    if job.evaluated:
+        deepface_home = os.environ.get("DEEPFACE_HOME")
+        ds = evaluate_stage(
+            ds, job, actors=actors.evaluate, gpus=actors.gpus_per_evaluate, cpus=cpu_actor, deepface_home=deepface_home
+        )
+    else:
+        ds = ds.map_batches(
+            WriteStage,
+            fn_constructor_args=(str(job.layout.root),),
+            batch_format="pandas",
+            # Nothing is evaluated: each anonymize batch is written (made durable) as it comes.
+            batch_size=settings.batch_size,
+            compute=ActorPoolStrategy(size=1),
+            num_cpus=cpu_actor,
+        )
+    return ds
+
+
+def _attach_work(batch, work: dict, id_column: str, image_column: str):
+    """Parquet rows -> stage rows: keep the ids still to do and add their anon_id and levels."""
+    import pandas as pd
+
+    ids = batch[id_column].astype(str)
+    keep = ids.isin(work.keys())
+    rows = [dict(w, image=img) for i, img in zip(ids[keep], batch[image_column][keep], strict=True) for w in work[i]]
+    columns = [
+        "key",
+        "image_id",
+        "sample",
+        "anon_id",
+        "source",
+        "source_size",
+        "source_mtime",
+        "problem",
+        "levels",
+        "seeds",
+        "subkeys",
+        "image",
+    ]
+    return pd.DataFrame(rows, columns=columns)
