@@ -221,7 +221,7 @@ def read_manifest(folder: Path) -> dict:
 
 def _record(folder: Path, rel: str, sha: str, path: Path, source: str | None = None) -> None:
     """Record ``rel``'s sha256 (with size and mtime, so a later check need not hash it again) in folder/weights.json."""
-    with _lock(folder / f".{MANIFEST}.lock"):
+    with _lock(folder / MANIFEST):
         data = read_manifest(folder)
         stat = path.stat()
         entry = {"sha256": sha, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
@@ -260,9 +260,19 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def lock_file(path: Path) -> Path:
+    """The node-level lock of ``path``: in this machine's temporary folder, named by the path's hash, so that weight
+    folders (a model, the hub cache) get no lock files and every process of the node finds the same lock."""
+    import tempfile
+
+    key = hashlib.sha256(str(Path(path).absolute()).encode()).hexdigest()[:32]
+    return Path(tempfile.gettempdir()) / "boomerang-weights-locks" / f"{key}.lock"
+
+
 @contextlib.contextmanager
-def _lock(path: Path):
-    """An exclusive lock on ``path`` between processes of this machine (filelock, else fcntl)."""
+def _lock(target: Path):
+    """An exclusive lock on ``target`` between processes of this machine (filelock, else fcntl)."""
+    path = lock_file(target)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         from filelock import FileLock
@@ -303,7 +313,7 @@ def install(
     target = folder / rel
     target.parent.mkdir(parents=True, exist_ok=True)
     random_marker = target.with_name(target.name + ".boomerang-random")
-    with _lock(folder / ".locks" / (rel.replace("/", "--") + ".lock")):
+    with _lock(target):
         have = verified_sha(folder, rel)
         keep = have is not None and (have == expected if expected else not (replace_random and random_marker.exists()))
         if keep:
@@ -531,6 +541,10 @@ def stage(store: Store, want: Needs) -> list[str]:
         _, new = install(
             folder, source.name, store.downloader(rel), expected=files[rel]["sha256"], label=label, source=store.url
         )
+        if files[rel].get("random"):  # boomerang's random demo weights stay marked as such
+            from evaluation.weights import _marker  # noqa: PLC2701
+
+            _marker(folder / source.name).write_text("Seeded random weights (copied by boomerang weights).\n")
         if new:
             got.append(rel)
     if want.model:
@@ -538,9 +552,9 @@ def stage(store: Store, want: Needs) -> list[str]:
         dest = model_destination(want.model, entry)
         for rel in entry.get("files", []):
             path = f"models/{key}/{rel}"
-            _, new = install(
-                dest, rel, store.downloader(path), expected=files[path]["sha256"], label=f"{store}/{path}", source=None
-            )
+            expected = files[path]["sha256"]
+            label = f"{store}/{path}"
+            _, new = install(dest, rel, store.downloader(path), expected=expected, label=label, source=store.url)
             if new:
                 got.append(path)
         if not _is_local_model(want.model):
@@ -641,6 +655,8 @@ def push(want: Needs, dest: str) -> list[str]:
         fs.makedirs(f"{root}/{store_rel}".rsplit("/", 1)[0], exist_ok=True)
         fs.put_file(str(path), f"{root}/{store_rel}")
         manifest["files"][store_rel] = {"sha256": sha, "size": size}
+        if store_rel.startswith("deepface/") and path.with_name(path.name + ".boomerang-random").exists():
+            manifest["files"][store_rel]["random"] = True
         copied.append(store_rel)
     # weights.json last: a store is complete once its manifest names a file.
     fs.pipe_file(f"{root}/{MANIFEST}", (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
@@ -726,8 +742,30 @@ def prepare_job_weights(settings, mode: str) -> Needs:
 def stage_for_actor(weights_from: str | None, **kwargs) -> None:
     """An actor's start: fill this node's copies from ``weights_from`` (no-op without it). The first actor of a
     node downloads; the others wait on the per-file locks and find the files verified."""
-    if weights_from:
-        stage(Store(weights_from), needs(**kwargs, urls=False))
+    if not weights_from:
+        return
+    want = needs(**kwargs, urls=False)
+    if not staged_here(Store(weights_from), want):
+        stage(Store(weights_from), want)
+
+
+def staged_here(store: Store, want: Needs) -> bool:
+    """True when every needed file on this node was copied from ``store`` and is unchanged since (its recorded
+    size and mtime): then an actor need not read the store again (the driver's node, a node's later actors)."""
+    folder = deepface_folder()
+    for item in want.deepface:
+        entry = read_manifest(folder)["files"].get(item.name, {})
+        if entry.get("source") != store.url or recorded_sha(folder, item.name) is None:
+            return False
+    if want.model:
+        if not _is_local_model(want.model):
+            return False  # a hub snapshot's folder is named by the store's commit: ask the store
+        local = Path(want.model.removeprefix("file://")).expanduser()
+        entries = read_manifest(local)["files"]
+        mine = [rel for rel, e in entries.items() if e.get("source") == store.url]
+        if "model_index.json" not in mine or any(recorded_sha(local, rel) is None for rel in mine):
+            return False
+    return True
 
 
 def command(args) -> int:

