@@ -117,6 +117,7 @@ def load_model(settings: SamplerSettings) -> LoadedModel:
                 use_safetensors=None if settings.allow_pickle else True,
                 **{_dtype_kwarg(): dtype},
                 **unused_components(folder),
+                **_variant(folder),
             )
     except OSError as e:  # diffusers' way of saying a file is missing, e.g. a partly cached snapshot
         raise WeightsNotFound(
@@ -159,6 +160,15 @@ def unused_components(folder: Path) -> dict[str, Any]:
     if "requires_safety_checker" in index or "safety_checker" in index:
         skip["requires_safety_checker"] = False
     return skip
+
+
+def _variant(folder: Path) -> dict[str, str]:
+    """``variant="fp16"`` for a folder whose weights are only fp16 files (``boomerang weights fetch --variant fp16``
+    takes only those), so diffusers looks for them; nothing otherwise."""
+    names = [p.name for p in Path(folder).glob("*/*.safetensors")]
+    if names and all(name.endswith(".fp16.safetensors") for name in names):
+        return {"variant": "fp16"}
+    return {}
 
 
 def weights_sha256(folder: Path, include_pickle: bool = False) -> str:

@@ -641,7 +641,8 @@ def push(want: Needs, dest: str) -> list[str]:
         rels = model_files(local, want.allow_pickle)
         plan += [(local, rel, f"models/{key}/{rel}") for rel in rels]
         commit = None if _is_local_model(want.model) else local.name
-        manifest["models"][key] = {"model": model_key(want.model), "commit": commit, "files": rels}
+        name = key if _is_local_model(want.model) else want.model  # a local folder by its name, never its path
+        manifest["models"][key] = {"model": name, "commit": commit, "files": rels}
         if want.revision:
             manifest["models"][key]["revision"] = want.revision
     copied = []

@@ -313,3 +313,14 @@ def test_safety_checker_and_feature_extractor_are_never_loaded(with_safety_check
     plain_modules = [c for c in plain.components.values() if isinstance(c, torch.nn.Module)]
     checker = sum(p.numel() for p in plain.safety_checker.parameters())
     assert counted == sum(p.numel() for c in plain_modules for p in c.parameters()) - checker
+
+
+def test_a_folder_of_fp16_variant_files_loads(tmp_path, latent_path):
+    """`boomerang weights fetch --variant fp16` takes only a model's *.fp16.safetensors: such a folder loads."""
+    from diffusers import DiffusionPipeline
+
+    folder = tmp_path / "fp16"
+    DiffusionPipeline.from_pretrained(latent_path, local_files_only=True).save_pretrained(folder, variant="fp16")
+    assert sorted(p.name for p in folder.glob("unet/*.safetensors")) == ["diffusion_pytorch_model.fp16.safetensors"]
+    model = load_model(SamplerSettings(model=str(folder), device="cpu"))
+    assert model.kind == "latent"

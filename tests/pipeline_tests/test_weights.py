@@ -251,3 +251,55 @@ def test_a_tampered_file_in_the_store_stops_the_job_in_one_line(s3_server, tmp_p
     assert len(lines) == 1 and "unet/diffusion_pytorch_model.safetensors" in lines[0] and "sha256" in lines[0]
     assert not (out / "manifest.parquet").exists() and not (out / "images").exists()
     assert not (tmp_path / "m" / tiny_sd.name / "unet" / "diffusion_pytorch_model.safetensors").exists()
+
+
+def test_a_hub_model_pushed_from_one_cache_fills_another_and_loads_offline(tmp_path, monkeypatch, tiny_sd):
+    import shutil
+
+    from huggingface_hub import constants
+
+    from anonymize import SamplerSettings, load_model
+    from pipeline.weights import push
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    model = "boomerang-tests/tiny"
+    first = tmp_path / "cache-a" / "models--boomerang-tests--tiny"
+    shutil.copytree(tiny_sd, first / "snapshots" / commit)
+    (first / "refs").mkdir()
+    (first / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache-a"))
+    store = tmp_path / "store"
+    push(needs(model=model), str(store))
+    entry = json.loads((store / MANIFEST).read_text())["models"]["boomerang-tests--tiny"]
+    assert entry["commit"] == commit and "unet/diffusion_pytorch_model.safetensors" in entry["files"]
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache-b"))
+    fetch(needs(model=model), source=str(store))
+    snapshot = tmp_path / "cache-b" / "models--boomerang-tests--tiny" / "snapshots" / commit
+    assert sha256(snapshot / "unet" / "diffusion_pytorch_model.safetensors") == sha256(
+        tiny_sd / "unet" / "diffusion_pytorch_model.safetensors"
+    )
+    loaded = load_model(SamplerSettings(model=model, device="cpu"))
+    assert loaded.commit == commit and loaded.kind == "latent"
+
+
+def test_hub_patterns_take_only_the_used_components():
+    from pipeline.weights import hub_patterns
+
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "feature_extractor": ["transformers", "CLIPImageProcessor"],
+        "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+        "scheduler": ["diffusers", "PNDMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "image_encoder": [None, None],
+    }
+    allow, ignore = hub_patterns(index)
+    assert not [p for p in allow if p.startswith(("safety_checker", "feature_extractor", "image_encoder"))]
+    assert "unet/*.safetensors" in allow and "*.fp16.*" in ignore and not [p for p in allow if p.endswith(".bin")]
+    allow16, ignore16 = hub_patterns(index, variant="fp16")
+    assert "unet/*.fp16.safetensors" in allow16 and "unet/*.safetensors" not in allow16 and ignore16 == []
