@@ -303,3 +303,55 @@ def test_hub_patterns_take_only_the_used_components():
     assert "unet/*.safetensors" in allow and "*.fp16.*" in ignore and not [p for p in allow if p.endswith(".bin")]
     allow16, ignore16 = hub_patterns(index, variant="fp16")
     assert "unet/*.fp16.safetensors" in allow16 and "unet/*.safetensors" not in allow16 and ignore16 == []
+
+
+@pytest.mark.heavy
+def test_a_two_node_job_fills_each_node_from_the_store(s3_server, tmp_path, monkeypatch, tiny_sd, deepface_home):
+    """`--weights-from s3://...` on two nodes with empty caches: the driver's node is filled by the driver, the
+    other by its first actors; the outputs are byte for byte those of a run with local weights."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    from pipeline.weights import push
+
+    commit, model = "89abcdef0123456789abcdef0123456789abcdef", "boomerang-tests/tiny-cluster"
+    cache = tmp_path / "hf-source" / "models--boomerang-tests--tiny-cluster"
+    shutil.copytree(tiny_sd, cache / "snapshots" / commit)
+    (cache / "refs").mkdir()
+    (cache / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-source"))
+    monkeypatch.setenv("DEEPFACE_HOME", str(deepface_home))
+    store = f"{s3_server.bucket('weights')}/cluster"
+    push(needs(recognizers=["Facenet"], model=model), store)
+
+    data = tmp_path / "in"
+    write_faces(data, 4, size=(64, 64))
+    driver, node = tmp_path / "driver", tmp_path / "node"
+    env = {k: v for k, v in os.environ.items() if k != "DEEPFACE_HOME"}
+    env |= {"PYTHONPATH": os.pathsep.join(sys.path), "HOME": str(driver), "HF_HUB_CACHE": str(driver / "hf")}
+    env |= {"HF_HUB_OFFLINE": "1"}
+    staged, local = tmp_path / "staged", tmp_path / "local"
+    script = Path(__file__).parent / "cluster_weights_job.py"
+    argv = [store, str(data), str(staged), str(local), model, str(tiny_sd), str(deepface_home)]
+    argv += [str(node / "home"), str(node / "hf")]
+    proc = subprocess.run(
+        [sys.executable, str(script), *argv], capture_output=True, text=True, timeout=900, env=env, check=False
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith('{"status"')]
+    assert lines, proc.stdout[-2000:] + proc.stderr[-3000:]
+    result = json.loads(lines[-1])
+    assert result == {"status": [0, 0], "nodes": 2}, proc.stderr[-3000:]
+
+    facenet = deepface_home / ".deepface" / "weights" / FACENET
+    unet = "unet/diffusion_pytorch_model.safetensors"
+    for root in (driver, node):  # both nodes' caches, each filled from the bucket
+        home = driver if root == driver else node / "home"
+        snapshot = root / "hf" / "models--boomerang-tests--tiny-cluster" / "snapshots" / commit
+        assert sha256(home / ".deepface" / "weights" / FACENET) == sha256(facenet), root
+        assert sha256(snapshot / unet) == sha256(tiny_sd / unet), root
+        assert not (snapshot / "safety_checker").exists()
+    outputs = [sorted(pd.read_parquet(r / "manifest.parquet")["output_path"].dropna()) for r in (staged, local)]
+    assert len(outputs[0]) == 4 and outputs[0] == outputs[1]
+    for rel in outputs[0]:
+        assert (staged / rel).read_bytes() == (local / rel).read_bytes()
