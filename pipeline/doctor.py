@@ -67,7 +67,8 @@ def weight_state(name: str, engine: str, path: Path) -> str:
     from .weights import deepface_folder, needs, read_manifest, verified_sha
 
     if not path.exists():
-        return f"MISSING: fetch it with `{needs(recognizers=[name], engine=engine).fetch_command()}` (offline: copy it)"
+        command = needs(recognizers=[name], engine=engine, urls=False).fetch_command()
+        return f"MISSING: fetch it with `{command}` (offline: copy it)"
     if is_random_weights(name, engine):
         return "present, random (demo weights: distances made with them mean nothing)"
     recorded = read_manifest(deepface_folder())["files"].get(path.name, {}).get("sha256")

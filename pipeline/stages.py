@@ -128,9 +128,9 @@ class AnonymizeStage:
         if config.weights_from:  # the node's first actor fills its weights; the others find them verified
             from .weights import stage_for_actor
 
-            region = [config.region.detector] if config.region.faces else []
+            region = config.region.detector if config.region.faces else None
             s = sampler_settings
-            stage_for_actor(config.weights_from, model=s.model, revision=s.revision, detectors=region)
+            stage_for_actor(config.weights_from, model=s.model, revision=s.revision, region_detector=region)
         self.model = load_model(sampler_settings)
         self.sampler = BoomerangSampler(self.model, sampler_settings)
 
@@ -360,9 +360,14 @@ class EvaluateStage:
         if config.weights_from:  # the node's first actor fills its weights; the others find them verified
             from .weights import stage_for_actor
 
-            s = evaluation_settings
-            detectors = [s.detector] + ([config.region.detector] if config.region.faces else [])
-            stage_for_actor(config.weights_from, recognizers=s.recognizers, detectors=detectors, engine=s.engine)
+            s, region = evaluation_settings, config.region
+            stage_for_actor(
+                config.weights_from,
+                recognizers=s.recognizers,
+                detectors=[s.detector],
+                region_detector=region.detector if region.faces else None,
+                engine=s.engine,
+            )
         import torch
 
         if config.threads:

@@ -74,23 +74,28 @@ class Needs:
 def needs(
     *,
     recognizers: Iterable[str] = (),
-    detectors: Iterable[str] = (),
+    detectors: Iterable[str | None] = (),
     engine: str = "pytorch",
     model: str | None = None,
     revision: str | None = None,
     allow_pickle: bool = False,
     variant: str | None = None,
     urls: bool = True,
+    region_detector: str | None = None,
 ) -> Needs:
-    """The files a job with these settings loads (ValueError for a recognizer or detector deepface cannot fetch)."""
+    """The files a job with these settings loads (ValueError for a recognizer or detector deepface cannot fetch).
+    ``detectors``: the evaluation's (one, or none); ``region_detector``: face-region mode's."""
     from evaluation.sources import job_sources
 
-    recognizers, detectors = tuple(recognizers), tuple(dict.fromkeys(d for d in detectors if d))
+    recognizers, detectors = tuple(recognizers), [d for d in detectors if d]
     flags = []
     if recognizers:
         flags.append(("--recognizers", ",".join(recognizers)))
     for name in detectors:
         flags.append(("--detector", name))
+    if region_detector:
+        flags.append(("--region-detector", region_detector))
+        detectors.append(region_detector)
     if engine != "pytorch" and recognizers:
         flags.append(("--engine", engine))
     if model:
@@ -110,13 +115,11 @@ def needs(
 def job_needs(settings, mode: str) -> Needs:
     """What a job of ``mode`` ("run", "anonymize", "evaluate", ...) with JobSettings ``settings`` loads."""
     anonymizes, evaluates = mode != "evaluate", mode not in ("anonymize",)
-    detectors = [settings.region.detector] if settings.region.faces else []
-    if evaluates:
-        detectors.append(settings.evaluation.detector)
     try:
         return needs(
             recognizers=settings.evaluation.recognizers if evaluates else (),
-            detectors=detectors,
+            detectors=[settings.evaluation.detector] if evaluates else [],
+            region_detector=settings.region.detector if settings.region.faces else None,
             engine=settings.evaluation.engine,
             model=settings.sampler.model if anonymizes else None,
             revision=settings.sampler.revision,
@@ -783,7 +786,8 @@ def command(args) -> int:
     try:
         want = needs(
             recognizers=[n.strip() for n in names if n.strip()],
-            detectors=[args.detector, args.region_detector],
+            detectors=[args.detector],
+            region_detector=args.region_detector,
             engine=args.engine,
             model=model,
             revision=args.revision,

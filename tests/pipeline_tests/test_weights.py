@@ -69,6 +69,17 @@ class WeightsHost:
         self.server.server_close()
 
 
+@pytest.fixture(autouse=True)
+def _keep_deepface_home():
+    """Jobs and commands given --deepface-home set DEEPFACE_HOME for the process: put the session's back."""
+    saved = os.environ.get("DEEPFACE_HOME")
+    yield
+    if saved is None:
+        os.environ.pop("DEEPFACE_HOME", None)
+    else:
+        os.environ["DEEPFACE_HOME"] = saved
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -181,52 +192,23 @@ def _run_with_home(data: Path, out: Path, home: Path, *extra: str, recognizers: 
     return status, "", stderr.getvalue()
 
 
-@pytest.mark.heavy
-def test_push_to_s3_then_a_job_fills_an_empty_cache_from_it(s3_server, tmp_path, tiny_sd, deepface_home, cli):
+def test_push_to_s3_then_fetch_from_it_fills_an_empty_cache(s3_server, tmp_path, tiny_sd, deepface_home, monkeypatch):
     store = f"{s3_server.bucket('weights')}/w"
     pushed = main(
         ["weights", "push", store, "--recognizers", "Facenet", "--model", str(tiny_sd)]
         + ["--deepface-home", str(deepface_home)]
     )
     assert pushed == 0
-    data = tmp_path / "in"
-    write_faces(data, 2)
-
-    # A run with the local weights, then one with an empty cache fed from the bucket and the same secret.
-    local = tmp_path / "local"
-    status, _, err = cli("run", str(data), "--out", str(local))
-    assert status == 0, err
     home, model = tmp_path / "node" / "home", tmp_path / "node" / "models" / tiny_sd.name
-    status, _, err = _run_with_home(
-        data,
-        tmp_path / "staged",
-        home,
-        "--model",
-        str(model),
-        "--weights-from",
-        store,
-        "--steps",
-        "10",
-        "--secret-file",
-        str(local / "private" / "secret"),
-    )
-    assert status == 0, err
-    assert sha256(home / ".deepface" / "weights" / FACENET) == sha256(deepface_home / ".deepface" / "weights" / FACENET)
-    assert (home / ".deepface" / "weights" / f"{FACENET}.boomerang-random").exists()  # still marked random
-    assert sha256(model / "unet" / "diffusion_pytorch_model.safetensors") == sha256(
-        tiny_sd / "unet" / "diffusion_pytorch_model.safetensors"
-    )
-    assert not (model / "safety_checker").exists()
-    staged = tmp_path / "staged"
-    outputs = {
-        name: sorted(pd.read_parquet(root / "manifest.parquet")["output_path"].dropna())
-        for name, root in (("local", local), ("staged", staged))
-    }
-    assert len(outputs["local"]) == 2 and outputs["local"] == outputs["staged"]
-    for rel in outputs["local"]:
-        assert (local / rel).read_bytes() == (staged / rel).read_bytes()
-    distances = [pd.read_parquet(root / "evaluation" / "distances.parquet") for root in (local, staged)]
-    assert distances[0]["distance"].tolist() == distances[1]["distance"].tolist()
+    monkeypatch.setenv("DEEPFACE_HOME", str(home))
+    lines = fetch(needs(recognizers=["Facenet"], model=str(model)), source=store)
+    assert len(lines) == 2 and all(" random (demo weights" in line for line in lines), lines  # still marked
+    source = deepface_home / ".deepface" / "weights" / FACENET
+    assert sha256(home / ".deepface" / "weights" / FACENET) == sha256(source)
+    copied = sorted(p.relative_to(model).as_posix() for p in model.rglob("*") if p.is_file())
+    wanted = sorted(p.relative_to(tiny_sd).as_posix() for p in tiny_sd.rglob("*") if p.is_file())
+    assert copied == sorted([*wanted, MANIFEST])
+    assert all((model / rel).read_bytes() == (tiny_sd / rel).read_bytes() for rel in wanted)
 
 
 def test_a_tampered_file_in_the_store_stops_the_job_in_one_line(s3_server, tmp_path, tiny_sd, deepface_home):
@@ -355,3 +337,31 @@ def test_a_two_node_job_fills_each_node_from_the_store(s3_server, tmp_path, monk
     assert len(outputs[0]) == 4 and outputs[0] == outputs[1]
     for rel in outputs[0]:
         assert (staged / rel).read_bytes() == (local / rel).read_bytes()
+
+
+def test_doctor_lists_each_needed_file_verified_random_or_missing_with_its_command(
+    tmp_path, tiny_sd, deepface_home, capsys
+):
+    store = tmp_path / "store"
+    home = ["--deepface-home", str(deepface_home)]
+    assert main(["weights", "push", str(store), "--recognizers", "Facenet", "--no-model", *home]) == 0
+    data = json.loads((store / MANIFEST).read_text())
+    data["files"][f"deepface/{FACENET}"].pop("random")  # served as if it were a real file
+    (store / MANIFEST).write_text(json.dumps(data))
+    node = tmp_path / "node"
+    argv = ["weights", "fetch", "--from", str(store), "--recognizers", "Facenet", "--no-model"]
+    assert main([*argv, "--deepface-home", str(node)]) == 0
+    capsys.readouterr()
+
+    status = main(
+        ["doctor", "--model", str(tiny_sd), "--recognizers", "Facenet,ArcFace", "--deepface-home", str(node)]
+        + ["--region-detector", "yunet"]
+    )
+    out = capsys.readouterr().out
+    assert status == 1
+    lines = {line.split(":")[0].strip(): line for line in out.splitlines()}
+    assert "present, verified against weights.json" in lines["Facenet"]
+    assert "MISSING: fetch it with `boomerang weights fetch --recognizers ArcFace" in lines["ArcFace"]
+    yunet = next(line for line in out.splitlines() if "face_detection_yunet" in line)
+    assert "MISSING: fetch it with `boomerang weights fetch" in yunet and "yunet" in yunet.split("`")[1]
+    assert "weights: random (demo weights" in out  # the tiny model
