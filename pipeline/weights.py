@@ -570,7 +570,7 @@ def stage(store: Store, want: Needs) -> list[str]:
 # ---------------------------------------------------------------------------------------------- the commands
 
 
-def fetch(want: Needs, source: str | None = None, out=None) -> list[str]:
+def fetch(want: Needs, source: str | None = None) -> list[str]:
     """`boomerang weights fetch`: every needed file in place and recorded; returns one line per file."""
     if source:
         store = Store(source)
