@@ -41,6 +41,7 @@ def dispatch(args: argparse.Namespace) -> int:
         "report": cmd_report,
         "demo": cmd_demo,
         "doctor": cmd_doctor,
+        "weights": cmd_weights,
         "forget": cmd_forget,
     }[args.command](args)
 
@@ -204,8 +205,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import report
 
+    if args.deepface_home:
+        import os
+
+        os.environ["DEEPFACE_HOME"] = args.deepface_home
     text, ok = report(
-        model=args.model, recognizers=args.recognizers, engine=args.engine, address=args.address, out=args.out
+        model=args.model,
+        recognizers=args.recognizers,
+        engine=args.engine,
+        address=args.address,
+        out=args.out,
+        detectors=(args.detector, args.region_detector),
     )
     print(text)
     return 0 if ok else 1
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from .weights import command
+
+    return command(args)

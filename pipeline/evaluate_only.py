@@ -178,7 +178,9 @@ def evaluate_pass(job: Job, anonymized: str) -> JobResult:
         progress = Progress(len(pairs), "evaluate")
         inputs = job.inputs
         parquet = (inputs.uri, inputs.id_column, inputs.image_column) if inputs.kind == "parquet" else None
-        config = EvaluateConfig(str(job.layout.root), settings.max_pixels, settings.deepface_home, 1, settings.region)
+        config = EvaluateConfig(
+            str(job.layout.root), settings.max_pixels, settings.deepface_home, 1, settings.region, settings.weights_from
+        )
         # The actors read the images themselves: a separate read task would move every image's bytes
         # between processes once more, which costs as much as the embeddings of small images.
         ds = ray.data.from_items(pairs).map_batches(

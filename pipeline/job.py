@@ -169,14 +169,13 @@ def _prepare_locked(settings: JobSettings, mode: str, layout: RunLayout, lock: R
     labels = identity_labels(inputs, settings.identity_from, settings.identity_column)
     if settings.deepface_home:
         os.environ["DEEPFACE_HOME"] = settings.deepface_home
-    # Fail here, in one line, rather than in every actor (which Ray would restart forever).
-    model = model_identity(settings.sampler) if mode != "evaluate" else None
-    recognizers = None
-    if mode != "anonymize":
-        from evaluation import check_weights
+    # Fail here, in one line, rather than in every actor (which Ray would restart forever); with --weights-from,
+    # fill this node's weights from the store first (pipeline.weights).
+    from .weights import prepare_job_weights
 
-        check_weights(settings.evaluation.recognizers, settings.evaluation.engine)
-        recognizers = recognizer_identity(settings.evaluation)
+    prepare_job_weights(settings, mode)
+    model = model_identity(settings.sampler) if mode != "evaluate" else None
+    recognizers = recognizer_identity(settings.evaluation) if mode != "anonymize" else None
     device = _device_before_cluster(settings) if mode != "evaluate" else None
     determining = fingerprint(settings, mode, model, recognizers, device)
     if not settings.overwrite:
@@ -395,7 +394,9 @@ def anonymize_config(job: Job, threads: int | None):
     from .stages import AnonymizeConfig
 
     settings = job.settings
-    return AnonymizeConfig(str(job.layout.root), settings.max_pixels, threads, settings.region, settings.enhance)
+    return AnonymizeConfig(
+        str(job.layout.root), settings.max_pixels, threads, settings.region, settings.enhance, settings.weights_from
+    )
 
 
 def _write_problems(job: Job, problems: list[tuple[InputItem, float]]):
@@ -484,7 +485,12 @@ def _plan(job: Job, work: list[dict]):
             fn_constructor_args=(
                 settings.evaluation,
                 EvaluateConfig(
-                    str(job.layout.root), settings.max_pixels, os.environ.get("DEEPFACE_HOME"), 1, settings.region
+                    str(job.layout.root),
+                    settings.max_pixels,
+                    os.environ.get("DEEPFACE_HOME"),
+                    1,
+                    settings.region,
+                    settings.weights_from,
                 ),
             ),
             batch_size=settings.eval_batch_size,

@@ -100,6 +100,7 @@ class AnonymizeConfig:
     threads: int | None = None
     region: RegionSettings = RegionSettings()
     enhance: EnhanceSettings | None = None  # boomerang enhance: upsample, then Boomerang in tiles
+    weights_from: str | None = None  # --weights-from: this node's weights are filled from it first
 
 
 @dataclass
@@ -124,6 +125,12 @@ class AnonymizeStage:
             torch.set_num_threads(config.threads)
         self.config = config
         self.layout = RunLayout.at(config.out)
+        if config.weights_from:  # the node's first actor fills its weights; the others find them verified
+            from .weights import stage_for_actor
+
+            region = config.region.detector if config.region.faces else None
+            s = sampler_settings
+            stage_for_actor(config.weights_from, model=s.model, revision=s.revision, region_detector=region)
         self.model = load_model(sampler_settings)
         self.sampler = BoomerangSampler(self.model, sampler_settings)
 
@@ -338,6 +345,7 @@ class EvaluateConfig:
     deepface_home: str | None = None
     threads: int | None = None
     region: RegionSettings = RegionSettings()
+    weights_from: str | None = None  # --weights-from: this node's weights are filled from it first
 
 
 class EvaluateStage:
@@ -349,6 +357,17 @@ class EvaluateStage:
         # deepface reads DEEPFACE_HOME when it loads weights; set it before the recognizers are built.
         if config.deepface_home:
             os.environ["DEEPFACE_HOME"] = config.deepface_home
+        if config.weights_from:  # the node's first actor fills its weights; the others find them verified
+            from .weights import stage_for_actor
+
+            s, region = evaluation_settings, config.region
+            stage_for_actor(
+                config.weights_from,
+                recognizers=s.recognizers,
+                detectors=[s.detector],
+                region_detector=region.detector if region.faces else None,
+                engine=s.engine,
+            )
         import torch
 
         if config.threads:
