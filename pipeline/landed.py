@@ -4,6 +4,7 @@ An object store behind a faulty gateway or proxy, or a misbehaving S3-compatible
 (200, an ETag) and lose it. A batch's parts and a shard's compaction are commits that later steps build on, so
 a lost one must be noticed before it is built on:
 
+- The run's secret and the shard cut (`_shards.json`), which every later run needs, are read back once written.
 - A shard file (pipeline.records.compact_shard) is read back (its Parquet footer: rows and metadata, which
   names the batch parts it absorbed and, for the manifest, the shard's marker) before the parts it merged are
   deleted; a write that did not land is made again, and after `TRIES` the job stops with its parts kept.
@@ -47,6 +48,22 @@ def write_table_checked(write: Callable[[pa.Table, Location], None], table: pa.T
         write(table, path)
         if _landed(path, table):
             return
+    raise LostWrite(
+        f"the store acknowledged {path.parent.name}/{path.name} {TRIES} times and does not have it; "
+        "the store loses writes (check it, or the proxy or gateway in front of it)"
+    )
+
+
+def write_bytes_checked(write: Callable[[Location, bytes], None], path: Location, data: bytes) -> None:
+    """`write(path, data)` for a small file a later run cannot do without (the run's secret, the shard cut),
+    then read it back; written again up to TRIES times if it did not land."""
+    for _ in range(TRIES):
+        write(path, data)
+        try:
+            if path.read_bytes() == data:
+                return
+        except FileNotFoundError:
+            pass
     raise LostWrite(
         f"the store acknowledged {path.parent.name}/{path.name} {TRIES} times and does not have it; "
         "the store loses writes (check it, or the proxy or gateway in front of it)"

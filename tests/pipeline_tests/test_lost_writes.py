@@ -24,7 +24,8 @@ from pipeline.landed import TRIES, LostWrite, check_pass
 from pipeline.layout import RunLayout
 from pipeline.records import batch_parts, compact_finished, read_marker, read_parts, write_batch
 from pipeline.resume import shard_todo
-from pipeline.shards import plan_shards
+from pipeline.secret import load_secret
+from pipeline.shards import load_shards, plan_shards
 
 pytestmark = pytest.mark.slow
 faultproxy = pytest.importorskip("faultproxy")
@@ -155,3 +156,16 @@ def test_a_pass_whose_writes_all_landed_passes_the_check(proxy, layout):
     manifest = read_parts(layout.manifest)
     assert len(manifest) == len(expected) and not manifest.duplicated(["anon_id", "level"]).any()
     assert isinstance(manifest, pd.DataFrame)
+
+
+def test_a_lost_write_of_the_secret_or_the_shard_cut_is_made_again(proxy, layout):
+    # Either lost, the next run could not resume: no secret (it refuses the folder), or another shard cut.
+    secret = proxy.inject("drop", method="PUT", path=r"/private/secret$", count=1)
+    cut = proxy.inject("drop", method="PUT", path=r"/manifest\.parquet/_shards\.json$", count=1)
+
+    value = load_secret(layout)
+    shards = plan_shards(layout, IDS, 2)
+
+    assert secret.used == cut.used == 1
+    assert bytes.fromhex(layout.secret_file.read_text()) == value
+    assert load_shards(layout) == shards and shards.count == 2
