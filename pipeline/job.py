@@ -23,6 +23,7 @@ from .config import JobSettings, override_statement, public_model
 from .errors import error_row, problem, scrub
 from .fingerprint import anonymize_device, defaults, device_keys, fingerprint
 from .inputs import InputItem, InputSet, discover, identity_labels
+from .landed import check_pass
 from .layout import RunLayout, write_private_bytes
 from .lock import run_lock
 from .plan import ActorPlan, plan_actors
@@ -328,6 +329,7 @@ def run_pass(job: Job, levels: tuple[float, ...], image_ids: set[str] | None = N
     work: list[dict] = []
     problems: list[tuple[InputItem, float]] = []
     planned: Counter = Counter()
+    expected: dict[int, set[tuple[str, float]]] = {}  # the pass's pairs by shard, checked once it is done
     for shard, items in sorted(by_shard.items()):
         seen_now = {job.anon_ids[i.image_id]: (i.size, i.mtime) if i.size is not None else None for i in items}
         todo_by_id, retry = shard_todo(
@@ -340,6 +342,7 @@ def run_pass(job: Job, levels: tuple[float, ...], image_ids: set[str] | None = N
             if not todo:
                 continue
             planned[shard] += len(todo)
+            expected.setdefault(shard, set()).update((aid, float(level)) for level in todo)
             if item.problem:
                 problems += [(item, level) for level in todo]
             else:
@@ -365,6 +368,7 @@ def run_pass(job: Job, levels: tuple[float, ...], image_ids: set[str] | None = N
             progress.update(len(batch), int((batch["status"] != "ok").sum()))
             compactor.update(batch)
     compactor.finish()
+    check_pass(layout, expected, evaluated=job.evaluated)  # every pair's rows and image landed (pipeline.landed)
     job.timings.mark("pass_done")
     progress.close()
     job.pairs_done_now += progress.done

@@ -29,6 +29,7 @@ from evaluation import distances_table
 
 from . import storage
 from .errors import TRANSIENT
+from .landed import write_table_checked
 from .layout import RunLayout, write_private_table, write_public_table
 from .lock import ensure_held
 from .schemas import EMBEDDINGS_SCHEMA, FACE_BOX, IDENTITY_SCHEMA, MANIFEST_SCHEMA, OUTPUTS_SCHEMA
@@ -227,7 +228,8 @@ def compact_shard(layout: RunLayout, shard: int) -> bool:
         elif folder == layout.manifest:
             evaluated = evaluated_pairs is not None and pair_keys(merged) <= evaluated_pairs
             merged = with_marker(merged, evaluated, failed_evaluations)
-        (write_private_table if private else write_public_table)(merged, folder / name)
+        # Read back before the parts go: a store that lost this write must not take the rows with it.
+        write_table_checked(write_private_table if private else write_public_table, merged, folder / name)
     for folder, _, _ in _tables(layout):
         for n in done:
             (folder / n).unlink(missing_ok=True)

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from . import storage
+from .landed import write_bytes_checked
 from .layout import RunLayout
 from .storage import Location
 
@@ -87,7 +88,8 @@ def plan_shards(layout: RunLayout, anon_ids: Iterable[str], size: int) -> Shards
     if found is not None:
         return found
     shards = Shards.cut(anon_ids, size)
-    storage.write_text(layout.manifest / SHARDS_FILE, json.dumps({"size": shards.size, "starts": list(shards.starts)}))
+    cut = json.dumps({"size": shards.size, "starts": list(shards.starts)}).encode()
+    write_bytes_checked(storage.write_bytes, layout.manifest / SHARDS_FILE, cut)  # read back: workers need it
     _cache.clear()
     return shards
 
