@@ -116,6 +116,8 @@ def load_model(settings: SamplerSettings) -> LoadedModel:
                 local_files_only=True,
                 use_safetensors=None if settings.allow_pickle else True,
                 **{_dtype_kwarg(): dtype},
+                **unused_components(folder),
+                **_variant(folder),
             )
     except OSError as e:  # diffusers' way of saying a file is missing, e.g. a partly cached snapshot
         raise WeightsNotFound(
@@ -141,6 +143,32 @@ def load_model(settings: SamplerSettings) -> LoadedModel:
         folder=folder,
         allow_pickle=settings.allow_pickle,
     )
+
+
+# Components of a Stable Diffusion folder that Boomerang never calls (the NSFW safety checker, a CLIP vision model of
+# about 0.6 GB in fp16, and its image processor): never loaded, never moved to the device.
+UNUSED_COMPONENTS = ("safety_checker", "feature_extractor", "image_encoder")
+
+
+def unused_components(folder: Path) -> dict[str, Any]:
+    """``from_pretrained`` keyword arguments that skip the folder's unused components (those it names)."""
+    try:
+        index = json.loads((Path(folder) / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    skip: dict[str, Any] = {name: None for name in UNUSED_COMPONENTS if name in index}
+    if "requires_safety_checker" in index or "safety_checker" in index:
+        skip["requires_safety_checker"] = False
+    return skip
+
+
+def _variant(folder: Path) -> dict[str, str]:
+    """``variant="fp16"`` for a folder whose weights are only fp16 files (``boomerang weights fetch --variant fp16``
+    takes only those), so diffusers looks for them; nothing otherwise."""
+    names = [p.name for p in Path(folder).glob("*/*.safetensors")]
+    if names and all(name.endswith(".fp16.safetensors") for name in names):
+        return {"variant": "fp16"}
+    return {}
 
 
 def weights_sha256(folder: Path, include_pickle: bool = False) -> str:

@@ -111,13 +111,46 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--address")
     p.add_argument("--overwrite", action="store_true")
+    _add_weights(sub)
     p = sub.add_parser("doctor", help="what is present: GPUs, Ray, model weights and where they are looked for")
     p.add_argument("--model", help="diffusers model to look for (default: the default model)")
     p.add_argument("--recognizers", help="deepface models to look for")
     p.add_argument("--engine", default="pytorch")
     p.add_argument("--address")
     p.add_argument("--out", help="check a job's output folder or object-store URL: reachable, and which lock it gets")
+    p.add_argument("--detector", help="deepface face detector whose files to look for")
+    p.add_argument("--region-detector", dest="region_detector", help="face-region detector whose files to look for")
+    p.add_argument("--deepface-home", dest="deepface_home", help="parent of .deepface/weights (DEEPFACE_HOME)")
     return parser
+
+
+def _add_weights(sub) -> None:
+    """`boomerang weights fetch|push` (pipeline.weights)."""
+    p = sub.add_parser("weights", help="fetch, verify and push the weight files a job needs")
+    actions = p.add_subparsers(dest="weights_command", required=True)
+    fetch = actions.add_parser(
+        "fetch",
+        help="put every file a job with these settings needs where it looks for it, each sha256 in weights.json "
+        "(deepface's download sources, or $BOOMERANG_WEIGHTS_MIRROR/<file>; the Hugging Face hub)",
+    )
+    push = actions.add_parser("push", help="copy the files a job needs, and weights.json, to DEST")
+    push.add_argument("dest", help="a folder or an fsspec URL (s3://bucket/weights)")
+    for q in (fetch, push):
+        q.add_argument("--recognizers", help="deepface models, e.g. VGG-Face,Facenet (default: the job default)")
+        q.add_argument("--detector", help="deepface detector of the evaluation (default opencv: no file)")
+        q.add_argument("--region-detector", dest="region_detector", help="face-region detector (--region faces)")
+        q.add_argument("--engine", default="pytorch", help="deepface backend engine: pytorch (default) or onnx")
+        q.add_argument("--model", help="diffusers model: hub id or local folder (default: the job default)")
+        q.add_argument("--revision", help="hub revision of --model")
+        q.add_argument("--deepface-home", dest="deepface_home", help="parent of .deepface/weights (DEEPFACE_HOME)")
+        q.add_argument("--allow-pickle", action="store_true", dest="allow_pickle", help="include .bin weights")
+        q.add_argument("--no-model", action="store_true", dest="no_model", help="deepface files only")
+    fetch.add_argument("--variant", help="hub weights variant, e.g. fp16 (where the model has one)")
+    fetch.add_argument(
+        "--from",
+        dest="source",
+        help="a store written by `weights push` (folder, http(s) base URL, s3://...) instead of the public sources",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -149,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _command(name: str):
-    """The function of one subcommand; demo and doctor's modules are imported only for them."""
+    """The function of one subcommand; demo, doctor and weights' modules are imported only for them."""
     if name == "demo":
         from pipeline.commands.demo import cmd_demo
 
@@ -158,6 +191,10 @@ def _command(name: str):
         from pipeline.commands.doctor import cmd_doctor
 
         return cmd_doctor
+    if name == "weights":
+        from pipeline.commands.weights import cmd_weights
+
+        return cmd_weights
     from pipeline.commands import augment, enhance, evaluate, forget, report, run
 
     return {

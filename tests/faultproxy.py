@@ -13,12 +13,18 @@ requests) and in time (until `seconds` have passed), so a schedule always ends. 
         fault = proxy.inject("503", method="PUT", path=r"/\\.boomerang\\.lock$", count=4)
         ...  # point a client at proxy.endpoint
         fault.used  # how many requests it has hit so far; fault.done once it is spent or expired
+
+A fault with a `rate` below 1 hits each matching request with that probability (a seeded draw, so a schedule
+replays the same), as a soak test's background of faults: `proxy.inject("503", rate=0.02, count=10**9)`.
+
+It imports nothing of the product: bench/soak.py loads this file by its path.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.client
+import random
 import re
 import socket
 import struct
@@ -47,6 +53,8 @@ class Fault:
     count: int
     until: float  # time.monotonic() after which the fault no longer applies
     delay: float = 0.0
+    rate: float = 1.0  # the probability that a matching request is hit
+    draws: random.Random = field(default_factory=lambda: random.Random(0))
     used: int = 0
     hits: list[str] = field(default_factory=list)  # "METHOD /path" of each request it hit
 
@@ -55,7 +63,9 @@ class Fault:
         return self.used >= self.count or time.monotonic() >= self.until
 
     def matches(self, method: str, path: str) -> bool:
-        return (self.method is None or self.method == method) and bool(self.path.search(path))
+        if not ((self.method is None or self.method == method) and self.path.search(path)):
+            return False
+        return self.rate >= 1.0 or self.draws.random() < self.rate
 
 
 class FaultProxy:
@@ -80,12 +90,19 @@ class FaultProxy:
         count: int = 1,
         seconds: float = 60.0,
         delay: float = 0.0,
+        rate: float = 1.0,
+        seed: int = 0,
     ) -> Fault:
         """Schedule a fault for the next `count` requests (of `method`, any if None) whose path matches the
-        regular expression `path`, for at most `seconds`. Faults apply in the order they were scheduled."""
+        regular expression `path`, for at most `seconds`; with `rate` < 1, each such request only with that
+        probability (draws seeded with `seed`). Faults apply in the order they were scheduled."""
         if kind not in KINDS:
             raise ValueError(f"unknown fault {kind!r}; one of {', '.join(KINDS)}")
-        fault = Fault(kind, method, re.compile(path), count, time.monotonic() + seconds, delay)
+        if not 0.0 < rate <= 1.0:
+            raise ValueError(f"rate {rate!r}: a probability in (0, 1]")
+        fault = Fault(
+            kind, method, re.compile(path), count, time.monotonic() + seconds, delay, rate, random.Random(seed)
+        )
         with self._guard:
             self._faults.append(fault)
         return fault

@@ -31,6 +31,7 @@ SCRIPTS = [
     (["startup"], "startup", True),
     (["regions"], "regions", True),
     (["object_store"], "object_store", True),
+    (["soak"], "soak", True),
     (["gpu"], None, True),
 ]
 

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PIPELINE = ROOT / "pipeline"
 
 # Bottom first. One entry per floor; the middle floor's peers in the order they may use one another.
-LAYERS = [["settings"], ["folder"], ["tables"], ["execution", "outputs", "release"], ["commands", "cli"]]
+LAYERS = [["settings", "weights"], ["folder"], ["tables"], ["execution", "outputs", "release"], ["commands", "cli"]]
 RANK = {group: (floor, peer) for floor, groups in enumerate(LAYERS) for peer, group in enumerate(groups)}
 
 

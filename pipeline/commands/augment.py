@@ -27,6 +27,6 @@ def cmd_augment(args: argparse.Namespace) -> int:
         run_pass(job, job.settings.levels)
         labels = identity_labels(job.inputs, None, label_column) if label_column else None
         layout = job.layout
-        return finalize(job, extra={"train": build_training_set(layout, labels) | {"folder": "train"}})
+        return finalize(job, extra={"train": build_training_set(layout, job.secret, labels) | {"folder": "train"}})
 
     return run_job(settings, ANONYMIZE_AND_EVALUATE if evaluate else ANONYMIZE_ONLY, work)

@@ -6,12 +6,18 @@ import os
 from pathlib import Path
 
 from anonymize import SamplerSettings
-from evaluation import EvaluationSettings, weight_file
+from evaluation import EvaluationSettings, is_random_weights, weight_file
 from pipeline.execution.actors import plan_actors
 
 
 def report(
-    *, model: str | None, recognizers: str | None, engine: str, address: str | None, out: str | None = None
+    *,
+    model: str | None,
+    recognizers: str | None,
+    engine: str,
+    address: str | None,
+    out: str | None = None,
+    detectors: tuple[str | None, ...] = (),
 ) -> tuple[str, bool]:
     """The doctor's lines, and whether every required part (model, recognizer weights, cluster, the --out
     store when given) is present."""
@@ -31,6 +37,8 @@ def report(
     lines += model_lines
     if not model_ok:
         missing.append("the diffusion model")
+    else:
+        lines += weights_lines(model=model or SamplerSettings().model)
     names = tuple(n.strip() for n in recognizers.split(",")) if recognizers else EvaluationSettings().recognizers
     lines.append(f"deepface engine: {engine} (DEEPFACE_BACKEND_ENGINE is set by boomerang)")
     home = os.environ.get("DEEPFACE_HOME", str(Path.home()))
@@ -38,15 +46,66 @@ def report(
     absent = []
     for name in names:
         path = weight_file(name, engine)
-        state = "present" if path.exists() else "MISSING: copy the file there (no download without network)"
+        state = weight_state(name, engine, path)
         lines.append(f"  {name}: {path} {state}")
         if not path.exists():
             absent.append(name)
     if absent:
         missing.append(f"recognizer weights ({', '.join(absent)})")
+    detector_lines, detectors_ok = _detector_lines([d for d in detectors if d], engine)
+    lines += detector_lines
+    if not detectors_ok:
+        missing.append("face detector weights")
     ok = not missing
     lines.append("ready: every required part is present" if ok else f"NOT ready: missing {'; '.join(missing)}")
     return "\n".join(lines), ok
+
+
+def weight_state(name: str, engine: str, path: Path) -> str:
+    """present and verified / random (demo) / present, unrecorded / MISSING with the command that fetches it."""
+    from pipeline.weights.files import read_manifest, verified_sha
+    from pipeline.weights.needs import deepface_folder, needs
+
+    if not path.exists():
+        command = needs(recognizers=[name], engine=engine, urls=False).fetch_command()
+        return f"MISSING: fetch it with `{command}` (offline: copy it)"
+    if is_random_weights(name, engine):
+        return "present, random (demo weights: distances made with them mean nothing)"
+    recorded = read_manifest(deepface_folder())["files"].get(path.name, {}).get("sha256")
+    if recorded is None:
+        return "present (no sha256 recorded: not fetched by `boomerang weights fetch`)"
+    if verified_sha(deepface_folder(), path.name) == recorded:
+        return "present, verified against weights.json"
+    return "present but CHANGED since it was fetched (sha256 differs from weights.json): fetch it again"
+
+
+def _detector_lines(detectors: list[str], engine: str) -> tuple[list[str], bool]:
+    from pipeline.weights.needs import WeightsError, needs
+    from pipeline.weights.store import file_states
+
+    lines, ok = [], True
+    for detector in dict.fromkeys(detectors):
+        try:
+            want = needs(detectors=[detector], engine=engine)
+        except (ValueError, WeightsError) as err:
+            lines.append(f"  detector {detector}: {err}")
+            continue
+        if not want.deepface:
+            lines.append(f"  detector {detector}: needs no file in the weights folder")
+        for name, path, state in file_states(want):
+            if state == "MISSING":
+                ok = False
+                state = f"MISSING: fetch it with `{want.fetch_command()}`"
+            lines.append(f"  {name}: {path} {state}")
+    return lines, ok
+
+
+def weights_lines(model: str) -> list[str]:
+    """The model's state by weights.json (verified, random demo weights, no record)."""
+    from pipeline.weights.needs import needs
+    from pipeline.weights.store import file_states
+
+    return [f"  weights: {state}" for _, _, state in file_states(needs(model=model))]
 
 
 def _gpus() -> list[str]:
@@ -121,8 +180,15 @@ def output_check(out: str) -> tuple[str, bool]:
 
 
 def cmd_doctor(args) -> int:
+    if args.deepface_home:
+        os.environ["DEEPFACE_HOME"] = args.deepface_home
     text, ok = report(
-        model=args.model, recognizers=args.recognizers, engine=args.engine, address=args.address, out=args.out
+        model=args.model,
+        recognizers=args.recognizers,
+        engine=args.engine,
+        address=args.address,
+        out=args.out,
+        detectors=(args.detector, args.region_detector),
     )
     print(text)
     return 0 if ok else 1

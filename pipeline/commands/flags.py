@@ -38,6 +38,12 @@ def add_job_flags(parser: argparse.ArgumentParser, *, sampler: bool, evaluation:
     )
     parser.add_argument("--deepface-home", dest="deepface_home", help="parent of .deepface/weights (DEEPFACE_HOME)")
     parser.add_argument(
+        "--weights-from",
+        dest="weights_from",
+        help="fill each node's weights from this store (a folder, http(s) URL or s3://... written by "
+        "`boomerang weights push`), verified against its weights.json, before the models load",
+    )
+    parser.add_argument(
         "--secret-file",
         dest="secret_file",
         help="reuse a run's secret (its private/secret) to reproduce that run's outputs exactly in a new --out",
@@ -134,6 +140,13 @@ def add_job_flags(parser: argparse.ArgumentParser, *, sampler: bool, evaluation:
         )
         group.add_argument("--eval-batch-size", type=int, dest="eval_batch_size")
         group.add_argument("--report-originals", action="store_true", default=None, dest="report_originals")
+        group.add_argument(
+            "--report-withheld",
+            action="store_true",
+            default=None,
+            dest="report_withheld",
+            help="gate runs: the internal report also shows withheld outputs (thumbnails); by default only released",
+        )
     group = parser.add_argument_group("face regions")
     group.add_argument(
         "--region",

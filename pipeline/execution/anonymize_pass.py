@@ -18,6 +18,7 @@ from pipeline.folder.secret import keyed_levels
 from pipeline.settings.fingerprint import anonymize_device, device_keys
 from pipeline.tables.batch_parts import finish_batch
 from pipeline.tables.compaction import forget_pairs
+from pipeline.tables.landed import check_pass
 from pipeline.tables.resume import shard_todo
 from pipeline.tables.row_errors import error_row, problem
 
@@ -38,6 +39,7 @@ def run_pass(job: Job, levels: tuple[float, ...], image_ids: set[str] | None = N
     work: list[dict] = []
     problems: list[tuple[InputItem, float]] = []
     planned: Counter = Counter()
+    expected: dict[int, set[tuple[str, float]]] = {}  # the pass's pairs by shard, checked once it is done
     for shard, items in sorted(by_shard.items()):
         seen_now = {job.anon_ids[i.image_id]: (i.size, i.mtime) if i.size is not None else None for i in items}
         todo_by_id, retry = shard_todo(
@@ -50,6 +52,7 @@ def run_pass(job: Job, levels: tuple[float, ...], image_ids: set[str] | None = N
             if not todo:
                 continue
             planned[shard] += len(todo)
+            expected.setdefault(shard, set()).update((aid, float(level)) for level in todo)
             if item.problem:
                 problems += [(item, level) for level in todo]
             else:
@@ -63,6 +66,7 @@ def run_pass(job: Job, levels: tuple[float, ...], image_ids: set[str] | None = N
         planned,
         known=(lambda: _write_problems(job, problems)) if problems else None,
         stream=(lambda: _plan(job, work)) if work else None,
+        check=lambda: check_pass(layout, expected, evaluated=job.evaluated),
         label=label,
     )
 
@@ -89,7 +93,9 @@ def anonymize_config(job: Job, threads: int | None):
     from pipeline.execution.anonymize_stage import AnonymizeConfig
 
     settings = job.settings
-    return AnonymizeConfig(str(job.layout.root), settings.max_pixels, threads, settings.region, settings.enhance)
+    return AnonymizeConfig(
+        str(job.layout.root), settings.max_pixels, threads, settings.region, settings.enhance, settings.weights_from
+    )
 
 
 def _write_problems(job: Job, problems: list[tuple[InputItem, float]]):

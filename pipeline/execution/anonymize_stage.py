@@ -93,6 +93,7 @@ class AnonymizeConfig:
     threads: int | None = None
     region: RegionSettings = RegionSettings()
     enhance: EnhanceSettings | None = None  # boomerang enhance: upsample, then Boomerang in tiles
+    weights_from: str | None = None  # --weights-from: this node's weights are filled from it first
 
 
 @dataclass
@@ -117,6 +118,12 @@ class AnonymizeStage:
             torch.set_num_threads(config.threads)
         self.config = config
         self.layout = RunLayout.at(config.out)
+        if config.weights_from:  # the node's first actor fills its weights; the others find them verified
+            from pipeline.weights.store import stage_for_actor
+
+            region = config.region.detector if config.region.faces else None
+            s = sampler_settings
+            stage_for_actor(config.weights_from, model=s.model, revision=s.revision, region_detector=region)
         self.model = load_model(sampler_settings)
         self.sampler = BoomerangSampler(self.model, sampler_settings)
 

@@ -44,12 +44,14 @@ def drive(
     *,
     known: Callable[[], pd.DataFrame] | None = None,
     stream: Callable[[], object] | None = None,
+    check: Callable[[], None] | None = None,
     label: str = "",
 ) -> int:
     """Do one planned pass; returns the pairs done.
 
     `planned`: pairs per shard; `known`: writes the rows known before reading (bad inputs, missing outputs)
-    and returns their progress rows; `stream`: builds the Ray Data plan of the rest (called once Ray is up).
+    and returns their progress rows; `stream`: builds the Ray Data plan of the rest (called once Ray is up);
+    `check`: run once every shard is compacted, before the pass counts as done.
     """
     total = sum(planned.values())
     if total == 0:
@@ -69,6 +71,8 @@ def drive(
             progress.update(len(batch), int((batch["status"] != "ok").sum()))
             compactor.update(batch)
     compactor.finish()
+    if check is not None:
+        check()  # every planned pair's rows and image landed (pipeline.tables.landed)
     job.timings.mark("pass_done")
     progress.close()
     job.pairs_done_now += progress.done
@@ -84,7 +88,9 @@ def evaluate_stage(ds, job: Job, *, actors: int, gpus: float, cpus: float, deepf
     from pipeline.execution.evaluate_stage import EvaluateConfig, EvaluateStage
 
     settings = job.settings
-    config = EvaluateConfig(str(job.layout.root), settings.max_pixels, deepface_home, 1, settings.region)
+    config = EvaluateConfig(
+        str(job.layout.root), settings.max_pixels, deepface_home, 1, settings.region, settings.weights_from
+    )
     return ds.map_batches(
         EvaluateStage,
         fn_constructor_args=(settings.evaluation, config, read),

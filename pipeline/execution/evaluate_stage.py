@@ -35,6 +35,7 @@ class EvaluateConfig:
     deepface_home: str | None = None
     threads: int | None = None
     region: RegionSettings = RegionSettings()
+    weights_from: str | None = None  # --weights-from: this node's weights are filled from it first
 
 
 class EvaluateStage:
@@ -46,6 +47,17 @@ class EvaluateStage:
         # deepface reads DEEPFACE_HOME when it loads weights; set it before the recognizers are built.
         if config.deepface_home:
             os.environ["DEEPFACE_HOME"] = config.deepface_home
+        if config.weights_from:  # the node's first actor fills its weights; the others find them verified
+            from pipeline.weights.store import stage_for_actor
+
+            s, region = evaluation_settings, config.region
+            stage_for_actor(
+                config.weights_from,
+                recognizers=s.recognizers,
+                detectors=[s.detector],
+                region_detector=region.detector if region.faces else None,
+                engine=s.engine,
+            )
         import torch
 
         if config.threads:

@@ -168,14 +168,13 @@ def _prepare_locked(settings: JobSettings, stages: str, layout: RunLayout, lock:
     labels = identity_labels(inputs, settings.identity_from, settings.identity_column)
     if settings.deepface_home:
         os.environ["DEEPFACE_HOME"] = settings.deepface_home
-    # Fail here, in one line, rather than in every actor (which Ray would restart forever).
-    model = model_identity(settings.sampler) if stages != EVALUATE_ONLY else None
-    recognizers = None
-    if stages != ANONYMIZE_ONLY:
-        from evaluation import check_weights
+    # Fail here, in one line, rather than in every actor (which Ray would restart forever); with --weights-from,
+    # fill this node's weights from the store first (pipeline.weights).
+    from pipeline.weights.store import prepare_job_weights
 
-        check_weights(settings.evaluation.recognizers, settings.evaluation.engine)
-        recognizers = recognizer_identity(settings.evaluation)
+    prepare_job_weights(settings, stages)
+    model = model_identity(settings.sampler) if stages != EVALUATE_ONLY else None
+    recognizers = recognizer_identity(settings.evaluation) if stages != ANONYMIZE_ONLY else None
     device = _device_before_cluster(settings) if stages != EVALUATE_ONLY else None
     determining = fingerprint(settings, stages, model, recognizers, device)
     if not settings.overwrite:

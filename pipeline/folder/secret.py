@@ -16,6 +16,7 @@ from pathlib import Path
 
 from anonymize.seeding import MIN_SECRET_BYTES, output_seed
 from pipeline.folder.layout import OutputError, RunLayout, write_private_bytes
+from pipeline.folder.read_back import write_bytes_checked
 
 SECRET_BYTES = 32
 
@@ -59,7 +60,7 @@ def load_secret(layout: RunLayout, secret_file: str | None = None) -> bytes:
         # The recovery the line above advises: the given secret becomes the folder's, if its names agree.
         _check_names(layout, given)
     value = given if given is not None else secrets.token_bytes(SECRET_BYTES)
-    write_private_bytes(path, value.hex().encode("ascii") + b"\n")
+    write_bytes_checked(write_private_bytes, path, value.hex().encode("ascii") + b"\n")  # read back: never lost
     return value
 
 

@@ -63,6 +63,7 @@ class JobSettings:
     identity_from: str | None = None
     identity_column: str | None = None
     deepface_home: str | None = None
+    weights_from: str | None = None  # pipeline.weights: a store each node fills its weights from
     secret_file: str | None = None
     retry_errors: bool = False
     shared_filesystem_lock: bool = False  # a local --out on NFS/SMB/FUSE: the user vouches for its locks
@@ -159,7 +160,7 @@ class JobSettings:
         return data
 
 
-_NOT_PUBLIC = ("input", "out", "secret_file", "deepface_home")
+_NOT_PUBLIC = ("input", "out", "secret_file", "deepface_home", "weights_from")
 
 
 def public_model(model: str, weights_sha256: str | None = None) -> str:
@@ -298,7 +299,7 @@ def build_settings(values: Mapping[str, Any]) -> JobSettings:
     if isinstance(job.get("gate_thresholds"), Mapping):
         job["gate_thresholds"] = tuple((str(k), float(v)) for k, v in job["gate_thresholds"].items())
     # Workers on other machines (or in another folder) must get the same files: absolute paths or URLs.
-    for key in ("input", "out", "deepface_home", "secret_file"):
+    for key in ("input", "out", "deepface_home", "secret_file", "weights_from"):
         if isinstance(job.get(key), str) and job[key]:
             job[key] = absolute(job[key])
     if isinstance(sampler.get("model"), str) and Path(sampler["model"]).expanduser().exists():

@@ -36,6 +36,7 @@ NOT_OUTPUT: dict[str, str] = {
     "id_column": "names the input's rows, like INPUT; a changed id is a new image, not a changed output",
     "image_column": "names the input's bytes, like INPUT",
     "deepface_home": "a path: the recognizers' weights are pinned by recognizer_weights (their sha256)",
+    "weights_from": "where weights are copied from: they are pinned by sampler.model and recognizer_weights",
     "secret_file": "the secret itself is checked against the folder's outputs (pipeline.folder.secret); its path is "
     "not recorded, and nothing of the secret may leave private/",
     # Scheduling: the model runs on a fixed --model-batch and one torch thread per CPU actor

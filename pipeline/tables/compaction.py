@@ -11,6 +11,7 @@ import pyarrow as pa
 
 from pipeline.folder import storage
 from pipeline.folder.layout import RunLayout
+from pipeline.folder.read_back import write_table_checked
 from pipeline.folder.storage import Location
 from pipeline.tables.markers import (
     ABSORBED_KEY,
@@ -65,7 +66,8 @@ def compact_shard(layout: RunLayout, shard: int) -> bool:
         elif folder == layout.manifest:
             evaluated = evaluated_pairs is not None and pair_keys(merged) <= evaluated_pairs
             merged = with_marker(merged, evaluated, failed_evaluations)
-        (write_private_table if private else write_public_table)(merged, folder / name)
+        # Read back before the parts go: a store that lost this write must not take the rows with it.
+        write_table_checked(write_private_table if private else write_public_table, merged, folder / name)
     for folder, _, _ in table_folders(layout):
         for n in done:
             (folder / n).unlink(missing_ok=True)

@@ -29,10 +29,9 @@ REASON = r"[a-z][a-z0-9_ ]{0,39}: [A-Za-z0-9 ,;.()=+%-]{1,200}"
 
 RECOGNIZER = r"[A-Za-z][A-Za-z0-9_-]{1,31}"
 
-# A class label or summary label the user chose (`--label`, augment's classes): free text, one line.
+# A summary label the user chose (`--label`): free text, one line.
 LABEL = r"[^\\\x00-\x1f'\"`~:]{1,200}"
-
-CLASS_PATH = r"[^/\\\x00-\x1f'\"`~:]+(?:/[^/\\\x00-\x1f'\"`~:]+)*"
+CLASS_NAME = r"(?:class-[0-9a-f]{12}|_unlabelled)"  # pipeline.outputs.training_set's pseudonyms
 
 
 def one_of(*values: str) -> str:

@@ -25,7 +25,7 @@ import pyarrow as pa
 from evaluation.tables import DISTANCES_SCHEMA, SUMMARY_SCHEMA
 from pipeline.tables.public_surface import (
     ANON_ID,
-    CLASS_PATH,
+    CLASS_NAME,
     LABEL,
     LEVEL_DIR,
     REASON,
@@ -216,6 +216,9 @@ LABELS_SCHEMA = pa.schema(
     [("path", pa.string()), ("label", pa.string()), ("level", pa.float64()), ("sample", pa.int32())]
 )
 
+# `boomerang augment`, private: each class's pseudonym in train/ and its name (pipeline.augment).
+CLASSES_SCHEMA = pa.schema([("class", pa.string()), ("label", pa.string())])
+
 # `boomerang enhance`: per image and method, and per (method, level).
 QUALITY_SCHEMA = pa.schema(
     [
@@ -289,17 +292,18 @@ TABLES: tuple[Table, ...] = (
             "output_path": Rule(rf"images/{RELEASE_NAME}\.png", names_files=True),
         },
     ),
-    # The class is the input's parent folder unless a label column is given (pipeline.outputs.training_set): a training
-    # set by class is what the user asked for; see docs/privacy.md on what class names say.
+    # A class is shown by its keyed pseudonym only (pipeline.outputs.training_set); its name is in
+    # private/classes.parquet.
     _table(
         "augment_labels",
         "train/labels.parquet",
         LABELS_SCHEMA,
         rules={
-            "path": Rule(rf"(?:{LEVEL_DIR}/)?{CLASS_PATH}/{ANON_ID}\.png", names_files=True),
-            "label": Rule(CLASS_PATH, names_files=True),
+            "path": Rule(rf"(?:{LEVEL_DIR}/)?{CLASS_NAME}/{ANON_ID}\.png", names_files=True),
+            "label": CLASS_NAME,
         },
     ),
+    _table("classes", "private/classes.parquet", CLASSES_SCHEMA, private=("class", "label")),
     _table(
         "outputs",
         "private/outputs.parquet",

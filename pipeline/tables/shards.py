@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from pipeline.folder import storage
 from pipeline.folder.layout import RunLayout
+from pipeline.folder.read_back import write_bytes_checked
 from pipeline.folder.storage import Location
 
 SHARDS_FILE = "_shards.json"
@@ -87,7 +88,8 @@ def plan_shards(layout: RunLayout, anon_ids: Iterable[str], size: int) -> Shards
     if found is not None:
         return found
     shards = Shards.cut(anon_ids, size)
-    storage.write_text(layout.manifest / SHARDS_FILE, json.dumps({"size": shards.size, "starts": list(shards.starts)}))
+    cut = json.dumps({"size": shards.size, "starts": list(shards.starts)}).encode()
+    write_bytes_checked(storage.write_bytes, layout.manifest / SHARDS_FILE, cut)  # read back: workers need it
     _cache.clear()
     return shards
 

@@ -266,3 +266,61 @@ def test_folder_with_missing_weight_file(tmp_path, pixel_path):
     with pytest.raises(WeightsNotFound) as info:
         load_model(SamplerSettings(model=str(partial)))
     assert "\n" not in str(info.value) and f"loading {partial} failed" in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def with_safety_checker(tmp_path_factory, latent_path):
+    """A Stable-Diffusion-layout folder as the hub ships one: the tiny pipeline plus a tiny random CLIP safety
+    checker and its image processor, saved with save_pretrained."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    base = StableDiffusionPipeline.from_pretrained(latent_path, local_files_only=True)
+    torch.manual_seed(0)
+    small = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2}
+    config = CLIPConfig(
+        text_config={**small, "vocab_size": 1000},
+        vision_config={**small, "image_size": 32, "patch_size": 8},
+        projection_dim=32,
+    )
+    pipe = StableDiffusionPipeline(
+        **{k: v for k, v in base.components.items() if k not in ("safety_checker", "feature_extractor")},
+        safety_checker=StableDiffusionSafetyChecker(config).eval(),
+        feature_extractor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32),
+        requires_safety_checker=True,
+    )
+    folder = tmp_path_factory.mktemp("sd-with-safety-checker")
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def test_safety_checker_and_feature_extractor_are_never_loaded(with_safety_checker):
+    from diffusers import DiffusionPipeline
+
+    assert (with_safety_checker / "safety_checker" / "model.safetensors").is_file()
+    assert (with_safety_checker / "feature_extractor" / "preprocessor_config.json").is_file()
+    # diffusers' own default loads them: the folder is the layout the hub ships.
+    plain = DiffusionPipeline.from_pretrained(with_safety_checker, local_files_only=True)
+    assert plain.safety_checker is not None and plain.feature_extractor is not None
+
+    loaded = load_model(SamplerSettings(model=str(with_safety_checker), device="cpu"))
+    components = loaded.pipeline.components
+    assert components["safety_checker"] is None and components["feature_extractor"] is None
+    modules = sorted(name for name, c in components.items() if isinstance(c, torch.nn.Module))
+    assert modules == ["text_encoder", "unet", "vae"]
+    counted = sum(p.numel() for c in components.values() if isinstance(c, torch.nn.Module) for p in c.parameters())
+    plain_modules = [c for c in plain.components.values() if isinstance(c, torch.nn.Module)]
+    checker = sum(p.numel() for p in plain.safety_checker.parameters())
+    assert counted == sum(p.numel() for c in plain_modules for p in c.parameters()) - checker
+
+
+def test_a_folder_of_fp16_variant_files_loads(tmp_path, latent_path):
+    """`boomerang weights fetch --variant fp16` takes only a model's *.fp16.safetensors: such a folder loads."""
+    from diffusers import DiffusionPipeline
+
+    folder = tmp_path / "fp16"
+    DiffusionPipeline.from_pretrained(latent_path, local_files_only=True).save_pretrained(folder, variant="fp16")
+    assert sorted(p.name for p in folder.glob("unet/*.safetensors")) == ["diffusion_pytorch_model.fp16.safetensors"]
+    model = load_model(SamplerSettings(model=str(folder), device="cpu"))
+    assert model.kind == "latent"
