@@ -146,6 +146,13 @@ def _add_job_flags(parser: argparse.ArgumentParser, *, sampler: bool, evaluation
         )
         group.add_argument("--eval-batch-size", type=int, dest="eval_batch_size")
         group.add_argument("--report-originals", action="store_true", default=None, dest="report_originals")
+        group.add_argument(
+            "--report-withheld",
+            action="store_true",
+            default=None,
+            dest="report_withheld",
+            help="gate runs: the internal report also shows withheld outputs (thumbnails); by default only released",
+        )
     group = parser.add_argument_group("face regions")
     group.add_argument(
         "--region",
