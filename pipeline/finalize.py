@@ -442,7 +442,13 @@ def closing_lines(result: JobResult) -> list[str]:
 
 
 def _cleared(row) -> str:
+    """`Facenet 75% (6/8 images; not counted: 2 with no face in the original)`: what the count counts (faces in
+    face-region mode), and what it leaves out."""
     # A missing output (another tool skipped the image) counts as not cleared.
     trials = row.n_evaluated + row.n_missing_output
     fraction = "-" if pd.isna(row.fraction_cleared) else f"{row.fraction_cleared:.0%}"
-    return f"{row.recognizer} {fraction} ({row.n_cleared}/{trials})"
+    unit = "faces" if pd.notna(getattr(row, "n_faces", None)) else "images"
+    left = [f"{row.n_no_face_original} with no face in the original"] if row.n_no_face_original else []
+    left += [f"{row.n_errors} failed"] if row.n_errors else []
+    rest = f"; not counted: {', '.join(left)}" if left else ""
+    return f"{row.recognizer} {fraction} ({row.n_cleared}/{trials} {unit}{rest})"

@@ -97,10 +97,11 @@ def without_linkable(status: pd.DataFrame, too_close: set) -> pd.DataFrame:
 def run_gate(job: Job) -> JobResult:
     thresholds = gate_thresholds(job.settings)
     remaining = {item.image_id for item in job.inputs.items}
-    for level in job.settings.ladder:
+    ladder = job.settings.ladder
+    for rung, level in enumerate(ladder, 1):
         if not remaining:
             break
-        run_pass(job, (level,), image_ids=remaining, label=f"gate level {level:g}")
+        run_pass(job, (level,), image_ids=remaining, label=f"gate level {level:g} (rung {rung} of {len(ladder)})")
         too_close = linkable(job.layout, job.settings.gate_max_linkage) if job.settings.gate_max_linkage else set()
         settled: set[str] = set()
         for manifest, distances in shard_rows(job):

@@ -46,6 +46,7 @@ def gate_run(ray_runtime, deepface_home, tiny_sd, tmp_path_factory):
 
     with contextlib.redirect_stdout(buffer):
         assert main(argv) == 0
+    assert not (out / ".boomerang.lock").exists()  # a finished local run leaves no lock file
     release = pd.read_parquet(out / "release" / "manifest.parquet")
     assert 0 < len(release) < len(ids), "all or nothing released: the checks below would be vacuous"
     return SimpleNamespace(data=data, out=out, ids=ids, lines=buffer.getvalue().splitlines(), release=release)
