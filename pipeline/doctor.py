@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from anonymize import SamplerSettings
-from evaluation import EvaluationSettings, weight_file
+from evaluation import EvaluationSettings, is_random_weights, weight_file
 
 from .plan import plan_actors
 
@@ -37,17 +37,39 @@ def report(
     home = os.environ.get("DEEPFACE_HOME", str(Path.home()))
     lines.append(f"deepface weights folder: {Path(home) / '.deepface' / 'weights'} (DEEPFACE_HOME={home})")
     absent = []
+    random = [model_name(model)] if _model_is_random(model or SamplerSettings().model) else []
     for name in names:
         path = weight_file(name, engine)
         state = "present" if path.exists() else "MISSING: copy the file there (no download without network)"
+        if path.exists() and is_random_weights(name, engine):
+            state += f" ({RANDOM})"
+            random.append(name)
         lines.append(f"  {name}: {path} {state}")
         if not path.exists():
             absent.append(name)
     if absent:
         missing.append(f"recognizer weights ({', '.join(absent)})")
     ok = not missing
-    lines.append("ready: every required part is present" if ok else f"NOT ready: missing {'; '.join(missing)}")
+    if ok and random:  # present, but what a job measures with them means nothing
+        lines.append(f"ready: every required part is present, but {', '.join(random)}: {RANDOM}")
+    else:
+        lines.append("ready: every required part is present" if ok else f"NOT ready: missing {'; '.join(missing)}")
     return "\n".join(lines), ok
+
+
+RANDOM = "random weights: numbers not meaningful"
+
+
+def model_name(model: str | None) -> str:
+    return "the diffusion model" if model is None else f"model {model}"
+
+
+def _model_is_random(model: str) -> bool:
+    """A local folder that `boomerang demo` (anonymize.tiny_models) made: random weights."""
+    from anonymize import made_by_boomerang
+
+    path = Path(model).expanduser()
+    return path.is_dir() and bool(made_by_boomerang(path))
 
 
 def _gpus() -> list[str]:
