@@ -30,7 +30,7 @@ from .diversity import diversity_section, sample_diversity, with_diversity
 from .layout import write_public_table
 from .provenance import now, read_json, write_json_atomic
 from .records import ROWS_PER_STEP, shards_with_rows, table_files, table_steps
-from .report_document import document_rows, input_digest, report_settings, thumbnail
+from .report_document import document_rows, input_digest, report_settings, run_secret, thumbnail
 
 if TYPE_CHECKING:
     from .job import Job
@@ -349,9 +349,12 @@ def build_report(
     what, ids = covers or ("input", _input_ids(job))
     files = render_report(
         title="Boomerang anonymization report",
-        document=document_rows(record, len(ids), input_digest(job.secret, ids), what),
+        document=document_rows(record, len(ids), input_digest(run_secret(job), ids), what),
         samples_heading=samples_heading,
-        settings=report_settings(job.settings, job.mode, job.settings.public_dict(model.get("weights_sha256"))),
+        # The command that made the folder (`boomerang report` rebuilds any folder as "run").
+        settings=report_settings(
+            job.settings, record.get("command") or job.mode, job.settings.public_dict(model.get("weights_sha256"))
+        ),
         versions={
             **record.get("versions", {}),
             **{f"model {k}": v for k, v in model.items()},

@@ -34,7 +34,7 @@ from .provenance import read_json
 from .records import shards_with_rows, table_steps
 from .release import copy_synced, release_key, release_name, staged_folder
 from .release_card import released_summary, write_dataset_files
-from .report_document import document_rows, input_digest
+from .report_document import document_rows, input_digest, run_secret
 from .schemas import RELEASE_SCHEMA, RELEASED_SCHEMA
 
 NO_FACE = "no face found in the original"
@@ -189,7 +189,7 @@ def finish_gate(job: Job) -> JobResult:
             covers=covers,
         )
         document = document_rows(
-            read_json(job.layout.run_json), len(covers[1]), input_digest(job.secret, covers[1]), "release"
+            read_json(job.layout.run_json), len(covers[1]), input_digest(run_secret(job), covers[1]), "release"
         )
         write_dataset_files(job, folder, result.verdict, document, gate["thresholds"])
     return result

@@ -33,6 +33,18 @@ _GATE_ONLY = ("ladder", "gate_thresholds", "gate_max_linkage", "report_withheld"
 _OUTPUT_ONLY = ("report_originals", "report_withheld")
 
 
+def run_secret(job) -> bytes:
+    """The run's secret: the job's, or (a report rebuilt by `boomerang report`, which holds none) private/secret's."""
+    if job.secret:
+        return job.secret
+    from .secret import parse_secret
+
+    path = job.layout.secret_file
+    if not path.exists():
+        return b""
+    return parse_secret(path.read_text(encoding="ascii", errors="replace"), f"{path}")
+
+
 def input_digest(secret: bytes, anon_ids: Iterable[str]) -> str:
     """A digest of the set of inputs (their keyed anon_ids, in sorted order) under a key derived from the
     run's secret: equal for the same input and secret, and says nothing about any image without the secret."""

@@ -179,3 +179,22 @@ def test_the_first_screen_of_both_reports_shows_the_verdict(gate_run, tmp_path):
     out = gate_run.out
     for page in (out / "report" / "index.html", out / "release" / "report" / "index.html"):
         assert verdict_bottom(page, tmp_path) <= FIRST_SCREEN[1], page
+
+
+def digests(page: str) -> list[str]:
+    return re.findall(r"fingerprint</th><td[^>]*>([^<]*)</td>", page)
+
+
+@pytest.mark.heavy
+def test_a_rebuilt_report_fingerprints_the_same_sets(gate_run):
+    """`boomerang report` (no input, no secret given) rebuilds both reports and the card with the same digests."""
+    from pipeline.cli import main
+
+    out = gate_run.out
+    pages = [out / "report" / "index.html", out / "release" / "report" / "index.html"]
+    before = [digests(p.read_text()) for p in pages]
+    assert all(len(d) == 1 for d in before)
+    assert main(["report", str(out)]) == 0
+    assert [digests(p.read_text()) for p in pages] == before
+    assert before[1][0] in (out / "release" / "README.md").read_text()
+    assert not (out / ".boomerang.lock").exists()
