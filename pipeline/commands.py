@@ -72,7 +72,7 @@ def cmd_augment(args: argparse.Namespace) -> int:
         run_pass(job, job.settings.levels)
         labels = identity_labels(job.inputs, None, label_column) if label_column else None
         layout = job.layout
-        return finalize(job, extra={"train": build_training_set(layout, labels) | {"folder": "train"}})
+        return finalize(job, extra={"train": build_training_set(layout, job.secret, labels) | {"folder": "train"}})
 
     return run_job(settings, "run" if evaluate else "anonymize", work)
 

@@ -69,6 +69,8 @@ class RunLayout:
     release = property(lambda self: self.root / "release")
     # `boomerang augment`: the outputs again, laid out for a data loader (class folders, labels.parquet).
     train = property(lambda self: self.root / "train")
+    # Its classes' pseudonyms and names (a class is a person, in a face dataset).
+    classes = property(lambda self: self.root / "private" / "classes.parquet")
 
     def check_store(self) -> None:
         """One line (OutputError) when `--out` is a URL whose store cannot be used; nothing for a local folder."""

@@ -39,9 +39,9 @@ LEVEL_DIR = r"level=[0-9]+(?:\.[0-9]+)?"  # pipeline.layout.level_dirname
 # "Type: message" of an exception), no underscore (so no LFW-style id); an exception's TYPE may be named.
 REASON = r"[a-z][a-z0-9_ ]{0,39}: [A-Za-z0-9 ,;.()=+%-]{1,200}"
 RECOGNIZER = r"[A-Za-z][A-Za-z0-9_-]{1,31}"
-# A class label or summary label the user chose (`--label`, augment's classes): free text, one line.
+# A summary label the user chose (`--label`): free text, one line.
 LABEL = r"[^\\\x00-\x1f'\"`~:]{1,200}"
-CLASS_PATH = r"[^/\\\x00-\x1f'\"`~:]+(?:/[^/\\\x00-\x1f'\"`~:]+)*"
+CLASS_NAME = r"(?:class-[0-9a-f]{12}|_unlabelled)"  # pipeline.augment's pseudonyms
 
 
 def one_of(*values: str) -> str:
@@ -244,6 +244,9 @@ LABELS_SCHEMA = pa.schema(
     [("path", pa.string()), ("label", pa.string()), ("level", pa.float64()), ("sample", pa.int32())]
 )
 
+# `boomerang augment`, private: each class's pseudonym in train/ and its name (pipeline.augment).
+CLASSES_SCHEMA = pa.schema([("class", pa.string()), ("label", pa.string())])
+
 # `boomerang enhance`: per image and method, and per (method, level).
 QUALITY_SCHEMA = pa.schema(
     [
@@ -315,17 +318,17 @@ TABLES: tuple[Table, ...] = (
             "output_path": Rule(rf"images/{RELEASE_NAME}\.png", names_files=True),
         },
     ),
-    # The class is the input's parent folder unless a label column is given (pipeline.augment): a training
-    # set by class is what the user asked for; see docs/privacy.md on what class names say.
+    # A class is shown by its keyed pseudonym only (pipeline.augment); its name is in private/classes.parquet.
     _table(
         "augment_labels",
         "train/labels.parquet",
         LABELS_SCHEMA,
         rules={
-            "path": Rule(rf"(?:{LEVEL_DIR}/)?{CLASS_PATH}/{ANON_ID}\.png", names_files=True),
-            "label": Rule(CLASS_PATH, names_files=True),
+            "path": Rule(rf"(?:{LEVEL_DIR}/)?{CLASS_NAME}/{ANON_ID}\.png", names_files=True),
+            "label": CLASS_NAME,
         },
     ),
+    _table("classes", "private/classes.parquet", CLASSES_SCHEMA, private=("class", "label")),
     _table(
         "outputs",
         "private/outputs.parquet",

@@ -70,14 +70,18 @@ def test_samples_and_augment(cli, tiny_sd, tmp_path):
     assert not any((aug / "evaluation" / "distances.parquet").glob("*.parquet"))  # evaluation off
     train = aug / "train"
     labels = pd.read_parquet(train / "labels.parquet")
-    assert sorted(labels["label"]) == ["cats"] * 3 + ["dogs"] * 3
+    # A class is shown by its keyed pseudonym (in a face dataset, the folder is a person's name); the owner
+    # finds its name in private/classes.parquet.
+    names = pd.read_parquet(aug / "private" / "classes.parquet").set_index("class")["label"].to_dict()
+    assert sorted(names.values()) == ["cats", "dogs"] and all(c.startswith("class-") for c in names)
+    assert sorted(labels["label"].map(names)) == ["cats"] * 3 + ["dogs"] * 3
     files = sorted(p.relative_to(train).as_posix() for p in train.rglob("*.png"))
     assert files == sorted(labels["path"])
     by_anon = outputs(aug).set_index("anon_id")
     for path in files:
         label, name = path.split("/")
         anon = name.removesuffix(".png")
-        assert classes[by_anon.loc[anon, "image_id"]] == label  # each output in its input's class
+        assert classes[by_anon.loc[anon, "image_id"]] == names[label]  # each output in its input's class
         assert not any(word in name for word in ("tabby", "beagle", ".jpg"))  # nothing of the source name
         assert hashlib.sha256((train / path).read_bytes()).hexdigest() == by_anon.loc[anon, "bytes"]
 

@@ -189,21 +189,23 @@ def test_a_two_node_cluster_reads_and_writes_the_object_store_with_every_row_onc
 
 @pytest.mark.slow
 @pytest.mark.heavy
-def test_a_gated_release_on_s3_its_report_and_overwrite(s3_server, tmp_path, tiny_sd, deepface_home):
+def test_a_gated_release_on_s3_its_report_forget_and_overwrite(s3_server, tmp_path, tiny_sd, deepface_home):
+    """A gate job, `report`, `forget --identity` and `--overwrite` where --out is a bucket."""
     data = tmp_path / "source_faces"
-    write_faces(data, 4, size=(64, 64))
+    people = ("Ann_Lee", "Bob_Ray")
+    write_faces(data, 4, size=(64, 64), people=people)
     out = f"{s3_server.bucket('runs')}/gated"
     argv = ["run", str(data), "--out", out, "--steps", "4", "--model", str(tiny_sd), "--recognizers", "Facenet"]
     argv += ["--detector", "skip", "--deepface-home", str(deepface_home), "--batch-size", "2", "--eval-batch-size", "2"]
-    gate = ["--gate", "--ladder", "0.3,0.6", "--gate-thresholds", "Facenet=0.01"]
-    gate += ["--gate-override", "detector-skip,thresholds"]
+    gate = ["--gate", "--ladder", "0.3,0.6", "--gate-thresholds", "Facenet=0.01", "--shard-size", "2"]
+    gate += ["--gate-override", "detector-skip,thresholds", "--identity-from", "folder"]
 
     result = boomerang(*argv, *gate)
 
     assert result.returncode == 0, result.stderr[-3000:]
     release = read_table(f"{out}/release/manifest.parquet")
     assert len(release) >= 1
-    fs, root = fsspec.core.url_to_fs(out)
+    fs, root = fsspec.core.url_to_fs(out, use_listings_cache=False)
     for row in release.itertuples():  # every released file is its output, byte for byte
         assert hashlib.sha256(fs.cat_file(f"{root}/release/{row.output_path}")).hexdigest() == row.sha256_output
     assert listing(f"{out}/release/images") == sorted(p.split("/")[-1] for p in release["output_path"])
@@ -212,6 +214,25 @@ def test_a_gated_release_on_s3_its_report_and_overwrite(s3_server, tmp_path, tin
     rebuilt = boomerang("report", out)
     assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
     assert f"{out}/report/index.html" in rebuilt.stdout
+
+    # forget: no key, byte or cell of the withdrawn person is left, and the release is whole.
+    identities = read_table(f"{out}/private/identities.parquet")
+    gone = set(identities.loc[identities["identity"] == people[1], "anon_id"])
+    assert gone
+    result = boomerang("forget", out, "--identity", people[1])
+    assert result.returncode == 0, result.stderr[-3000:]
+    keys = listing(out)
+    for key in keys:
+        blob = fs.cat_file(f"{root}/{key}")
+        cells = set()
+        if key.endswith(".parquet"):
+            table = read_table(f"{out}/{key}")
+            cells = {str(v) for column in table.columns for v in table[column]}
+        assert not [a for a in gone if a in key or a.encode() in blob or a in cells or people[1] in cells], key
+    release = read_table(f"{out}/release/manifest.parquet")
+    images = sorted(k.split("/")[-1] for k in keys if k.startswith("release/images/"))
+    assert images == sorted(p.split("/")[-1] for p in release["output_path"])
+    assert not [k for k in keys if k.startswith("release.")]  # no staging or old folder left
 
     again = boomerang(*argv, "--levels", "0.5", "--overwrite")
     assert again.returncode == 0, again.stderr[-3000:]
