@@ -152,6 +152,13 @@ def _add_job_flags(parser: argparse.ArgumentParser, *, sampler: bool, evaluation
         )
         group.add_argument("--eval-batch-size", type=int, dest="eval_batch_size")
         group.add_argument("--report-originals", action="store_true", default=None, dest="report_originals")
+        group.add_argument(
+            "--report-withheld",
+            action="store_true",
+            default=None,
+            dest="report_withheld",
+            help="gate runs: the internal report also shows withheld outputs (thumbnails); by default only released",
+        )
     group = parser.add_argument_group("face regions")
     group.add_argument(
         "--region",
@@ -370,7 +377,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return commands.dispatch(args)
     except KeyboardInterrupt as err:
         reason = "terminated" if isinstance(err, commands.Terminated) else "interrupted"
-        print(f"boomerang: {reason}; what finished is kept: run the same command again to resume", file=sys.stderr)
+        from .messages import interrupt_line
+
+        print(interrupt_line(reason, getattr(err, "kept", None)), file=sys.stderr)
         return 130
     except commands.CANNOT_RUN as err:
         print(f"boomerang: {_one_line(err)}", file=sys.stderr)

@@ -18,6 +18,7 @@ from .inputs import InputError
 from .job import Job, JobError, JobFailed, prepare, record_failure, run_pass
 from .layout import OutputError, RunLayout
 from .lock import LockLost, run_lock
+from .messages import kept_outputs
 from .provenance import RefusedRerun, read_json
 
 # Errors that mean "this job cannot run": one line on stderr and exit status 2, never a trace.
@@ -132,6 +133,7 @@ def run_job(settings: JobSettings, mode: str, work: Callable[[Job], JobResult] |
     except CANNOT_RUN:
         raise
     except KeyboardInterrupt as err:
+        err.kept = kept_outputs(job)  # the terminal's line and run.json say how much was kept
         record_failure(job, err, status="interrupted")
         raise
     except ClusterUnavailable as err:  # its message already says what to do; nothing ran

@@ -20,6 +20,7 @@ from evaluation.summary import (
     summary_from_partials,
     verdict_lines,
     verdict_table,
+    with_verdict,
 )
 
 from . import storage
@@ -29,6 +30,7 @@ from .diversity import diversity_section, sample_diversity, with_diversity
 from .layout import write_public_table
 from .provenance import now, read_json, write_json_atomic
 from .records import ROWS_PER_STEP, shards_with_rows, table_files, table_steps
+from .report_document import document_rows, input_digest, report_settings, run_secret, thumbnail
 
 if TYPE_CHECKING:
     from .job import Job
@@ -101,10 +103,14 @@ class JobResult:
         return self.overview.counts["errors"]
 
 
-def finalize(job: Job, sections=(), extra: dict | None = None, released: set | None = None) -> JobResult:
+def finalize(
+    job: Job, sections=(), extra: dict | None = None, released: set | None = None, released_rows=None
+) -> JobResult:
     """Rebuild the summary and report from the Parquet files (so they always agree with them).
 
-    `released` (gate runs): the (anon_id, level) pairs in release/, for the captions of the internal report.
+    `released` (gate runs): the (anon_id, level) pairs in release/, for the captions of the internal report;
+    `released_rows`: their manifest rows, the internal report's pictures (withheld ones only with
+    --report-withheld).
     """
     layout = job.layout
     overview = ManifestOverview.read(layout)
@@ -124,13 +130,32 @@ def finalize(job: Job, sections=(), extra: dict | None = None, released: set | N
             sections = [*sections, *filter(None, [linkage_section(summary)])]
         summary = with_diversity(summary, sample_diversity(layout))
         sections = [*sections, *filter(None, [diversity_section(summary)])]
+        table = verdict_table(verdicts)
+        summary = with_verdict(summary, table, gate)  # the verdict travels with the numbers (summary.parquet)
         write_public_table(summary_table(summary), layout.summary)
         counted = (extra or {}).get("gate")
         counted = (counted["released"], counted["released"] + counted["withheld"]) if counted else None
-        verdict = verdict_lines(verdict_table(verdicts), gate, summary, counted)
-        samples = internal_samples(job, overview.samples, released)
+        verdict = verdict_lines(table, gate, summary, counted)
+        samples = internal_samples(job, report_sample_rows(job, overview.samples, released_rows), released)
+        heading = "Sample anonymized images (thumbnails)"
+        if released is not None:
+            heading = (
+                "Sample outputs, released and withheld (thumbnails, --report-withheld)"
+                if job.settings.report_withheld
+                else "Sample released outputs (thumbnails; withheld ones only with --report-withheld)"
+            )
         report = str(
-            build_report(job, overview.failures, summary, distances, samples, sections, verdict=verdict, gate=gate)
+            build_report(
+                job,
+                overview.failures,
+                summary,
+                distances,
+                samples,
+                sections,
+                verdict=verdict,
+                gate=gate,
+                samples_heading=heading,
+            )
         )
     record = read_json(layout.run_json)
     job.timings.mark("finished")
@@ -246,8 +271,20 @@ def _merge_pairwise(partials: list[dict]) -> dict:
     return partials[0] if partials else {}
 
 
+def report_sample_rows(job: Job, chosen: pd.DataFrame, released_rows: pd.DataFrame | None) -> pd.DataFrame:
+    """The rows the internal report pictures: in a gate run the released outputs (and the sampled withheld ones
+    too with --report-withheld, the riskiest pictures of the run); elsewhere the sampled outputs."""
+    if released_rows is None:
+        return chosen
+    shown = released_rows[[c for c in MANIFEST_COLUMNS if c in released_rows]]
+    if job.settings.report_withheld:
+        shown = pd.concat([shown, chosen], ignore_index=True).drop_duplicates(["anon_id", "level"])
+    return shown.sort_values(["level", "anon_id"]).head(SAMPLE_IMAGES)
+
+
 def internal_samples(job: Job, chosen: pd.DataFrame, released: set | None = None) -> list[tuple[str, bytes]]:
-    """(caption, PNG) for the internal report of these ok rows, captioned released / withheld in gate runs.
+    """(caption, PNG thumbnail) for the internal report of these ok rows, captioned released / withheld in gate
+    runs; never an output at full resolution (report_document.thumbnail).
 
     Originals only with --report-originals, re-encoded so no metadata travels.
     """
@@ -263,7 +300,7 @@ def internal_samples(job: Job, chosen: pd.DataFrame, released: set | None = None
         if released is not None:
             caption += " released" if (row.anon_id, float(row.level)) in released else " withheld"
         # No face boxes drawn: they locate people and stay in private/outputs.parquet (docs/privacy.md).
-        samples.append((caption, path.read_bytes()))
+        samples.append((caption, thumbnail(path.read_bytes())))
     return samples
 
 
@@ -273,10 +310,23 @@ def _level_text(level, t_boom) -> str:
     return f"level {level:.2f}" + ("" if pd.isna(t_boom) else f" (t_boom {int(t_boom)})")
 
 
-def build_report(job: Job, failed, summary, distances, samples, sections=(), report_dir=None, verdict=(), gate=None):
+def build_report(
+    job: Job,
+    failed,
+    summary,
+    distances,
+    samples,
+    sections=(),
+    report_dir=None,
+    verdict=(),
+    gate=None,
+    samples_heading="Sample anonymized images",
+    covers: tuple[str, list[str]] | None = None,
+):
     """Write the HTML report (to report/ unless `report_dir`) with exactly the given sample images.
 
     `verdict`: the lines that open the Summary; `gate`: the gate's thresholds, drawn in the distance plot.
+    `covers`: (what, anon_ids) the report describes, fingerprinted in its document rows (default: the input).
 
     `failed`: the manifest's failed rows (anon_id, level, error); `distances`: the evaluation's error rows.
     """
@@ -296,9 +346,15 @@ def build_report(job: Job, failed, summary, distances, samples, sections=(), rep
         model["model"] = public_model(str(model["model"]), model.get("weights_sha256"))
     # A gate-policy override is the first thing either report says, before any other notice.
     notice = " ".join(filter(None, [override_statement(job.settings), job.notice])) or None
+    what, ids = covers or ("input", _input_ids(job))
     files = render_report(
         title="Boomerang anonymization report",
-        settings=job.settings.public_dict(model.get("weights_sha256")),
+        document=document_rows(record, len(ids), input_digest(run_secret(job), ids), what),
+        samples_heading=samples_heading,
+        # The command that made the folder (`boomerang report` rebuilds any folder as "run").
+        settings=report_settings(
+            job.settings, record.get("command") or job.mode, job.settings.public_dict(model.get("weights_sha256"))
+        ),
         versions={
             **record.get("versions", {}),
             **{f"model {k}": v for k, v in model.items()},
@@ -315,6 +371,16 @@ def build_report(job: Job, failed, summary, distances, samples, sections=(), rep
     for name, text in files.items():  # index.html last: it names the others (each write makes its folder)
         storage.write_text(folder / name, text)
     return folder / "index.html"
+
+
+def _input_ids(job: Job) -> list[str]:
+    """The anon_ids of the input the report describes: the current input's, else (a rebuilt report) those the
+    folder knows."""
+    if job.inputs is not None and job.anon_ids:
+        return list(job.anon_ids.values())
+    if job.layout.identities.exists():
+        return storage.read_table(job.layout.identities, columns=["anon_id"]).column("anon_id").to_pylist()
+    return []
 
 
 def _original_thumbnails(job: Job, rows: pd.DataFrame) -> dict[str, bytes]:
@@ -379,7 +445,13 @@ def closing_lines(result: JobResult) -> list[str]:
 
 
 def _cleared(row) -> str:
+    """`Facenet 75% (6/8 images; not counted: 2 with no face in the original)`: what the count counts (faces in
+    face-region mode), and what it leaves out."""
     # A missing output (another tool skipped the image) counts as not cleared.
     trials = row.n_evaluated + row.n_missing_output
     fraction = "-" if pd.isna(row.fraction_cleared) else f"{row.fraction_cleared:.0%}"
-    return f"{row.recognizer} {fraction} ({row.n_cleared}/{trials})"
+    unit = "faces" if pd.notna(getattr(row, "n_faces", None)) else "images"
+    left = [f"{row.n_no_face_original} with no face in the original"] if row.n_no_face_original else []
+    left += [f"{row.n_errors} failed"] if row.n_errors else []
+    rest = f"; not counted: {', '.join(left)}" if left else ""
+    return f"{row.recognizer} {fraction} ({row.n_cleared}/{trials} {unit}{rest})"

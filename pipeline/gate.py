@@ -30,8 +30,11 @@ from .job import Job, run_pass
 from .layout import RunLayout, write_private_table, write_public_table
 from .linkage import image_sizes
 from .lock import ensure_held
+from .provenance import read_json
 from .records import shards_with_rows, table_steps
 from .release import copy_synced, release_key, release_name, staged_folder
+from .release_card import released_summary, write_dataset_files
+from .report_document import document_rows, input_digest, run_secret
 from .schemas import RELEASE_SCHEMA, RELEASED_SCHEMA
 
 NO_FACE = "no face found in the original"
@@ -94,10 +97,11 @@ def without_linkable(status: pd.DataFrame, too_close: set) -> pd.DataFrame:
 def run_gate(job: Job) -> JobResult:
     thresholds = gate_thresholds(job.settings)
     remaining = {item.image_id for item in job.inputs.items}
-    for level in job.settings.ladder:
+    ladder = job.settings.ladder
+    for rung, level in enumerate(ladder, 1):
         if not remaining:
             break
-        run_pass(job, (level,), image_ids=remaining, label=f"gate level {level:g}")
+        run_pass(job, (level,), image_ids=remaining, label=f"gate level {level:g} (rung {rung} of {len(ladder)})")
         too_close = linkable(job.layout, job.settings.gate_max_linkage) if job.settings.gate_max_linkage else set()
         settled: set[str] = set()
         for manifest, distances in shard_rows(job):
@@ -160,7 +164,7 @@ def finish_gate(job: Job) -> JobResult:
         gate["released_with_a_unique_size"] = len(decision.unique_size)
         section = gate_section(job, decision)
         pairs = set(zip(released["anon_id"], released["level"].astype(float), strict=True))
-        result = finalize(job, sections=[section], extra={"gate": gate}, released=pairs)
+        result = finalize(job, sections=[section], extra={"gate": gate}, released=pairs, released_rows=released)
         # The public report travels with the release: only released images, byte for byte as released.
         shown = released.assign(release_id=released["anon_id"].map(names)).sort_values("release_id").head(12)
         samples = [
@@ -169,15 +173,25 @@ def finish_gate(job: Job) -> JobResult:
         ]
         failures = result.overview.failures
         failures = failures[failures["anon_id"].isin(released["anon_id"])]
+        # The release report and its card describe exactly the released set (release_card).
+        covers = ("release", list(released["anon_id"]))
         build_report(
             job,
             failures.assign(anon_id=failures["anon_id"].map(names)),  # the release's names, not the internal ones
-            result.summary,
+            released_summary(job, released) if result.summary is not None else None,
             DISTANCES_SCHEMA.empty_table().to_pandas(),
             samples,
             [section],
             report_dir=folder / "report",
+            verdict=result.verdict,
+            gate=gate["thresholds"],
+            samples_heading="Released images",
+            covers=covers,
         )
+        document = document_rows(
+            read_json(job.layout.run_json), len(covers[1]), input_digest(run_secret(job), covers[1]), "release"
+        )
+        write_dataset_files(job, folder, result.verdict, document, gate["thresholds"])
     return result
 
 

@@ -11,6 +11,7 @@ Actor counts: pipeline.plan.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections import Counter, defaultdict
@@ -68,7 +69,12 @@ def record_failure(job: Job, err: BaseException, status: str = "failed") -> str:
     """Keep the whole failure in private/, a path-free line in run.json; return the line for the terminal."""
     import traceback
 
-    line = f"job {status}: {root_cause(err)}"
+    if isinstance(err, KeyboardInterrupt):  # not "KeyboardInterrupt: ": what the interruption kept
+        from .messages import interrupted_text
+
+        line = f"job {status}: {interrupted_text(getattr(err, 'kept', None))}"
+    else:
+        line = f"job {status}: {root_cause(err)}"
     try:
         write_private_bytes(job.layout.failure_file, "".join(traceback.format_exception(err)).encode())
         record = read_json(job.layout.run_json)
@@ -135,6 +141,8 @@ class Job:
 
     def close(self) -> None:
         """Disconnect from an embedded Ray and release the folder."""
+        if getattr(self, "progress", None) is not None:  # a pass that did not finish: stop its ticker
+            self.progress.stop()
         disconnect(self.cluster)
         if self.lock is not None:
             self.lock.close()
@@ -151,6 +159,7 @@ def prepare(settings: JobSettings, mode: str, stream: TextIO | None = None) -> J
     imported = since_start()  # the command line and the driver's modules loaded
     layout = RunLayout.at(settings.out)
     layout.check_store()
+    made = storage.is_local(layout.root) and not layout.root.exists()
     storage.make_run_folder(layout.root)
     lock = run_lock(layout.lock_file, shared_filesystem=settings.shared_filesystem_lock).acquire()
     try:
@@ -160,7 +169,15 @@ def prepare(settings: JobSettings, mode: str, stream: TextIO | None = None) -> J
         return job
     except BaseException:
         lock.close()
+        if made:  # a refused run leaves nothing behind: not even the folder it made for its lock
+            remove_if_empty(layout.root)
         raise
+
+
+def remove_if_empty(folder) -> None:
+    """Remove `folder` (made by this run) if the refusal left it empty (its lock file is gone on close)."""
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def _prepare_locked(settings: JobSettings, mode: str, layout: RunLayout, lock: RunLock | ObjectLock, stream) -> Job:
@@ -359,6 +376,7 @@ def run_pass(job: Job, levels: tuple[float, ...], image_ids: set[str] | None = N
         work.sort(key=lambda w: (shards.of(w["anon_id"]), order[w["key"]]))
     compactor = ShardCompactor(layout, planned)
     progress = Progress(total, label or job.mode, stream=job.stream)
+    job.progress = progress  # what an interruption kept (pipeline.messages)
     if problems:
         compactor.update(_write_problems(job, problems))
         progress.update(len(problems), len(problems))
@@ -373,6 +391,7 @@ def run_pass(job: Job, levels: tuple[float, ...], image_ids: set[str] | None = N
     progress.close()
     job.pairs_done_now += progress.done
     job.errors_now += progress.errors
+    job.progress = None
     return progress.done
 
 
