@@ -110,12 +110,18 @@ def render_report(
     sections: Sequence[tuple[str, str]] = (),
     verdict: Sequence[str] = (),
     gate_thresholds: dict[str, float] | None = None,
+    document: dict | None = None,
+    samples_heading: str = "Sample anonymized images",
 ) -> dict[str, str]:
     """The report's files, name -> text: the two plot SVGs, then ``index.html`` (which embeds them).
 
+    The page is the Jinja2 template ``templates/report.html.j2`` (autoescaped: every text given is escaped
+    there; the tables and plots made here are escaped where they are made).
+
     Args:
         title: page heading.
-        settings: run settings, shown as a table (values that are not text are shown as JSON).
+        settings: run settings, shown as readable rows (``setting_rows``: nested sections flattened, lists
+            joined), never raw JSON.
         versions: software versions, shown as a table.
         summary: the ``summarize`` table.
         failures: rows to list as failures (any columns; the first ``MAX_FAILURE_ROWS``).
@@ -125,54 +131,93 @@ def render_report(
         sections: extra (title, HTML) sections appended by the caller; the HTML is inserted as
             given, so the caller escapes what it puts in.
         verdict: lines (text) that open the Summary: what is releasable at the gate's thresholds.
-        gate_thresholds: recognizer -> the gate's threshold, drawn in the distance plot where it differs
-            from the run's.
+        gate_thresholds: recognizer -> the gate's threshold, drawn in both plots where it differs from the run's.
+        document: what makes the page a document (date, tool version, input fingerprint, weights' hashes),
+            shown under the verdict as rows.
+        samples_heading: the heading of the pictures' section.
     """
+    from markupsafe import Markup
+
+    by_level = not summary.empty and summary["level"].notna().any()
     distance_svg = _distance_plot(summary, gate_thresholds or {})
     fraction_svg = _fraction_plot(summary)
+    plots = []
+    if not summary.empty:
+        plots = [
+            Markup(_inline_svg(distance_svg, "Mean cosine distance, with standard error bars and threshold lines")),
+            Markup(_inline_svg(fraction_svg, "Fraction of images cleared, with 95% Wilson intervals")),
+        ]
+    page = _template().render(
+        title=title,
+        css=Markup(_CSS),
+        notice=notice,
+        verdict=list(verdict),
+        document=list((document or {}).items()),
+        summary_sentence=Markup(_summary_sentence(summary)),
+        summary_table=Markup(_summary_html(summary)),
+        original_box_note=Markup(_ORIGINAL_BOX_NOTE if not summary.empty else ""),
+        plots_heading="Distance and fraction cleared by level" if by_level else "Distance and fraction cleared",
+        plots=plots,
+        plots_caption=(
+            "Left: mean cosine distance between each original and its anonymized image, error bars one standard "
+            "error; dashed lines are the run's thresholds, dotted lines the gate's where they are stricter. Right: "
+            "fraction of evaluated images whose distance is above the run's threshold (a recognizer would not "
+            "match them), with 95% Wilson score intervals"
+            + ("." if by_level else "; the outputs have no level, so each is plotted by its label.")
+        ),
+        threshold=Markup(_threshold_html(summary)),
+        samples_heading=samples_heading,
+        samples=[
+            {"image": Markup(_img_with_boxes(s[1], s[0], s[2] if len(s) > 2 else ())), "caption": s[0]} for s in samples
+        ],
+        failures=Markup(_failures_html(failures)),
+        sections=[(name, Markup(body)) for name, body in sections],
+        settings=setting_rows(settings),
+        versions=[(key, _as_text(value)) for key, value in (versions or {}).items()],
+    )
+    return {DISTANCE_PLOT: distance_svg, FRACTION_PLOT: fraction_svg, "index.html": page}
 
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{_e(title)}</h1>",
-    ]
-    if notice:
-        parts.append(f'<div class="notice">{_e(notice)}</div>')
-    parts += [
-        "<h2>Summary</h2>",
-        _verdict_html(verdict),
-        _summary_sentence(summary),
-        f'<div class="scroll">{_summary_html(summary)}</div>',
-        _ORIGINAL_BOX_NOTE if not summary.empty else "",
-        "<h2>Distance and fraction cleared by level</h2>",
-        '<div class="plots">',
-        _inline_svg(distance_svg, "Mean cosine distance by level, with standard error bars and threshold lines"),
-        _inline_svg(fraction_svg, "Fraction of images cleared by level, with 95% Wilson intervals"),
-        "</div>",
-        '<p class="muted">Left: mean cosine distance between each original and its anonymized image, '
-        "error bars one standard error; dashed lines are the run's thresholds, dotted lines the gate's where "
-        "they are stricter. Right: fraction of evaluated "
-        "images whose distance is above the threshold (a recognizer would not match them), with 95% "
-        "Wilson score intervals.</p>",
-        "<h2>Threshold</h2>",
-        _threshold_html(summary),
-        "<h2>Sample anonymized images</h2>",
-        _samples_html(samples),
-        "<h2>Failures</h2>",
-        _failures_html(failures),
-    ]
-    for section_title, section_html in sections:
-        parts += [f"<h2>{_e(section_title)}</h2>", section_html]
-    parts += [
-        "<h2>Settings</h2>",
-        _mapping_html(settings, "setting"),
-        "<h2>Software versions</h2>",
-        _mapping_html(versions, "package"),
-        "</body></html>",
-    ]
-    return {DISTANCE_PLOT: distance_svg, FRACTION_PLOT: fraction_svg, "index.html": "\n".join(parts)}
+
+def _template():
+    import jinja2
+
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("evaluation", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    return environment.get_template("report.html.j2")
+
+
+def setting_rows(settings: dict, prefix: str = "") -> list[tuple[str, str]]:
+    """Settings as (name, readable value) rows: nested sections flattened ("evaluation: threshold"), lists and
+    (name, value) pairs joined with commas, booleans as yes/no, unset as "–"; never raw JSON."""
+    rows = []
+    for key, value in (settings or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            rows += setting_rows(value, f"{name}: ")
+        else:
+            rows.append((name, _readable(value)))
+    return rows
+
+
+def _readable(value) -> str:
+    if value is None or value == {} or value == [] or value == ():
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(
+            " ".join(_readable(v) for v in item) if isinstance(item, (list, tuple)) else _readable(item)
+            for item in value
+        )
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_readable(v)}" for k, v in value.items())
+    return str(value)
 
 
 def _e(value) -> str:
@@ -266,10 +311,6 @@ _FACES_NOTE = (
 )
 
 
-def _verdict_html(verdict: Sequence[str]) -> str:
-    return "".join(f'<p class="verdict"><strong>{_e(line)}</strong></p>' for line in verdict)
-
-
 def _summary_sentence(summary: pd.DataFrame) -> str:
     if summary.empty:
         return ""
@@ -309,17 +350,6 @@ def _threshold_html(summary: pd.DataFrame) -> str:
     return text + _table(per, ["recognizer", "threshold used", "deepface default (cosine)"])
 
 
-def _samples_html(samples: Sequence[tuple]) -> str:
-    if not samples:
-        return "<p>No samples.</p>"
-    figures = [
-        f"<figure>{_img_with_boxes(sample[1], sample[0], sample[2] if len(sample) > 2 else ())}"
-        f"<figcaption>{_e(sample[0])}</figcaption></figure>"
-        for sample in samples
-    ]
-    return f'<div class="samples">{"".join(figures)}</div>'
-
-
 def _failures_html(failures: pd.DataFrame) -> str:
     if failures is None or failures.empty:
         return "<p>None.</p>"
@@ -328,19 +358,6 @@ def _failures_html(failures: pd.DataFrame) -> str:
     if len(failures) > len(shown):
         note = f'<p class="muted">First {len(shown)} of {len(failures)} failures.</p>'
     return f'{note}<div class="scroll">{_table(shown)}</div>'
-
-
-def _mapping_html(mapping: dict, key_heading: str) -> str:
-    if not mapping:
-        return "<p>None given.</p>"
-    rows = "".join(
-        f'<tr><td class="text">{_e(key)}</td><td class="text">{_e(_as_text(value))}</td></tr>'
-        for key, value in mapping.items()
-    )
-    return (
-        f'<table><thead><tr><th class="text">{_e(key_heading)}</th><th class="text">value</th></tr></thead>'
-        f"<tbody>{rows}</tbody></table>"
-    )
 
 
 def _as_text(value) -> str:
@@ -383,50 +400,49 @@ def _no_data(axes, message: str = "no evaluated images") -> None:
     axes.text(0.5, 0.5, message, ha="center", va="center", transform=axes.transAxes, color="#666")
 
 
+def _x(summary: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The rows a plot draws and its x column: by level where the run has levels (rows without one left to the
+    table), else by label (another tool's output: one position per label), so no plot is an empty box."""
+    if summary.empty or summary["level"].notna().any():
+        return summary[summary["level"].notna()].assign(x=lambda d: d["level"].astype(float)), "level"
+    labels = list(dict.fromkeys(summary["label"].fillna("no level").astype(str)))
+    return summary.assign(x=summary["label"].fillna("no level").astype(str).map(labels.index).astype(float)), "label"
+
+
 def _dodge(summary: pd.DataFrame, index: int) -> float:
     # Shift each recognizer's points a little sideways so error bars at one level do not overlap.
     count = summary["recognizer"].nunique()
-    span = float(summary["level"].max() - summary["level"].min()) or 1.0
+    span = float(summary["x"].max() - summary["x"].min()) or 1.0
     return (index - (count - 1) / 2) * 0.012 * span
 
 
-def _finish_axes(axes, summary: pd.DataFrame, plotted: bool) -> None:
+def _finish_axes(axes, summary: pd.DataFrame, plotted: bool, kind: str = "level") -> None:
     if not plotted:
         _no_data(axes)
         return
-    levels = sorted(summary["level"].unique())
-    # Ticks at the levels that were run, not matplotlib's 0.025 steps between them.
-    if len(levels) <= 12:
-        axes.set_xticks(levels)
-        axes.set_xticklabels([f"{level:g}" for level in levels])
+    if kind == "label":
+        labels = list(dict.fromkeys(summary["label"].fillna("no level").astype(str)))
+        axes.set_xticks(range(len(labels)))
+        axes.set_xticklabels(labels)
+        axes.set_xlim(-0.5, len(labels) - 0.5)
+        axes.set_xlabel("output (no level: labelled)")
+    else:
+        levels = sorted(summary["level"].unique())
+        # Ticks at the levels that were run, not matplotlib's 0.025 steps between them.
+        if len(levels) <= 12:
+            axes.set_xticks(levels)
+            axes.set_xticklabels([f"{level:g}" for level in levels])
     axes.legend(fontsize="small")
 
 
-def _distance_plot(summary: pd.DataFrame, gate_thresholds: dict[str, float] | None = None) -> str:
-    figure, axes = _figure()
-    axes.set_xlabel("anonymity level (t_boom / T)")
-    axes.set_ylabel("cosine distance to original")
-    axes.set_title("Mean distance by level (± 1 s.e.)")
-    plotted = False
-    colors = {}
-    for i, (recognizer, rows) in enumerate(summary.groupby("recognizer", sort=False)):
-        rows = rows[rows["distance_mean"].notna()].sort_values("level")
-        if rows.empty:
-            continue
-        line = axes.errorbar(
-            rows["level"] + _dodge(summary, i),
-            rows["distance_mean"],
-            yerr=rows["distance_sem"].fillna(0.0),
-            marker="o",
-            capsize=3,
-            label=str(recognizer),
-        )
-        colors[recognizer] = line[0].get_color()
-        plotted = True
-    thresholds = summary.drop_duplicates("recognizer")[["recognizer", "threshold"]] if not summary.empty else None
-    if thresholds is not None and thresholds["threshold"].nunique() == 1:
+def _threshold_lines(axes, summary: pd.DataFrame, colors: dict, gate_thresholds: dict[str, float]) -> None:
+    """Every threshold the report mentions: the run's (dashed) and the gate's where it differs (dotted)."""
+    if summary.empty:
+        return
+    thresholds = summary.drop_duplicates("recognizer")[["recognizer", "threshold"]]
+    if thresholds["threshold"].nunique() == 1:
         axes.axhline(thresholds["threshold"].iloc[0], color="black", linestyle="--", linewidth=1, label="threshold")
-    elif thresholds is not None:
+    else:
         for row in thresholds.itertuples(index=False):
             axes.axhline(
                 row.threshold,
@@ -435,42 +451,65 @@ def _distance_plot(summary: pd.DataFrame, gate_thresholds: dict[str, float] | No
                 linewidth=1,
                 label=f"threshold {row.recognizer}",
             )
+    run = dict(zip(thresholds["recognizer"], thresholds["threshold"].astype(float), strict=True))
+    for recognizer, value in (gate_thresholds or {}).items():
+        if recognizer in run and value != run[recognizer]:
+            axes.axhline(
+                value,
+                color=colors.get(recognizer, "black"),
+                linestyle=":",
+                linewidth=1,
+                label=f"gate threshold {recognizer} ({value:g})",
+            )
+
+
+def _distance_plot(summary: pd.DataFrame, gate_thresholds: dict[str, float] | None = None) -> str:
+    figure, axes = _figure()
+    shown, kind = _x(summary)
+    axes.set_xlabel("anonymity level (t_boom / T)")
+    axes.set_ylabel("cosine distance to original")
+    axes.set_title("Mean distance by " + kind + " (± 1 s.e.)")
+    plotted = False
+    colors = {}
+    for i, (recognizer, rows) in enumerate(shown.groupby("recognizer", sort=False)):
+        rows = rows[rows["distance_mean"].notna()].sort_values("x")
+        if rows.empty:
+            continue
+        line = axes.errorbar(
+            rows["x"] + _dodge(shown, i),
+            rows["distance_mean"],
+            yerr=rows["distance_sem"].fillna(0.0),
+            marker="o",
+            capsize=3,
+            label=str(recognizer),
+        )
+        colors[recognizer] = line[0].get_color()
+        plotted = True
     # The gate decides at its own thresholds: every threshold the report mentions is drawn.
-    if thresholds is not None:
-        run = dict(zip(thresholds["recognizer"], thresholds["threshold"].astype(float), strict=True))
-        for recognizer, value in (gate_thresholds or {}).items():
-            if recognizer in run and value != run[recognizer]:
-                axes.axhline(
-                    value,
-                    color=colors.get(recognizer, "black"),
-                    linestyle=":",
-                    linewidth=1,
-                    label=f"gate threshold {recognizer} ({value:g})",
-                )
-    _finish_axes(axes, summary, plotted)
+    _threshold_lines(axes, summary, colors, gate_thresholds or {})
+    _finish_axes(axes, shown, plotted, kind)
     return _svg(figure)
 
 
 def _fraction_plot(summary: pd.DataFrame) -> str:
     figure, axes = _figure()
+    shown, kind = _x(summary)
     axes.set_xlabel("anonymity level (t_boom / T)")
-    axes.set_ylabel("fraction cleared")
-    axes.set_title("Fraction cleared by level (95% Wilson interval)")
+    axes.set_ylabel("fraction cleared (at the run's threshold)")
+    axes.set_title("Fraction cleared by " + kind + " (95% Wilson interval)")
     axes.set_ylim(-0.03, 1.03)
     plotted = False
-    for i, (recognizer, rows) in enumerate(summary.groupby("recognizer", sort=False)):
-        rows = rows[rows["fraction_cleared"].notna()].sort_values("level")
+    for i, (recognizer, rows) in enumerate(shown.groupby("recognizer", sort=False)):
+        rows = rows[rows["fraction_cleared"].notna()].sort_values("x")
         if rows.empty:
             continue
         fraction = rows["fraction_cleared"].to_numpy(dtype=float)
         low = rows["ci_low"].to_numpy(dtype=float)
         high = rows["ci_high"].to_numpy(dtype=float)
         error = np.clip(np.vstack([fraction - low, high - fraction]), 0, None)
-        axes.errorbar(
-            rows["level"] + _dodge(summary, i), fraction, yerr=error, marker="o", capsize=3, label=str(recognizer)
-        )
+        axes.errorbar(rows["x"] + _dodge(shown, i), fraction, yerr=error, marker="o", capsize=3, label=str(recognizer))
         plotted = True
-    _finish_axes(axes, summary, plotted)
+    _finish_axes(axes, shown, plotted, kind)
     return _svg(figure)
 
 
@@ -480,6 +519,7 @@ def linkage_plot_html(summary: pd.DataFrame) -> str:
     rows = summary[summary["linkage_rank1"].notna() & summary["level"].notna()] if "linkage_rank1" in summary else []
     if len(rows) == 0:
         return ""
+    rows = rows.assign(x=rows["level"].astype(float))
     figure, axes = _figure()
     axes.set_xlabel("anonymity level (t_boom / T)")
     axes.set_ylabel("linkage rank-1 rate")

@@ -39,6 +39,18 @@ ATTACK_COLUMNS = (
     "reid_people_attackable",
     "reid_people_single",
 )
+# The verdict per level, repeated on each recognizer's row (filled by the pipeline, `with_verdict`): the gate's
+# threshold of the row's recognizer (the stricter of the run's and deepface's own), and, at that level, the images
+# that clear EVERY recognizer at those thresholds (for a gate run at its levels: the releasable ones), with
+# their fraction and its 95% Wilson interval. Missing (null) where no verdict was computed.
+VERDICT_COLUMNS = (
+    "gate_threshold",
+    "verdict_images",
+    "verdict_cleared",
+    "verdict_fraction",
+    "verdict_ci_low",
+    "verdict_ci_high",
+)
 # Counts that may be missing (no attack; n_faces outside face-region mode): nullable integers.
 NULLABLE_COUNTS = (
     "n_faces",
@@ -50,6 +62,8 @@ NULLABLE_COUNTS = (
     "reid_gallery",
     "reid_people_attackable",
     "reid_people_single",
+    "verdict_images",
+    "verdict_cleared",
 )
 
 SUMMARY_COLUMNS = (
@@ -82,6 +96,7 @@ SUMMARY_COLUMNS = (
     # cosine distance between the samples of one image.
     "diversity_images",
     "diversity_mean",
+    *VERDICT_COLUMNS,
 )
 
 
@@ -330,6 +345,25 @@ def verdict_table(verdicts: pd.DataFrame) -> pd.DataFrame:
     return per.sort_values("level")[columns].reset_index(drop=True)
 
 
+def with_verdict(summary: pd.DataFrame, table: pd.DataFrame, thresholds: dict[str, float]) -> pd.DataFrame:
+    """`summary` with its `VERDICT_COLUMNS` filled: each row's gate threshold (`thresholds`) and its level's
+    `verdict_table` row (images, images clearing every recognizer at those thresholds, fraction, Wilson 95%)."""
+
+    def key(level) -> float | str:
+        return "none" if pd.isna(level) else float(level)  # NaN never equals NaN: one key for "no level"
+
+    found = {key(r.level): r for r in table.itertuples(index=False) if int(r.n_images)}
+    rows = [found.get(key(level)) for level in summary["level"]]
+    out = summary.copy()
+    out["gate_threshold"] = [float(thresholds.get(name, math.nan)) for name in out["recognizer"]]
+    out["verdict_images"] = pd.array([None if r is None else int(r.n_images) for r in rows], dtype="Int64")
+    out["verdict_cleared"] = pd.array([None if r is None else int(r.n_clear) for r in rows], dtype="Int64")
+    out["verdict_fraction"] = [math.nan if r is None else int(r.n_clear) / int(r.n_images) for r in rows]
+    out["verdict_ci_low"] = [math.nan if r is None else float(r.ci_low) for r in rows]
+    out["verdict_ci_high"] = [math.nan if r is None else float(r.ci_high) for r in rows]
+    return out
+
+
 def _percent(k: int, n: int) -> str:
     low, high = wilson_interval(k, n)
     return f"{k / n:.0%}, 95% CI {low:.0%}–{high:.0%}"
@@ -344,7 +378,15 @@ def _attack_text(rows: pd.DataFrame) -> str:
             continue
         worst = rows.loc[rows[rate].astype(float).idxmax()]
         odds = float(worst[chance]) if chance in worst and pd.notna(worst[chance]) else math.nan
-        found.append(f"{name} rank-1 {float(worst[rate]):.0%}" + ("" if math.isnan(odds) else f" (chance {odds:.0%})"))
+        low = worst.get(f"{prefix}_rank1_ci_low", math.nan)
+        text = f"{name} rank-1 {float(worst[rate]):.0%}" + ("" if math.isnan(odds) else f" (chance {odds:.0%})")
+        # Above chance beyond doubt (the interval's low end above it): the attack names people. Said in the
+        # headline, so that a reader who stops there does not believe every image is anonymous.
+        if not math.isnan(odds) and pd.notna(low) and float(low) > odds:
+            text += " ABOVE CHANCE: " + (
+                "outputs are re-identified" if prefix == "reid" else "outputs link to their originals"
+            )
+        found.append(text)
     return (" Attacks: " + ", ".join(found) + ".") if found else ""
 
 

@@ -166,7 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _command(args.command)(args)
     except KeyboardInterrupt as err:
         reason = "terminated" if isinstance(err, common.Terminated) else "interrupted"
-        print(f"boomerang: {reason}; what finished is kept: run the same command again to resume", file=sys.stderr)
+        from pipeline.execution.messages import interrupt_line
+
+        print(interrupt_line(reason, getattr(err, "kept", None)), file=sys.stderr)
         return 130
     except common.CANNOT_RUN as err:
         print(f"boomerang: {_one_line(err)}", file=sys.stderr)

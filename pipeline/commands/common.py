@@ -9,6 +9,7 @@ from evaluation import MissingWeights
 from pipeline.execution.cluster import ClusterUnavailable
 from pipeline.execution.inputs import InputError
 from pipeline.execution.job import Job, JobError, JobFailed, prepare, record_failure
+from pipeline.execution.messages import kept_outputs
 from pipeline.folder.layout import OutputError
 from pipeline.folder.lock_common import LockLost
 from pipeline.folder.provenance import RefusedRerun
@@ -39,6 +40,7 @@ def run_job(settings: JobSettings, stages: str, work: Callable[[Job], JobResult]
     except CANNOT_RUN:
         raise
     except KeyboardInterrupt as err:
+        err.kept = kept_outputs(job)  # the terminal's line and run.json say how much was kept
         record_failure(job, err, status="interrupted")
         raise
     except ClusterUnavailable as err:  # its message already says what to do; nothing ran

@@ -44,9 +44,12 @@ def report(
     home = os.environ.get("DEEPFACE_HOME", str(Path.home()))
     lines.append(f"deepface weights folder: {Path(home) / '.deepface' / 'weights'} (DEEPFACE_HOME={home})")
     absent = []
+    random = [model_name(model)] if _model_is_random(model or SamplerSettings().model) else []
     for name in names:
         path = weight_file(name, engine)
         state = weight_state(name, engine, path)
+        if path.exists() and is_random_weights(name, engine):
+            random.append(name)
         lines.append(f"  {name}: {path} {state}")
         if not path.exists():
             absent.append(name)
@@ -57,7 +60,10 @@ def report(
     if not detectors_ok:
         missing.append("face detector weights")
     ok = not missing
-    lines.append("ready: every required part is present" if ok else f"NOT ready: missing {'; '.join(missing)}")
+    if ok and random:  # present, but what a job measures with them means nothing
+        lines.append(f"ready: every required part is present, but {', '.join(random)}: {RANDOM}")
+    else:
+        lines.append("ready: every required part is present" if ok else f"NOT ready: missing {'; '.join(missing)}")
     return "\n".join(lines), ok
 
 
@@ -70,7 +76,7 @@ def weight_state(name: str, engine: str, path: Path) -> str:
         command = needs(recognizers=[name], engine=engine, urls=False).fetch_command()
         return f"MISSING: fetch it with `{command}` (offline: copy it)"
     if is_random_weights(name, engine):
-        return "present, random (demo weights: distances made with them mean nothing)"
+        return f"present ({RANDOM})"
     recorded = read_manifest(deepface_folder())["files"].get(path.name, {}).get("sha256")
     if recorded is None:
         return "present (no sha256 recorded: not fetched by `boomerang weights fetch`)"
@@ -106,6 +112,21 @@ def weights_lines(model: str) -> list[str]:
     from pipeline.weights.store import file_states
 
     return [f"  weights: {state}" for _, _, state in file_states(needs(model=model))]
+
+
+RANDOM = "random weights: numbers not meaningful"
+
+
+def model_name(model: str | None) -> str:
+    return "the diffusion model" if model is None else f"model {model}"
+
+
+def _model_is_random(model: str) -> bool:
+    """A local folder that `boomerang demo` (anonymize.tiny_models) made: random weights."""
+    from anonymize import made_by_boomerang
+
+    path = Path(model).expanduser()
+    return path.is_dir() and bool(made_by_boomerang(path))
 
 
 def _gpus() -> list[str]:

@@ -34,7 +34,7 @@ def _work(job: Job) -> JobResult:
         return result
     from evaluation import DISTANCES_SCHEMA, SUMMARY_COLUMNS
     from pipeline.outputs.enhance_benchmark import measure_quality, quality_section
-    from pipeline.outputs.finalize import build_report, internal_samples
+    from pipeline.outputs.internal_report import build_report, internal_samples
 
     summary = measure_quality(job)
     section = quality_section(summary, job.settings.enhance.scale, meaningful=job.notice is None)

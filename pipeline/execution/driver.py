@@ -61,6 +61,7 @@ def drive(
         job.timings.mark("ray")
     compactor = ShardCompactor(job.layout, planned)
     progress = Progress(total, label or job.stages, stream=job.stream)
+    job.progress = progress  # what an interruption kept (pipeline.execution.messages)
     if known is not None:
         rows = known()
         compactor.update(rows)
@@ -77,6 +78,7 @@ def drive(
     progress.close()
     job.pairs_done_now += progress.done
     job.errors_now += progress.errors
+    job.progress = None
     return progress.done
 
 

@@ -155,6 +155,7 @@ def _discover_folder(uri: str, fs, root: str, exclude) -> list[InputItem]:
 
 
 def _discover_parquet(uri: str, fs, root: str, id_column: str, image_column: str) -> InputSet:
+    import pyarrow as pa
     import pyarrow.dataset as pads
 
     try:
@@ -167,6 +168,13 @@ def _discover_parquet(uri: str, fs, root: str, id_column: str, image_column: str
             raise InputError(
                 f"Parquet input {uri!r} has no column {column!r} (columns: {', '.join(names)}); pass {flag}"
             )
+    kind = dataset.schema.field(image_column).type
+    binary = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_fixed_size_binary, pa.types.is_binary_view)
+    if not any(test(kind) for test in binary):
+        raise InputError(
+            f"Parquet input {uri!r}: column {image_column!r} holds {kind}, not encoded image bytes (binary); "
+            "pass --image-column naming the column of PNG/JPEG bytes"
+        )
     ids = [str(v) for v in dataset.to_table(columns=[id_column]).column(id_column).to_pylist()]
     if not ids:
         raise InputError(f"Parquet input {uri!r} has no rows")

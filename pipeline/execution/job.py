@@ -6,6 +6,7 @@ them pipeline.outputs.finalize builds the attacks, summary.parquet, the report a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -65,7 +66,12 @@ def record_failure(job: Job, err: BaseException, status: str = "failed") -> str:
     """Keep the whole failure in private/, a path-free line in run.json; return the line for the terminal."""
     import traceback
 
-    line = f"job {status}: {root_cause(err)}"
+    if isinstance(err, KeyboardInterrupt):  # not "KeyboardInterrupt: ": what the interruption kept
+        from pipeline.execution.messages import interrupted_text
+
+        line = f"job {status}: {interrupted_text(getattr(err, 'kept', None))}"
+    else:
+        line = f"job {status}: {root_cause(err)}"
     try:
         write_private_bytes(job.layout.failure_file, "".join(traceback.format_exception(err)).encode())
         record = read_json(job.layout.run_json)
@@ -122,6 +128,7 @@ class Job:
     # the anonymize device joins it once the cluster is known (ensure_cluster), then `device` is set.
     determining: dict = field(default_factory=dict)
     device: str | None = None
+    progress: object = None  # the running pass's Progress (pipeline.execution.driver), None between passes
 
     def sample_of(self, key: str) -> tuple[str, int]:
         """(image id, sample index) of an input item's key."""
@@ -133,6 +140,8 @@ class Job:
 
     def close(self) -> None:
         """Disconnect from an embedded Ray and release the folder."""
+        if self.progress is not None:  # a pass that did not finish: stop its ticker
+            self.progress.stop()
         disconnect(self.cluster)
         if self.lock is not None:
             self.lock.close()
@@ -149,6 +158,7 @@ def prepare(settings: JobSettings, stages: str, stream: TextIO | None = None) ->
     imported = since_start()  # the command line and the driver's modules loaded
     layout = RunLayout.at(settings.out)
     layout.check_store()
+    made = storage.is_local(layout.root) and not layout.root.exists()
     storage.make_run_folder(layout.root)
     lock = run_lock(layout.lock_file, shared_filesystem=settings.shared_filesystem_lock).acquire()
     try:
@@ -158,7 +168,15 @@ def prepare(settings: JobSettings, stages: str, stream: TextIO | None = None) ->
         return job
     except BaseException:
         lock.close()
+        if made:  # a refused run leaves nothing behind: not even the folder it made for its lock
+            remove_if_empty(layout.root)
         raise
+
+
+def remove_if_empty(folder) -> None:
+    """Remove `folder` (made by this run) if the refusal left it empty (its lock file is gone on close)."""
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def _prepare_locked(settings: JobSettings, stages: str, layout: RunLayout, lock: RunLock | ObjectLock, stream) -> Job:

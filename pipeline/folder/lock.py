@@ -24,6 +24,7 @@ key (`ObjectLock`):
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from pathlib import Path
@@ -38,6 +39,13 @@ if TYPE_CHECKING:
     from upath import UPath
 
 
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
 class RunLock:
     """Hold the lock while the object is open; `close()` (or process exit) releases it."""
 
@@ -46,16 +54,22 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> RunLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)  # names the host and process: no one else's to read
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)  # names the host and process: no one else's
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+                os.close(fd)
+                raise FolderLocked(
+                    f"{self.path.parent} is in use by another boomerang job ({holder}); wait for it to finish, "
+                    "or stop it and run the command again"
+                ) from None
+            # A finished holder removes the file before it lets go (close): a lock taken on a file no longer at
+            # the path is no lock; take the one at the path instead.
+            if _same_file(fd, self.path):
+                break
             os.close(fd)
-            raise FolderLocked(
-                f"{self.path.parent} is in use by another boomerang job ({holder}); wait for it to finish, "
-                "or stop it and run the command again"
-            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{holder_line(utc_now())}\n".encode(), 0)
         self._fd = fd
@@ -75,6 +89,9 @@ class RunLock:
         if self._fd is not None:
             if HELD.get(str(self.path)) is self:
                 del HELD[str(self.path)]
+            # A finished run leaves no lock file: removed while still held (see acquire), then let go.
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
             os.close(self._fd)  # closing the descriptor releases the flock
             self._fd = None
 

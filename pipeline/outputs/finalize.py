@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from evaluation import render_report, summary_table
+from evaluation import summary_table
 from evaluation.summary import (
     image_verdicts,
     merge_partials,
@@ -20,22 +20,25 @@ from evaluation.summary import (
     summary_from_partials,
     verdict_lines,
     verdict_table,
+    with_verdict,
 )
 from pipeline.folder import storage
 from pipeline.folder.provenance import now, read_json, write_json_atomic
 from pipeline.outputs.diversity import diversity_section, sample_diversity, with_diversity
+from pipeline.outputs.internal_report import (
+    MANIFEST_COLUMNS,
+    SAMPLE_IMAGES,
+    build_report,
+    internal_samples,
+    report_sample_rows,
+)
 from pipeline.outputs.linkage_attack import linkage_attack, linkage_section, with_linkage, write_attacks
-from pipeline.settings.config import public_model
-from pipeline.settings.gate_policy import gate_thresholds, override_statement
+from pipeline.settings.gate_policy import gate_thresholds
 from pipeline.tables.read import ROWS_PER_STEP, shards_with_rows, table_files, table_steps
 from pipeline.tables.write import write_public_table
 
 if TYPE_CHECKING:
     from pipeline.execution.job import Job
-
-SAMPLE_IMAGES = 12
-# What finalize, the report and the closing lines read of the manifest (not hashes, timings, step counts).
-MANIFEST_COLUMNS = ["anon_id", "level", "t_boom", "status", "error", "output_path"]
 
 
 @dataclass
@@ -101,10 +104,14 @@ class JobResult:
         return self.overview.counts["errors"]
 
 
-def finalize(job: Job, sections=(), extra: dict | None = None, released: set | None = None) -> JobResult:
+def finalize(
+    job: Job, sections=(), extra: dict | None = None, released: set | None = None, released_rows=None
+) -> JobResult:
     """Rebuild the summary and report from the Parquet files (so they always agree with them).
 
-    `released` (gate runs): the (anon_id, level) pairs in release/, for the captions of the internal report.
+    `released` (gate runs): the (anon_id, level) pairs in release/, for the captions of the internal report;
+    `released_rows`: their manifest rows, the internal report's pictures (withheld ones only with
+    --report-withheld).
     """
     layout = job.layout
     overview = ManifestOverview.read(layout)
@@ -122,13 +129,32 @@ def finalize(job: Job, sections=(), extra: dict | None = None, released: set | N
             sections = [*sections, *filter(None, [linkage_section(summary)])]
         summary = with_diversity(summary, sample_diversity(layout))
         sections = [*sections, *filter(None, [diversity_section(summary)])]
+        table = verdict_table(verdicts)
+        summary = with_verdict(summary, table, gate)  # the verdict travels with the numbers (summary.parquet)
         write_public_table(summary_table(summary), layout.summary)
         counted = (extra or {}).get("gate")
         counted = (counted["released"], counted["released"] + counted["withheld"]) if counted else None
-        verdict = verdict_lines(verdict_table(verdicts), gate, summary, counted)
-        samples = internal_samples(job, overview.samples, released)
+        verdict = verdict_lines(table, gate, summary, counted)
+        samples = internal_samples(job, report_sample_rows(job, overview.samples, released_rows), released)
+        heading = "Sample anonymized images (thumbnails)"
+        if released is not None:
+            heading = (
+                "Sample outputs, released and withheld (thumbnails, --report-withheld)"
+                if job.settings.report_withheld
+                else "Sample released outputs (thumbnails; withheld ones only with --report-withheld)"
+            )
         report = str(
-            build_report(job, overview.failures, summary, distances, samples, sections, verdict=verdict, gate=gate)
+            build_report(
+                job,
+                overview.failures,
+                summary,
+                distances,
+                samples,
+                sections,
+                verdict=verdict,
+                gate=gate,
+                samples_heading=heading,
+            )
         )
     record = read_json(layout.run_json)
     job.timings.mark("finished")
@@ -244,96 +270,6 @@ def _merge_pairwise(partials: list[dict]) -> dict:
     return partials[0] if partials else {}
 
 
-def internal_samples(job: Job, chosen: pd.DataFrame, released: set | None = None) -> list[tuple[str, bytes]]:
-    """(caption, PNG) for the internal report of these ok rows, captioned released / withheld in gate runs.
-
-    Originals only with --report-originals, re-encoded so no metadata travels.
-    """
-    originals = _original_thumbnails(job, chosen) if job.settings.report_originals else {}
-    samples = []
-    for row in chosen.itertuples():
-        path = job.layout.root / row.output_path
-        if row.anon_id in originals:
-            samples.append((f"{row.anon_id[:8]} ORIGINAL", originals.pop(row.anon_id)))
-        if not path.exists():
-            continue
-        caption = f"{row.anon_id[:8]} {_level_text(row.level, row.t_boom)}"
-        if released is not None:
-            caption += " released" if (row.anon_id, float(row.level)) in released else " withheld"
-        # No face boxes drawn: they locate people and stay in private/outputs.parquet (docs/privacy.md).
-        samples.append((caption, path.read_bytes()))
-    return samples
-
-
-def _level_text(level, t_boom) -> str:
-    if pd.isna(level):
-        return ""
-    return f"level {level:.2f}" + ("" if pd.isna(t_boom) else f" (t_boom {int(t_boom)})")
-
-
-def build_report(job: Job, failed, summary, distances, samples, sections=(), report_dir=None, verdict=(), gate=None):
-    """Write the HTML report (to report/ unless `report_dir`) with exactly the given sample images.
-
-    `verdict`: the lines that open the Summary; `gate`: the gate's thresholds, drawn in the distance plot.
-
-    `failed`: the manifest's failed rows (anon_id, level, error); `distances`: the evaluation's error rows.
-    """
-    layout = job.layout
-    failures = pd.concat(
-        [
-            failed[["anon_id", "level", "error"]].assign(stage="anonymize"),
-            distances.loc[distances["status"] == "error", ["anon_id", "level", "error", "recognizer"]]
-            .assign(stage="evaluate")
-            .loc[lambda d: ~d["anon_id"].isin(failed["anon_id"])],
-        ],
-        ignore_index=True,
-    )
-    record = read_json(layout.run_json)
-    model = dict(record.get("model") or {})
-    if "model" in model:  # also a run.json from before public_model: never a local path in the report
-        model["model"] = public_model(str(model["model"]), model.get("weights_sha256"))
-    # A gate-policy override is the first thing either report says, before any other notice.
-    notice = " ".join(filter(None, [override_statement(job.settings), job.notice])) or None
-    files = render_report(
-        title="Boomerang anonymization report",
-        settings=job.settings.public_dict(model.get("weights_sha256")),
-        versions={
-            **record.get("versions", {}),
-            **{f"model {k}": v for k, v in model.items()},
-        },
-        summary=summary,
-        failures=failures,
-        samples=samples,
-        notice=notice,
-        sections=list(sections),
-        verdict=list(verdict),
-        gate_thresholds=gate,
-    )
-    folder = report_dir or layout.report
-    for name, text in files.items():  # index.html last: it names the others (each write makes its folder)
-        storage.write_text(folder / name, text)
-    return folder / "index.html"
-
-
-def _original_thumbnails(job: Job, rows: pd.DataFrame) -> dict[str, bytes]:
-    from anonymize import ImageError, decode_image, encode_png
-    from pipeline.execution.inputs import read_bytes
-
-    identities = storage.read_table(job.layout.identities).to_pandas().set_index("anon_id")
-    thumbs = {}
-    for anon_id in rows["anon_id"].unique():
-        source = identities["source"].get(anon_id)
-        if not source:  # Parquet inputs: the bytes are not at a path
-            continue
-        try:
-            image = decode_image(read_bytes(source), max_pixels=job.settings.max_pixels)
-        except (ImageError, OSError):
-            continue
-        image.thumbnail((256, 256))
-        thumbs[anon_id] = encode_png(image)
-    return thumbs
-
-
 def closing_lines(result: JobResult) -> list[str]:
     """A few short lines for the terminal: the verdict at the top level first, then outputs, failures by reason,
     the paper's protocol at the top level, where."""
@@ -376,7 +312,13 @@ def closing_lines(result: JobResult) -> list[str]:
 
 
 def _cleared(row) -> str:
+    """`Facenet 75% (6/8 images; not counted: 2 with no face in the original)`: what the count counts (faces in
+    face-region mode), and what it leaves out."""
     # A missing output (another tool skipped the image) counts as not cleared.
     trials = row.n_evaluated + row.n_missing_output
     fraction = "-" if pd.isna(row.fraction_cleared) else f"{row.fraction_cleared:.0%}"
-    return f"{row.recognizer} {fraction} ({row.n_cleared}/{trials})"
+    unit = "faces" if pd.notna(getattr(row, "n_faces", None)) else "images"
+    left = [f"{row.n_no_face_original} with no face in the original"] if row.n_no_face_original else []
+    left += [f"{row.n_errors} failed"] if row.n_errors else []
+    rest = f"; not counted: {', '.join(left)}" if left else ""
+    return f"{row.recognizer} {fraction} ({row.n_cleared}/{trials} {unit}{rest})"

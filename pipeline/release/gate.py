@@ -25,8 +25,12 @@ from pipeline.execution.job import Job
 from pipeline.folder import storage
 from pipeline.folder.layout import RunLayout
 from pipeline.folder.lock_common import ensure_held
-from pipeline.outputs.finalize import JobResult, build_report, finalize
+from pipeline.folder.provenance import read_json
+from pipeline.outputs.finalize import JobResult, finalize
+from pipeline.outputs.internal_report import build_report
 from pipeline.outputs.linkage_attack import linkable
+from pipeline.outputs.report_document import document_rows, input_digest, run_secret
+from pipeline.release.card import released_summary, write_dataset_files
 from pipeline.release.image_sizes import SizeCounts
 from pipeline.release.swap import copy_synced, release_key, release_name, staged_folder
 from pipeline.settings.gate_policy import gate_thresholds, lowered_gate_thresholds
@@ -67,10 +71,11 @@ def without_linkable(status: pd.DataFrame, too_close: set) -> pd.DataFrame:
 def run_gate(job: Job) -> JobResult:
     thresholds = gate_thresholds(job.settings)
     remaining = {item.image_id for item in job.inputs.items}
-    for level in job.settings.ladder:
+    ladder = job.settings.ladder
+    for rung, level in enumerate(ladder, 1):
         if not remaining:
             break
-        run_pass(job, (level,), image_ids=remaining, label=f"gate level {level:g}")
+        run_pass(job, (level,), image_ids=remaining, label=f"gate level {level:g} (rung {rung} of {len(ladder)})")
         too_close = linkable(job.layout, job.settings.gate_max_linkage) if job.settings.gate_max_linkage else set()
         settled: set[str] = set()
         for manifest, distances in shard_rows(job):
@@ -139,7 +144,7 @@ def finish_gate(job: Job) -> JobResult:
         gate["released_with_a_unique_size"] = len(decision.unique_size)
         section = gate_section(job, decision)
         pairs = set(zip(released["anon_id"], released["level"].astype(float), strict=True))
-        result = finalize(job, sections=[section], extra={"gate": gate}, released=pairs)
+        result = finalize(job, sections=[section], extra={"gate": gate}, released=pairs, released_rows=released)
         # The public report travels with the release: only released images, byte for byte as released.
         shown = released.assign(release_id=released["anon_id"].map(names)).sort_values("release_id").head(12)
         samples = [
@@ -148,15 +153,25 @@ def finish_gate(job: Job) -> JobResult:
         ]
         failures = result.overview.failures
         failures = failures[failures["anon_id"].isin(released["anon_id"])]
+        # The release report and its card describe exactly the released set (release_card).
+        covers = ("release", list(released["anon_id"]))
         build_report(
             job,
             failures.assign(anon_id=failures["anon_id"].map(names)),  # the release's names, not the internal ones
-            result.summary,
+            released_summary(job, released) if result.summary is not None else None,
             DISTANCES_SCHEMA.empty_table().to_pandas(),
             samples,
             [section],
             report_dir=folder / "report",
+            verdict=result.verdict,
+            gate=gate["thresholds"],
+            samples_heading="Released images",
+            covers=covers,
         )
+        document = document_rows(
+            read_json(job.layout.run_json), len(covers[1]), input_digest(run_secret(job), covers[1]), "release"
+        )
+        write_dataset_files(job, folder, result.verdict, document, gate["thresholds"])
     return result
 
 

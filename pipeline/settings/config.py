@@ -55,6 +55,7 @@ class JobSettings:
     gate: bool = False
     ladder: tuple[float, ...] = DEFAULT_LADDER
     report_originals: bool = False
+    report_withheld: bool = False  # gate runs: the internal report's pictures include withheld outputs
     max_pixels: int = DEFAULT_MAX_PIXELS
     id_column: str = "id"
     image_column: str = "image"

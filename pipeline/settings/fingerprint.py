@@ -62,6 +62,7 @@ NOT_OUTPUT: dict[str, str] = {
     "demo": "the notice in the reports",
     "label": "the name shown for another tool's results in the report",
     "report_originals": "what the report shows; the report is rebuilt by every run",
+    "report_withheld": "what the report shows; the report is rebuilt by every run",
     # Restated over the kept distances and embeddings by every run (pipeline.outputs.finalize, pipeline.release.gate): a
     # new
     # threshold, identity labels or release rule re-decides what is cleared, attacked and released.

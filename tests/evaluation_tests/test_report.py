@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import re
 import shutil
 import subprocess
@@ -164,3 +165,94 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     assert pixels.std() > 20, "the screenshot is blank"
     # Plots and images are drawn: a good share of the page is not background white.
     assert (pixels < 200).mean() > 0.05
+
+
+def test_a_run_without_levels_is_plotted_by_label_never_an_empty_box(tmp_path):
+    """Another tool's output has no level: both plots put its label on the x axis and draw its points."""
+    rng = np.random.default_rng(3)
+    rows = [
+        {"level": float("nan"), "recognizer": r, "distance": float(d), "status": "ok", "face_anonymized": True}
+        for r in SETTINGS.recognizers
+        for d in rng.uniform(0.2, 0.8, 12)
+    ]
+    summary = summarize(pd.DataFrame(rows), SETTINGS, label="blur8")
+    page = write_report(
+        tmp_path, title="t", settings={}, versions={}, summary=summary, failures=pd.DataFrame(), samples=[]
+    )
+    for name in (DISTANCE_PLOT, FRACTION_PLOT):
+        svg = (page.parent / name).read_text()
+        assert "blur8" in svg and "no evaluated images" not in svg
+        # Markers were drawn: matplotlib writes each errorbar marker as a <use> of one symbol.
+        assert svg.count("<use ") >= len(SETTINGS.recognizers), name
+    assert "by label" in page.read_text()
+    # Every threshold the plot mentions is drawn: the run's (Facenet 0.35, VGG-Face 0.4) and the gate's 0.68.
+    gated = write_report(
+        tmp_path / "g",
+        title="t",
+        settings={},
+        versions={},
+        summary=summary,
+        failures=pd.DataFrame(),
+        samples=[],
+        gate_thresholds={"VGG-Face": 0.68, "Facenet": 0.4},
+    )
+    svg = (gated.parent / DISTANCE_PLOT).read_text()
+    for label in ("threshold Facenet", "threshold VGG-Face", "gate threshold VGG-Face (0.68)"):
+        assert label in svg, label
+    for label in ("gate threshold Facenet (0.4)",):
+        assert label in svg, label
+
+
+def test_settings_are_readable_rows_not_json():
+    from evaluation.report import setting_rows
+
+    rows = dict(
+        setting_rows(
+            {"levels": [0.5, 0.7], "gate": True, "evaluation": {"thresholds": [["Facenet", 0.35]], "detector": None}}
+        )
+    )
+    assert rows == {
+        "levels": "0.5, 0.7",
+        "gate": "yes",
+        "evaluation: thresholds": "Facenet 0.35",
+        "evaluation: detector": "–",
+    }
+
+
+def test_the_headline_says_when_an_attack_beats_chance():
+    """Item 8: a blur whose outputs a re-identifier ranks first far above chance is not 'all clear'."""
+    from evaluation.summary import verdict_lines
+
+    table = pd.DataFrame({"level": [math.nan], "n_images": [15], "n_clear": [15], "ci_low": [0.8], "ci_high": [1.0]})
+    summary = pd.DataFrame(
+        {
+            "level": [float("nan")],
+            "recognizer": ["Dlib"],
+            "reid_rank1": [0.33],
+            "reid_rank1_ci_low": [0.2],
+            "reid_chance1": [0.11],
+        }
+    )
+    (line,) = verdict_lines(table, {"Dlib": 0.07}, summary)
+    assert "15/15 images clear every recognizer" in line
+    assert "re-identification rank-1 33% (chance 11%) ABOVE CHANCE: outputs are re-identified" in line
+    within = summary.assign(reid_rank1_ci_low=[0.05])
+    assert "ABOVE CHANCE" not in verdict_lines(table, {"Dlib": 0.07}, within)[0]
+
+
+@pytest.mark.browser
+def test_the_reports_first_screen_shows_the_verdict(summary, tmp_path):
+    from browser import FIRST_SCREEN, verdict_bottom
+
+    page = write_report(
+        tmp_path / "report",
+        title="Boomerang anonymization report",
+        settings={},
+        versions={},
+        summary=summary,
+        failures=pd.DataFrame(),
+        samples=[],
+        notice="DEMO: random-weight models, these numbers are not meaningful",
+        verdict=["Verdict: released 1 of 12 images (8%, 95% CI 1%–35%), each clearing every recognizer."],
+    )
+    assert verdict_bottom(page, tmp_path) <= FIRST_SCREEN[1]

@@ -27,7 +27,8 @@ def test_outputs_that_are_copies_of_their_originals_are_all_linked_at_rank_1(cli
     ids = write_faces(originals, 4, size=(64, 64))
     copies_of(originals, ids, theirs)
 
-    status, _, err = cli("evaluate", "--originals", str(originals), "--anonymized", str(theirs), "--out", str(out))
+    argv = ["evaluate", "--originals", str(originals), "--anonymized", str(theirs), "--out", str(out)]
+    status, stdout, err = cli(*argv, "--label", "copies")
 
     assert status == 0, err
     attacks = pd.read_parquet(out / "private" / "attacks.parquet")
@@ -39,7 +40,17 @@ def test_outputs_that_are_copies_of_their_originals_are_all_linked_at_rank_1(cli
     assert (attacks["gallery_size"] == len(ids)).all()
     summary = pd.read_parquet(out / "evaluation" / "summary.parquet")
     assert (summary["linkage_rank1"] == 1.0).all() and (summary["linkage_chance1"] == 1 / len(ids)).all()
-    assert "view: linkage and re-identification" in (out / "report" / "index.html").read_text()
+    page = (out / "report" / "index.html").read_text()
+    assert "view: linkage and re-identification" in page
+    # Issue 24, items 7 and 8: the headline names the attack that beats chance; the report describes the run
+    # that happened (the evaluated tool's label, no Boomerang sampler) and plots the output by its label.
+    assert "linkage rank-1 100% (chance 25%) ABOVE CHANCE" in stdout.splitlines()[0]
+    assert "ABOVE CHANCE" in page[: page.index("<h2>Distance")]
+    settings = page[page.index("<h2>Settings</h2>") :]
+    assert ">evaluated tool<" in settings and "sampler" not in settings and ">ladder<" not in settings
+    for plot in ("distance_vs_level.svg", "fraction_cleared_vs_level.svg"):
+        svg = (out / "report" / plot).read_text()
+        assert "copies" in svg and svg.count("<use ") >= 1, plot
 
 
 def test_linkage_ranks_equal_a_brute_force_recomputation_and_no_embedding_leaves_private(cli, tmp_path, tiny_sd):

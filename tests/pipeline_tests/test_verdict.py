@@ -3,10 +3,9 @@ paper's 0.4, in the terminal's first closing line and at the top of the report's
 
 from __future__ import annotations
 
-import html
-
 import pandas as pd
 import pytest
+from markupsafe import escape
 from samples import write_faces
 
 pytestmark = pytest.mark.slow
@@ -61,7 +60,7 @@ def test_a_run_clearing_04_but_not_deepfaces_068_says_so_first(cli, tmp_path):
     assert any(line.startswith("At level 0.5, the paper's protocol (threshold 0.4): VGG-Face 100%") for line in lines)
     page = (out / "report" / "index.html").read_text()
     after = page[page.index("<h2>Summary</h2>") + len("<h2>Summary</h2>") :].lstrip()
-    assert after.startswith(f'<p class="verdict"><strong>{html.escape(lines[0])}</strong></p>')
+    assert after.startswith(f'<p class="verdict"><strong>{escape(lines[0])}</strong></p>')
     assert "the paper&#x27;s protocol (threshold 0.4)" in page or "the paper's protocol (threshold 0.4)" in page
     # The distance plot draws the gate's threshold too, not only 0.4.
     svg = (out / "report" / "distance_vs_level.svg").read_text()
