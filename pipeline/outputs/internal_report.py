@@ -106,7 +106,7 @@ def build_report(
         samples_heading=samples_heading,
         # The command that made the folder (`boomerang report` rebuilds any folder as "run").
         settings=report_settings(
-            job.settings, record.get("command") or job.mode, job.settings.public_dict(model.get("weights_sha256"))
+            job.settings, record.get("command") or job.stages, job.settings.public_dict(model.get("weights_sha256"))
         ),
         versions={
             **record.get("versions", {}),

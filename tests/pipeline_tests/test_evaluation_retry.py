@@ -54,7 +54,7 @@ def test_a_read_that_fails_in_the_evaluation_stage_is_retried_on_rerun_and_every
     status, _, err = cli(*argv)
 
     assert status == 0, err
-    assert "evaluate: 2/2 done" in err  # only the two that failed: the others were done
+    assert "evaluate: 2/2 outputs done" in err  # only the two that failed: the others were done
     manifest = pd.read_parquet(out / "manifest.parquet")
     distances = pd.read_parquet(out / "evaluation" / "distances.parquet")
     assert len(manifest) == 4 and (manifest["status"] == "ok").all()
