@@ -10,8 +10,11 @@ process, with its peak memory (ru_maxrss above the process's after imports):
   compact   compacting one shard of 4096 images from batch parts of 4 (pipeline.records.compact_shard)
   discover  today's discovery of a Parquet input of N ids: listing, keying (anon_id) and the shard cut
   attacks   the capped linkage attack (finalize's: --max-queries per level against every original) as Ray
-            tasks over the embedding shards (pipeline.attack_tasks), with 1 and 2 Ray workers (--workers);
-            the driver's peak memory is measured after ray.init
+            tasks over the embedding shards (pipeline.attack_tasks), on 2 Ray workers; the driver's peak
+            memory is measured after ray.init
+  gate_attack  the gate's attack (--gate-max-linkage: every output against every original) on a folder of
+            --gate-n images in shards of --gate-shard-size, with 1 and 2 Ray workers (--workers): the
+            throughput in pairs/s and its ratio
   diversity the sample-diversity summary (2 samples per image; pipeline.diversity_shards)
   matmul    the float32 matrix product rate here (1 thread), for the projection to a GPU node
 
@@ -205,7 +208,7 @@ def write_input(path: Path, n: int) -> None:
 
 def child(what: str, out: Path, n: int, extra: str = "") -> dict:
     """One measurement in this (fresh) process: seconds and peak memory above the baseline."""
-    if what in ("discover", "attacks", "diversity", "matmul"):
+    if what in ("discover", "attacks", "gate_attack", "diversity", "matmul"):
         return child_new(what, out, n, extra)
     job = fake_job(out, n) if what in ("plan", "finalize", "gate") else None
     if what == "gate":  # deepface's threshold table: imported before the baseline
@@ -249,22 +252,31 @@ def child_new(what: str, out: Path, n: int, extra: str) -> dict:
         keyed = {item.image_id: anon_id(b"k" * 32, item.image_id) for item in inputs.items}
         shards = Shards.cut(keyed.values(), DEFAULT_SHARD_SIZE)
         assert len(keyed) == n and shards.count >= 1
-    elif what == "attacks":
+    elif what in ("attacks", "gate_attack"):
         import ray
 
-        from pipeline.attacks import linkage_attack
+        from pipeline.attacks import linkable, linkage_attack
 
         workers, cap = (int(v) for v in extra.split(","))
+        layout = RunLayout.at(str(out / ("emb" if what == "attacks" else "gate-emb")))
         ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-        linkage_attack(RunLayout.at(str(out / "emb")), max_queries=10)  # the workers' imports, not measured
+        # Not measured: the workers' start and imports (one worker per CPU, each kept busy so that all start),
+        # and one run of the same attack.
+        ray.get([ray.remote(_warm).remote() for _ in range(workers)])
+        linkage_attack(layout, max_queries=cap, reid=False) if what == "attacks" else linkable(layout, 1)
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         started = time.perf_counter()
-        attacks = linkage_attack(RunLayout.at(str(out / "emb")), max_queries=cap, reid=False)
+        if what == "attacks":
+            attacks = linkage_attack(layout, max_queries=cap, reid=False)
+            assert len(attacks) == min(cap, n) and (attacks["gallery_size"] == n).all()
+            pairs = len(attacks) * n
+        else:
+            close = linkable(layout, 1)
+            assert len(close) <= n
+            pairs = n * n
         seconds = time.perf_counter() - started
-        assert len(attacks) == min(cap, n) and (attacks["gallery_size"] == n).all()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         ray.shutdown()
-        pairs = len(attacks) * n
         return {"seconds": seconds, "peak_mib": (peak - base) / 1024, "pairs_per_s": pairs / seconds}
     elif what == "diversity":
         from pipeline.diversity import sample_diversity
@@ -276,6 +288,14 @@ def child_new(what: str, out: Path, n: int, extra: str) -> dict:
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"seconds": seconds, "peak_mib": (peak - base) / 1024}
+
+
+def _warm() -> None:
+    import torch  # noqa: F401
+
+    import pipeline.attack_tasks  # noqa: F401
+
+    time.sleep(2)
 
 
 def matmul_rate(dims: int = 128) -> dict:
@@ -335,19 +355,32 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE)
     parser.add_argument("--dims", type=int, default=64, help="embedding dimensions of the attack's simulation")
     parser.add_argument("--max-queries", type=int, default=10_000, help="the capped attack's queries per level")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Ray workers for the attack")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Ray workers for the gate's attack")
+    parser.add_argument("--gate-n", type=int, default=20_000, help="images of the gate's attack (every pair)")
+    parser.add_argument("--gate-shard-size", type=int, default=1000)
     parser.add_argument(
-        "--phases", nargs="+", default=["plan", "finalize", "gate", "compact", "discover", "attacks", "diversity"]
+        "--phases",
+        nargs="+",
+        default=["plan", "finalize", "gate", "compact", "discover", "attacks", "diversity", "gate_attack"],
     )
     parser.add_argument("--child", nargs=4, metavar=("WHAT", "OUT", "N", "EXTRA"))
-    smoke = {"n": [2000], "repeats": 1, "shard_size": 500, "dims": 16, "max_queries": 200, "workers": [1]}
+    smoke = {"n": [2000], "repeats": 1, "shard_size": 500, "dims": 16, "max_queries": 200, "workers": [2]}
+    smoke.update(gate_n=500, gate_shard_size=100)
     args = common.parse(parser, smoke)
     if args.child:
         what, out, n, extra = args.child
         print(json.dumps(child(what, Path(out), int(n), extra)))
         return
-    if "attacks" in args.phases:
+    if "gate_attack" in args.phases or "attacks" in args.phases:
         print(json.dumps({"matmul": measure("matmul", Path("."), 0, 1)}), flush=True)
+    if "gate_attack" in args.phases:
+        with tempfile.TemporaryDirectory(prefix="bookkeeping-") as tmp:
+            build_embeddings(Path(tmp) / "gate-emb", args.gate_n, args.gate_shard_size, args.dims)
+            row = {"gate_attack_n": args.gate_n, "shard_size": args.gate_shard_size, "dims": args.dims}
+            for workers in args.workers:
+                extra = f"{workers},0"
+                row[f"gate_attack_{workers}w"] = measure("gate_attack", Path(tmp), args.gate_n, args.repeats, extra)
+            print(json.dumps(row), flush=True)
     for n in args.n:
         with tempfile.TemporaryDirectory(prefix="bookkeeping-") as tmp:
             out = Path(tmp) / "out"
@@ -373,9 +406,9 @@ def main() -> None:
                 if what == "compact":
                     row[what] = measure(what, out, args.shard_size, 1)
                 elif what == "attacks":
-                    for workers in args.workers:
-                        extra = f"{workers},{args.max_queries}"
-                        row[f"attacks_{workers}w"] = measure(what, out, n, args.repeats, extra)
+                    row[what] = measure(what, out, n, args.repeats, f"2,{args.max_queries}")
+                elif what == "gate_attack":
+                    continue
                 else:
                     row[what] = measure(what, out, n, args.repeats)
             print(json.dumps(row), flush=True)
