@@ -5,11 +5,11 @@ answer, ties for the attacker). Here they run on the cluster, in two kinds of ta
 
 1. one `_prepare` task per shard of private/embeddings (its compacted file and batch parts: every row of an
    anon_id is in its shard) reads the shard and puts into the object store, per recognizer, the shard's block
-   of the gallery (each original face once, normalised, float32) and its queries (every output's embedding,
-   normalised). The driver gets back only what it needs to count: a 16-byte digest per original (the
-   originals' bytes, to find byte-identical ones across shards), per identity code how many originals, and
-   per level the shard's smallest query keys (the capped attack's sample);
-2. one `_rank` task per shard of queries ranks them against every gallery block, fetched one block at a time
+   of the gallery (each original face once, normalised, float32). The driver gets back only what it needs
+   to count: a 16-byte digest per original (its bytes, to find byte-identical originals across shards), per
+   identity code how many originals, and per level the shard's smallest query keys (the capped sample);
+2. one `_rank` task per shard of queries (read from the shard's files: every output's embedding, or those the
+   capped attack asks) ranks them against every gallery block, fetched one block at a time
    (on a GPU where the cluster has them, in float16, else float32 on the CPU); the driver merges the ranks.
 
 Exact ranks across blocks. A gallery split across blocks is ranked as one: every comparison is decided as
@@ -89,7 +89,7 @@ def sharded_ranks(
     if not groups:
         return []
     identities = layout.identities if reid and layout.identities.is_file() else None
-    prepare = _remote(_prepare, num_returns=3, num_cpus=1)
+    prepare = _remote(_prepare, num_returns=2, num_cpus=1)
     refs = [prepare.remote(g, identities, max_queries) for g in groups]
     # The shards' metadata one at a time: the capped sample's keys are merged into a running top-`limit`.
     metas, smallest = [], {}
@@ -117,7 +117,7 @@ def sharded_ranks(
         do_reid = reid and sum(codes.values()) >= 2
         blocks = [(b, refs[b][1], weight_refs[b], int(offsets[b])) for b in range(len(groups)) if sizes[b]]
         tasks = [
-            rank.remote(name, refs[b][2], b, blocks, limits, do_reid, within, precision)
+            rank.remote(name, groups[b], b, blocks, limits, do_reid, within, precision)
             for b, meta in enumerate(metas)
             if name in meta and _may_hold(meta[name]["smallest"], limits)
         ]
@@ -167,49 +167,53 @@ def error_bound(dims: int, dtype: str) -> float:
 # --- tasks -------------------------------------------------------------------------------------------------
 
 
-def _prepare(paths: Sequence[Location], identities: Location | None, max_queries: int | None):
-    """(meta, gallery, queries) of one shard, each a dict by recognizer (see the module docstring)."""
-    wanted = ["anon_id", "level", "face", "recognizer", "original", "anonymized"]
+def _read_shard(paths: Sequence[Location], columns: list[str]) -> pa.Table | None:
     tables = []
     for path in paths:
         names = storage.read_schema(path).names
-        tables.append(storage.parquet_file(path).read(columns=[c for c in wanted if c in names]))
-    table = pa.concat_tables(tables, promote_options="default") if tables else None
-    meta, gallery, queries = {}, {}, {}
+        tables.append(storage.parquet_file(path).read(columns=[c for c in columns if c in names]))
+    return pa.concat_tables(tables, promote_options="default") if tables else None
+
+
+def _recognizer_rows(table: pa.Table, name: str) -> dict:
+    """One recognizer's rows of a shard: ids, faces, keys, levels, and each row's original in the shard's
+    gallery (its keys sorted, each once)."""
+    rows = table.filter(pc.equal(table["recognizer"], name))
+    ids = np.asarray(rows["anon_id"].to_pylist(), dtype=object)
+    faces = _faces(rows)
+    keys = ids if faces is None else np.array([_key(a, f) for a, f in zip(ids, faces, strict=True)], dtype=object)
+    gallery_keys, first, source = np.unique(keys, return_index=True, return_inverse=True)
+    levels = rows["level"].to_numpy(zero_copy_only=False).astype(np.float64)
+    return {"rows": rows, "anon_id": ids, "face": faces, "keys": keys, "gallery_keys": gallery_keys,
+            "first": first, "source": source.reshape(-1).astype(np.int64), "level": levels}  # fmt: skip
+
+
+def _prepare(paths: Sequence[Location], identities: Location | None, max_queries: int | None):
+    """(meta, gallery) of one shard, each a dict by recognizer (see the module docstring). The queries stay in
+    the files: the ranking task reads its shard again, only the queries it asks."""
+    table = _read_shard(paths, ["anon_id", "level", "face", "recognizer", "original"])
+    meta, gallery = {}, {}
     if table is None or not len(table):
-        return meta, gallery, queries
+        return meta, gallery
     labels = _labels(identities, table["anon_id"]) if identities is not None else {}
     for name in pc.unique(table["recognizer"]).to_pylist():
-        rows = table.filter(pc.equal(table["recognizer"], name))
-        ids = np.asarray(rows["anon_id"].to_pylist(), dtype=object)
-        faces = _faces(rows)
-        keys = ids if faces is None else np.array([_key(a, f) for a, f in zip(ids, faces, strict=True)], dtype=object)
-        gallery_keys, first, source = np.unique(keys, return_index=True, return_inverse=True)
-        originals = _unit(_matrix(rows["original"])[first], "gallery")
-        codes = _codes(gallery_keys, labels, faces is not None)
-        levels = rows["level"].to_numpy(zero_copy_only=False).astype(np.float64)
+        found = _recognizer_rows(table, name)
+        originals = _unit(_matrix(found["rows"]["original"].take(found["first"])), "gallery")
+        codes = _codes(found["gallery_keys"], labels, found["face"] is not None)
         meta[name] = {
-            "n_gallery": len(gallery_keys),
+            "n_gallery": len(originals),
             "digest": np.array([hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in originals], "S16"),
             "known": codes != NO_CODE,
             "codes": Counter(codes[codes != NO_CODE].tolist()),
-            "smallest": _smallest(keys, levels, max_queries),
+            "smallest": _smallest(found["keys"], found["level"], max_queries),
         }
         gallery[name] = {"vectors": originals, "codes": codes}
-        queries[name] = {
-            "vectors": _unit(_matrix(rows["anonymized"]), "queries"),
-            "source": source.reshape(-1).astype(np.int64),
-            "anon_id": ids,
-            "keys": keys,
-            "level": levels,
-            "face": faces,
-        }
-    return meta, gallery, queries
+    return meta, gallery
 
 
 def _rank(
     name: str,
-    shard_queries: dict,  # the shard's queries (a top-level argument: Ray fetches it)
+    paths: Sequence[Location],
     block: int,
     blocks: list,
     limits: dict | None,
@@ -221,9 +225,9 @@ def _rank(
     import ray
     import torch
 
-    queries = shard_queries[name]
+    queries = _recognizer_rows(_read_shard(paths, ["anon_id", "level", "face", "recognizer", "anonymized"]), name)
     chosen = _chosen(queries["keys"], queries["level"], limits)
-    q = queries["vectors"][chosen]
+    q = _unit(_matrix(queries["rows"]["anonymized"].take(chosen)), "queries")
     source = queries["source"][chosen]
     device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
     precision = precision or ("float16" if device == "cuda" else "float32")
