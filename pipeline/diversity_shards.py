@@ -103,14 +103,29 @@ def _bucket(image, buckets: int) -> int:
 
 def _add(sums: dict, embeddings: pd.DataFrame) -> None:
     """Add the images (faces) of these rows, every sample of each among them, to the per-(level, recognizer)
-    count and sum of mean pairwise distances."""
-    from .diversity import mean_pairwise_distance
+    count and sum of mean pairwise distances.
 
+    The mean cosine distance over all pairs of K unit vectors u_i is 1 - (|sum u_i|^2 - K) / (K (K - 1)): one
+    vector sum per image instead of K^2 / 2 products (pipeline.diversity.mean_pairwise_distance's value)."""
+    if not embeddings.empty:
+        embeddings = embeddings[embeddings["image"].notna()]  # an output whose image is not known: no samples
     if embeddings.empty:
         return
-    for (level, recognizer), group in embeddings.groupby(["level", "recognizer"], dropna=False):
-        for _, samples in group.groupby(["image", group["face"].fillna(-1)]):
-            if len(samples) >= 2:
-                entry = sums.setdefault((level, recognizer), [0, 0.0])
-                entry[0] += 1
-                entry[1] += mean_pairwise_distance(np.stack(samples["anonymized"].to_numpy()))
+    keys = ["level", "recognizer", "image"]
+    frame = embeddings.assign(face=embeddings["face"].fillna(-1))
+    group, _ = pd.MultiIndex.from_frame(frame[[*keys, "face"]].astype({"level": str})).factorize()
+    vectors = np.stack(frame["anonymized"].to_numpy()).astype(np.float64)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    order = np.argsort(group, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(group[order]) != 0])
+    total = np.add.reduceat(unit[order], starts, axis=0)
+    k = np.diff(np.r_[starts, len(order)]).astype(np.float64)
+    several = k >= 2
+    mean = 1.0 - ((total**2).sum(axis=1) - k)[several] / (k * (k - 1))[several]
+    first = order[starts[several]]
+    per = pd.DataFrame({"level": frame["level"].to_numpy()[first], "recognizer": frame["recognizer"].to_numpy()[first],
+                        "mean": mean})  # fmt: skip
+    for (level, recognizer), rows in per.groupby(["level", "recognizer"], dropna=False):
+        entry = sums.setdefault((level, recognizer), [0, 0.0])
+        entry[0] += len(rows)
+        entry[1] += float(rows["mean"].sum())
