@@ -342,7 +342,9 @@ def _count_ahead(similarity, threshold, excluded, weight, queries, vectors, eps)
         count = above.sum(dim=1).cpu().numpy().astype(np.int64)
         if len(special):
             extra = above[:, torch.as_tensor(special, device=s.device)].to(torch.int64)
-            count += (extra @ torch.as_tensor(weight[special].astype(np.int64) - 1, device=s.device)).cpu().numpy()
+            # Summed, not multiplied: CUDA has no integer matrix product.
+            more = torch.as_tensor(weight[special].astype(np.int64) - 1, device=s.device)
+            count += (extra * more).sum(dim=1).cpu().numpy()
         band = (s >= low.unsqueeze(1)) & ~above
         band_rows, band_cols = (x.cpu().numpy() for x in torch.nonzero(band, as_tuple=True))
     for start in range(0, len(band_rows), BAND_PAIRS):
