@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from evaluation.report import linkage_plot_html
 from evaluation.summary import ATTACK_COLUMNS, NULLABLE_COUNTS
 
-from . import storage
+from . import attack_tasks, storage
 from .layout import RunLayout, write_private_table
 from .records import table_files
 from .schemas import ATTACKS_SCHEMA
@@ -52,6 +52,13 @@ def linkage_attack(layout: RunLayout, max_queries: int | None = MAX_QUERIES, rei
     In face-region mode every face is its own query and its own original in the gallery; re-identification
     uses the image's identity label only for images with one face (a group photo's label names no face).
     """
+    if attack_tasks.available():  # Ray tasks over shards: the driver holds no embedding
+        return _finish(
+            [
+                ATTACKS_SCHEMA.empty_table().to_pandas(),
+                *attack_tasks.attack_frame(attack_tasks.sharded_ranks(layout, max_queries, reid)),
+            ]
+        )
     from evaluation.attacks import rank_of_true, reid_rank  # torch: only where there are embeddings to rank
 
     by_recognizer: dict[str, list[pa.Table]] = {}
@@ -97,7 +104,11 @@ def linkage_attack(layout: RunLayout, max_queries: int | None = MAX_QUERIES, rei
         reid_rows["people_attackable"] = int((counts >= 2).sum())
         reid_rows["people_single"] = int((counts == 1).sum())
         frames.append(reid_rows)
-    attacks = pd.concat(frames, ignore_index=True)
+    return _finish(frames)
+
+
+def _finish(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    attacks = pd.concat([f for f in frames if len(f.columns)], ignore_index=True)
     for column in ("rank", "people_attackable", "people_single"):
         attacks[column] = attacks[column].astype("Int64")
     attacks["face"] = attacks["face"].astype("Int32")
@@ -119,6 +130,9 @@ def write_attacks(layout: RunLayout, attacks: pd.DataFrame) -> None:
 
 def linkable(layout: RunLayout, max_rank: int) -> set[tuple[str, float]]:
     """(anon_id, level) of every output whose own original some recognizer ranks within `max_rank`."""
+    if attack_tasks.available():  # the tasks send back only the outputs within `max_rank`
+        found = attack_tasks.sharded_ranks(layout, None, reid=False, within=max_rank)
+        return {(a, float(v)) for r in found for a, v in zip(r.anon_id.tolist(), r.level.tolist(), strict=True)}
     attacks = linkage_attack(layout, max_queries=None, reid=False)
     close = attacks[attacks["rank"] <= max_rank]
     return set(zip(close["anon_id"].tolist(), close["level"].astype(float).tolist(), strict=True))
