@@ -27,9 +27,9 @@ from bench.pipeline_overhead import resolve_model
 LEVELS = (0.2, 0.4, 0.6, 0.8, 1.0)
 
 
-def by_images(model: str, work: Path, n: int, steps: int, home: Path) -> list[dict]:
+def by_images(model: str, work: Path, n: int, steps: int, home: Path, factors=(1, 4, 16)) -> list[dict]:
     rows = []
-    for factor in (1, 4, 16):
+    for factor in factors:
         count = n * factor
         folder = work / f"in-{count}"
         common.write_faces(folder, count, size=(96, 96))
@@ -77,13 +77,15 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--level-steps", type=int, default=20, help="steps for the level sweep")
-    args = common.parse(parser, {"n": 2, "steps": 2, "level_steps": 10})
+    parser.add_argument("--factors", default="1,4,16", help="the job sizes, as multiples of --n")
+    args = common.parse(parser, {"n": 2, "steps": 2, "level_steps": 10, "factors": "1"})
 
     model = resolve_model(args.model)
     home = deepface_home(["Facenet"])
     work = Path(tempfile.mkdtemp(prefix="bench-scaling-"))
     try:
-        images = by_images(model, work, args.n, args.steps, home)
+        factors = tuple(int(f) for f in args.factors.split(","))
+        images = by_images(model, work, args.n, args.steps, home, factors)
         levels, fits = by_level(model, work, args.n * 2, args.level_steps)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -15,6 +15,9 @@ import pytest
 os.environ.setdefault("DEEPFACE_BACKEND_ENGINE", "pytorch")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+# Every Ray head a test starts (the session's, `ray start`, ray.cluster_utils in a job's process) waits up to
+# 120 s for its GCS to bind, not Ray's 30: on a loaded 2-core machine the GCS has been seen to take longer.
+os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
 
 
 @pytest.fixture(scope="session")

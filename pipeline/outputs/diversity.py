@@ -14,52 +14,16 @@ import html
 import numpy as np
 import pandas as pd
 
-from pipeline.folder import storage
 from pipeline.folder.layout import RunLayout
-from pipeline.tables.read import read_files, table_files
-
-DIVERSITY_COLUMNS = ("diversity_images", "diversity_mean")
+from pipeline.outputs.diversity_shards import DIVERSITY_COLUMNS
 
 
 def sample_diversity(layout: RunLayout) -> pd.DataFrame:
-    """Per (level, recognizer): images (faces) with 2+ samples and the mean pairwise distance between them."""
-    columns = ["level", "recognizer", *DIVERSITY_COLUMNS]
-    if not layout.identities.is_file():
-        return pd.DataFrame(columns=columns)
-    ids = storage.read_table(layout.identities, columns=["anon_id", "image_id", "sample"]).to_pandas()
-    if "sample" not in ids or ids["sample"].fillna(0).max() < 1:
-        return pd.DataFrame(columns=columns)
-    image_of = dict(zip(ids["anon_id"], ids["image_id"], strict=True))
-    rows = []
-    # Samples exist only in runs whose embeddings carry `face`; the originals' vectors are not needed here.
-    wanted = ["anon_id", "level", "face", "recognizer", "anonymized"]
-    for table in read_files(table_files(layout.embeddings), columns=wanted):
-        frame = table.to_pandas()
-        if frame.empty:
-            continue
-        frame["image"] = frame["anon_id"].map(image_of)
-        rows.append(frame[["level", "recognizer", "image", "face", "anonymized"]])
-    if not rows:
-        return pd.DataFrame(columns=columns)
-    found = []
-    # An image's samples are in different shards (each has its own keyed name): group over all of them.
-    embeddings = pd.concat(rows, ignore_index=True)
-    for (level, recognizer), group in embeddings.groupby(["level", "recognizer"], dropna=False):
-        means = [
-            mean_pairwise_distance(np.stack(samples["anonymized"].to_numpy()))
-            for _, samples in group.groupby(["image", group["face"].fillna(-1)])
-            if len(samples) >= 2
-        ]
-        if means:
-            found.append(
-                {
-                    "level": level,
-                    "recognizer": recognizer,
-                    "diversity_images": len(means),
-                    "diversity_mean": np.mean(means),
-                }
-            )
-    return pd.DataFrame(found, columns=columns)
+    """Per (level, recognizer): images (faces) with 2+ samples and the mean pairwise distance between them
+    (read shard by shard, regrouped by image bucket by bucket: pipeline.outputs.diversity_shards)."""
+    from pipeline.outputs.diversity_shards import sample_diversity as bounded
+
+    return bounded(layout)
 
 
 def mean_pairwise_distance(vectors: np.ndarray) -> float:

@@ -25,6 +25,7 @@ from evaluation.report import linkage_plot_html
 from evaluation.summary import ATTACK_COLUMNS, NULLABLE_COUNTS
 from pipeline.folder import storage
 from pipeline.folder.layout import RunLayout
+from pipeline.outputs import attack_tasks
 from pipeline.tables.read import table_files
 from pipeline.tables.schemas import ATTACKS_SCHEMA
 from pipeline.tables.write import write_private_table
@@ -52,6 +53,13 @@ def linkage_attack(layout: RunLayout, max_queries: int | None = MAX_QUERIES, rei
     In face-region mode every face is its own query and its own original in the gallery; re-identification
     uses the image's identity label only for images with one face (a group photo's label names no face).
     """
+    if attack_tasks.available():  # Ray tasks over shards: the driver holds no embedding
+        return _finish(
+            [
+                ATTACKS_SCHEMA.empty_table().to_pandas(),
+                *attack_frame(attack_tasks.sharded_ranks(layout, max_queries, reid)),
+            ]
+        )
     from evaluation.attacks import rank_of_true, reid_rank  # torch: only where there are embeddings to rank
 
     by_recognizer: dict[str, list[pa.Table]] = {}
@@ -97,7 +105,11 @@ def linkage_attack(layout: RunLayout, max_queries: int | None = MAX_QUERIES, rei
         reid_rows["people_attackable"] = int((counts >= 2).sum())
         reid_rows["people_single"] = int((counts == 1).sum())
         frames.append(reid_rows)
-    attacks = pd.concat(frames, ignore_index=True)
+    return _finish(frames)
+
+
+def _finish(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    attacks = pd.concat([f for f in frames if len(f.columns)], ignore_index=True)
     for column in ("rank", "people_attackable", "people_single"):
         attacks[column] = attacks[column].astype("Int64")
     attacks["face"] = attacks["face"].astype("Int32")
@@ -119,6 +131,9 @@ def write_attacks(layout: RunLayout, attacks: pd.DataFrame) -> None:
 
 def linkable(layout: RunLayout, max_rank: int) -> set[tuple[str, float]]:
     """(anon_id, level) of every output whose own original some recognizer ranks within `max_rank`."""
+    if attack_tasks.available():  # the tasks send back only the outputs within `max_rank`
+        found = attack_tasks.sharded_ranks(layout, None, reid=False, within=max_rank)
+        return {(a, float(v)) for r in found for a, v in zip(r.anon_id.tolist(), r.level.tolist(), strict=True)}
     attacks = linkage_attack(layout, max_queries=None, reid=False)
     close = attacks[attacks["rank"] <= max_rank]
     return set(zip(close["anon_id"].tolist(), close["level"].astype(float).tolist(), strict=True))
@@ -308,3 +323,39 @@ def _count(value) -> str:
 
 def _pct(value) -> str:
     return "-" if value is None or pd.isna(value) else f"{value:.1%}"
+
+
+def attack_frame(found: list) -> list[pd.DataFrame]:
+    """This module's rows (ATTACKS_SCHEMA, before its final casts) of the ranks found (`found`: one
+    pipeline.outputs.attack_tasks.Ranked per recognizer)."""
+    frames = []
+    for r in found:
+        frames.append(
+            _rows(
+                r.anon_id,
+                r.level,
+                r.recognizer,
+                LINKAGE,
+                r.linkage.astype(np.float64),
+                r.gallery,
+                np.full(len(r.anon_id), 1 / r.gallery) if r.gallery else np.empty(0),
+                r.face,
+            )
+        )
+        if r.reid is None:
+            continue
+        asked = r.reid_asked
+        rows = _rows(
+            r.anon_id[asked],
+            r.level[asked],
+            r.recognizer,
+            REID,
+            r.reid[asked],
+            r.reid_gallery,
+            r.reid_chance[asked],
+            None if r.face is None else r.face[asked],
+        )
+        rows["people_attackable"] = r.people_attackable
+        rows["people_single"] = r.people_single
+        frames.append(rows)
+    return frames if frames else [pd.DataFrame()]
