@@ -311,8 +311,9 @@ def _status(field: str) -> int:
 
 
 def _warm() -> None:
-    import pipeline.outputs.attack_tasks  # noqa: F401
     import torch  # noqa: F401
+
+    import pipeline.outputs.attack_tasks  # noqa: F401
 
     time.sleep(2)
 
