@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 from pipeline.folder import storage
 from pipeline.folder.layout import RunLayout
 from pipeline.outputs.attack_tasks import source_groups
+from pipeline.tables.write import write_scratch_table
 
 # Embedding rows per bucket: 2**14 VGG-Face rows (4096 float32) are 256 MiB.
 DIVERSITY_COLUMNS = ("diversity_images", "diversity_mean")  # the summary's columns (pipeline.outputs.diversity)
@@ -55,7 +56,7 @@ def sample_diversity(layout: RunLayout, bucket_rows: int = BUCKET_ROWS) -> pd.Da
                 for b in np.unique(bucket).tolist():
                     path = folder / f"part-{i:05d}-{b:05d}.parquet"
                     mine = frame[bucket == b]
-                    storage.write_table(pa.Table.from_pandas(mine, preserve_index=False), path, private=True)
+                    write_scratch_table(pa.Table.from_pandas(mine, preserve_index=False), path)
                     written.setdefault(b, []).append(path)
             for paths in written.values():  # pass 2: one bucket at a time
                 _add(sums, pd.concat([storage.read_table(p).to_pandas() for p in paths], ignore_index=True))

@@ -7,7 +7,7 @@ import pyarrow as pa
 
 from pipeline.folder import storage
 from pipeline.folder.storage import Location
-from pipeline.tables.public_surface import check_private, check_public
+from pipeline.tables.public_surface import PublicSurfaceError, check_private, check_public
 from pipeline.tables.schemas import table_at
 
 
@@ -28,3 +28,11 @@ def write_public_table(table: pa.Table, path: Location, *, name: str | None = No
     """
     check_public(table, table_at(path, name))
     storage.write_table(table, path)
+
+
+def write_scratch_table(table: pa.Table, path: Location) -> None:
+    """A pass's temporary table (e.g. the diversity summary's buckets), removed when the pass ends: declared
+    nowhere, so written only under private/, 0600 like every private file."""
+    if "/private/" not in f"/{path.as_posix()}/":
+        raise PublicSurfaceError(f"{path.name}: a scratch table is written only under private/")
+    storage.write_table(table, path, private=True)
