@@ -76,7 +76,9 @@ def test_a_job_killed_mid_shard_resumes_to_the_same_files_whatever_the_batch_siz
         kill_job_when([*argv, "--out", str(out), "--batch-size", "4", "--model", str(tiny_sd)], mid_shard)
     assert not (manifest / "part-00001.parquet").exists()
     done_before = len(pd.read_parquet(manifest))
-    assert 16 + 4 <= done_before <= 16 + 8
+    # Shard 0 whole, shard 1 begun but not whole (its held image cannot be done); how many of its other
+    # batches finished depends on how many actors ran beside the held one.
+    assert 16 + 4 <= done_before < 16 + 16
     shard_0 = (manifest / "part-00000.parquet").stat().st_mtime_ns
 
     status, _, err = cli(*argv, "--out", str(out), "--batch-size", "3")

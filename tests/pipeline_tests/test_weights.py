@@ -311,7 +311,10 @@ def test_a_two_node_job_fills_each_node_from_the_store(s3_server, tmp_path, monk
     data = tmp_path / "in"
     write_faces(data, 4, size=(64, 64))
     driver, node = tmp_path / "driver", tmp_path / "node"
-    env = {k: v for k, v in os.environ.items() if k != "DEEPFACE_HOME"}
+    # Nothing of another test's Ray address or token authentication (a head started with RAY_AUTH_MODE=token
+    # and no token in this HOME stops at once: "Check failed: has_token").
+    dropped = ("DEEPFACE_HOME", "RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     env |= {"PYTHONPATH": os.pathsep.join(sys.path), "HOME": str(driver), "HF_HUB_CACHE": str(driver / "hf")}
     env |= {"HF_HUB_OFFLINE": "1"}
     staged, local = tmp_path / "staged", tmp_path / "local"
