@@ -26,6 +26,7 @@ from evaluation.summary import ATTACK_COLUMNS, NULLABLE_COUNTS
 from pipeline.folder import storage
 from pipeline.folder.layout import RunLayout
 from pipeline.outputs import attack_tasks
+from pipeline.outputs.attack_math import face_column, face_key
 from pipeline.tables.read import table_files
 from pipeline.tables.schemas import ATTACKS_SCHEMA
 from pipeline.tables.write import write_private_table
@@ -72,8 +73,10 @@ def linkage_attack(layout: RunLayout, max_queries: int | None = MAX_QUERIES, rei
     for name, tables in sorted(by_recognizer.items()):
         rows = pa.concat_tables(tables, promote_options="default")
         ids = rows["anon_id"].to_numpy(zero_copy_only=False)
-        faces = _faces(rows)
-        keys = ids if faces is None else np.array([_key(a, f) for a, f in zip(ids, faces, strict=True)], dtype=object)
+        faces = face_column(rows)
+        keys = (
+            ids if faces is None else np.array([face_key(a, f) for a, f in zip(ids, faces, strict=True)], dtype=object)
+        )
         levels = rows["level"].to_numpy()
         originals = _matrix(rows["original"])
         # The gallery: each original (face) once (its rows at every level share the original's face).
@@ -137,17 +140,6 @@ def linkable(layout: RunLayout, max_rank: int) -> set[tuple[str, float]]:
     attacks = linkage_attack(layout, max_queries=None, reid=False)
     close = attacks[attacks["rank"] <= max_rank]
     return set(zip(close["anon_id"].tolist(), close["level"].astype(float).tolist(), strict=True))
-
-
-def _faces(rows: pa.Table) -> np.ndarray | None:
-    """The face index of each embedding row (face-region mode), or None when every row is a whole image."""
-    if "face" not in rows.column_names or rows["face"].null_count == len(rows):
-        return None
-    return np.array(rows["face"].to_pylist(), dtype=object)
-
-
-def _key(anon_id: str, face) -> str:
-    return anon_id if face is None else f"{anon_id}#{int(face)}"
 
 
 def _face_labels(keys: np.ndarray, labels: dict[str, str], by_face: bool) -> dict[str, str]:
