@@ -15,6 +15,7 @@ line naming the cause and the fix, within seconds, rather than Ray's 20 retries 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -23,7 +24,14 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+
+from pipeline.execution.cluster_auth import (
+    ClusterUnavailable,
+    auth_message,
+    is_auth_error,
+    setup_token_auth,
+    unset_token_mode,
+)
 
 TCP_TIMEOUT_S = 5.0  # a host that drops packets
 # A port that accepts connections but is not a Ray GCS: Ray's client waits about 40 s and logs at 5 and 10 s.
@@ -31,18 +39,8 @@ GCS_TIMEOUT_S = 8.0
 # ray.init's GCS connection attempts (about 1 s each) once the checks passed; Ray's default is 20.
 JOIN_RETRIES = 5
 
-_TOKEN_HELP = "~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN"
 
-
-class ClusterUnavailable(RuntimeError):
-    """The Ray cluster given cannot be joined; the message is one line with the cause and the fix."""
-
-    def __init__(self, message: str, detail: str = ""):
-        super().__init__(message)
-        self.detail = detail  # Ray's own error text, for a log; never printed by the CLI
-
-
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class ClusterInfo:
     address: str
     cpus: float
@@ -50,6 +48,7 @@ class ClusterInfo:
     nodes: int
     started_here: bool
     joined_here: bool = False  # this process joined a running cluster (disconnect leaves it running)
+    token_mode_set_here: bool = False  # joining set RAY_AUTH_MODE=token in this process; disconnect unsets it
 
 
 def connect(address: str | None) -> ClusterInfo:
@@ -59,12 +58,12 @@ def connect(address: str | None) -> ClusterInfo:
     """
     import ray
 
-    started = joined = False
+    started = joined = token_set = False
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or None
         with _keeping_sigterm_handler():
             if address:
-                _join(address)
+                token_set = _join(address)
                 joined = True
             else:
                 # "local": always a new runtime; without it ray.init joins a cluster that `ray start` left
@@ -80,7 +79,8 @@ def connect(address: str | None) -> ClusterInfo:
     # A failed job is reported in one line and its trace kept in run.json; Ray Data's own error log
     # would print the whole trace first.
     logging.getLogger("ray.data").setLevel(logging.CRITICAL)
-    return _info(started_here=started, joined_here=joined)
+    info = _info(started_here=started, joined_here=joined)
+    return dataclasses.replace(info, token_mode_set_here=token_set)
 
 
 @contextlib.contextmanager
@@ -107,6 +107,8 @@ def disconnect(info: ClusterInfo | None) -> None:
 
     if info is not None and (info.started_here or info.joined_here) and ray.is_initialized():
         ray.shutdown()
+    if info is not None and info.token_mode_set_here:
+        unset_token_mode()
 
 
 def check(address: str) -> ClusterInfo:
@@ -116,11 +118,13 @@ def check(address: str) -> ClusterInfo:
     if ray.is_initialized():  # in-process callers (tests): check the address, report the runtime in use
         _check_reachable(address, may_enable_token=False)
         return _info(started_here=False, joined_here=False)
-    _join(address)
+    token_set = _join(address)
     try:
         return _info(started_here=False, joined_here=True)
     finally:
         ray.shutdown()
+        if token_set:
+            unset_token_mode()
 
 
 _INIT_OPTIONS = {"logging_level": logging.ERROR, "log_to_driver": False, "configure_logging": True}
@@ -141,11 +145,12 @@ def _info(*, started_here: bool, joined_here: bool) -> ClusterInfo:
     )
 
 
-def _join(address: str) -> None:
-    """ray.init(address) after the checks; every failure is a ClusterUnavailable with one line."""
+def _join(address: str) -> bool:
+    """ray.init(address) after the checks; every failure is a ClusterUnavailable with one line. True when it
+    set RAY_AUTH_MODE=token in this process (undone by _unset_token_mode once the process leaves)."""
     import ray
 
-    _check_reachable(address)
+    token_set = _check_reachable(address)
     override = "RAY_gcs_server_port_wait_time_s"  # read by ray._private.node at each connection
     saved = os.environ.get(override)
     if saved is None:
@@ -163,14 +168,18 @@ def _join(address: str) -> None:
         if saved is None:
             os.environ.pop(override, None)
     if failure is not None:
+        if token_set:
+            unset_token_mode()
         raise ClusterUnavailable(f"cannot join the Ray cluster at {address}: {_summary(failure)}", _text(failure))
+    return token_set
 
 
-def _check_reachable(address: str, may_enable_token: bool = True) -> None:
-    """A TCP connection to the GCS port, the token set-up, then one GCS request; raises ClusterUnavailable."""
+def _check_reachable(address: str, may_enable_token: bool = True) -> bool:
+    """A TCP connection to the GCS port, the token set-up, then one GCS request; raises ClusterUnavailable.
+    True when the token set-up set RAY_AUTH_MODE=token in this process."""
     where = f"cannot join the Ray cluster at {address}"
     if address.startswith("ray://"):  # Ray Client: its own protocol and port; ray.init reports
-        return
+        return False
     bootstrap = _bootstrap(address, where)
     from ray._common.network_utils import parse_address
 
@@ -184,72 +193,22 @@ def _check_reachable(address: str, may_enable_token: bool = True) -> None:
             f"{where}: nothing answers at {host}:{port} ({problem}); start the head with "
             f"`ray start --head --port {port}`, or pass the head's address with --address or RAY_ADDRESS"
         )
-    _setup_token_auth(where, may_enable_token)
+    token_set = setup_token_auth(where, may_enable_token)
     error = _gcs_error(bootstrap)
     if error is None:
-        return
+        return token_set
     if error == "timeout":
-        raise ClusterUnavailable(
+        failure = ClusterUnavailable(
             f"{where}: {host}:{port} accepts connections but no Ray GCS answered within {GCS_TIMEOUT_S:g} s; "
             "pass the head's GCS port (`ray start --head --port`, default 6379)"
         )
-    if _is_auth_error(error):
-        raise ClusterUnavailable(_auth_message(where), _text(error))
-    raise ClusterUnavailable(f"{where}: {_summary(error)}", _text(error))
-
-
-def _setup_token_auth(where: str, may_enable: bool) -> None:
-    """Use the token the way `ray start --head` does: on when RAY_AUTH_MODE is unset and a token exists.
-
-    `may_enable` is false when this process already runs Ray: its authentication mode is settled.
-    """
-    from ray._raylet import AuthenticationTokenLoader, Config
-    from ray.exceptions import AuthenticationError
-
-    try:
-        has_token = AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True)
-    except AuthenticationError:  # RAY_AUTH_TOKEN_PATH names a missing or empty file
-        has_token = None
-    if has_token is None:  # raised here, not in the handler, so that the one line is the whole story
-        path = os.environ.get("RAY_AUTH_TOKEN_PATH", "")
-        raise ClusterUnavailable(
-            f"{where}: RAY_AUTH_TOKEN_PATH={path} cannot be read or is empty; point it at the file that holds "
-            "the cluster's token (`ray get-auth-token` on the head prints it), or unset it"
-        )
-    mode = os.environ.get("RAY_AUTH_MODE")
-    if mode is None and has_token and may_enable:
-        os.environ["RAY_AUTH_MODE"] = "token"  # as ray._private.authentication.authentication_token_setup does
-        Config.initialize("")
-    elif mode is not None and mode.lower() == "token" and not has_token:
-        # Ray would abort the process (a failed check in C++) at its first request without a token.
-        raise ClusterUnavailable(
-            f"{where}: RAY_AUTH_MODE=token but no token was found; copy the cluster's token "
-            f"(`ray get-auth-token` on the head) to {_TOKEN_HELP}"
-        )
-
-
-def _auth_message(where: str) -> str:
-    mode = os.environ.get("RAY_AUTH_MODE")
-    if mode is None:  # left unset: no token was found
-        return (
-            f"{where}: the cluster requires token authentication and no token was found; copy the cluster's "
-            f"token (`ray get-auth-token` on the head prints it) to {_TOKEN_HELP}"
-        )
-    if mode.lower() != "token":
-        return (
-            f"{where}: the cluster requires token authentication but RAY_AUTH_MODE={mode}; unset it or set "
-            f"RAY_AUTH_MODE=token, with the cluster's token in {_TOKEN_HELP}"
-        )
-    if os.environ.get("RAY_AUTH_TOKEN"):
-        source = "RAY_AUTH_TOKEN"
-    elif os.environ.get("RAY_AUTH_TOKEN_PATH"):
-        source = f"RAY_AUTH_TOKEN_PATH={os.environ['RAY_AUTH_TOKEN_PATH']}"
+    elif is_auth_error(error):
+        failure = ClusterUnavailable(auth_message(where), _text(error))  # reads the mode set above
     else:
-        source = "~/.ray/auth_token"
-    return (
-        f"{where}: the cluster rejected the token from {source}; set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, "
-        "or ~/.ray/auth_token) to the cluster's token: `ray get-auth-token` on the head prints it"
-    )
+        failure = ClusterUnavailable(f"{where}: {_summary(error)}", _text(error))
+    if token_set:
+        unset_token_mode()
+    raise failure
 
 
 def _bootstrap(address: str, where: str) -> str:
@@ -307,12 +266,6 @@ def _gcs_error(bootstrap: str) -> BaseException | str | None:
     if "error" not in result:
         return "timeout"
     return result["error"]
-
-
-def _is_auth_error(error: BaseException | str) -> bool:
-    from ray.exceptions import AuthenticationError
-
-    return isinstance(error, AuthenticationError) or "InvalidAuthToken" in str(error)
 
 
 # Ray Data creates its actor-pool workers with max_restarts=-1 and constructor arguments put in the

@@ -222,6 +222,31 @@ def test_job_joins_a_token_cluster_with_the_token_path_and_no_auth_mode(head, jo
     assert not _ray_log_lines(result.stderr), result.stderr
 
 
+_LEAVE_THEN_RUN_LOCALLY = """
+import os, sys, ray
+from pipeline.execution.cluster import connect, disconnect
+info = connect(sys.argv[1])
+print("joined", os.environ.get("RAY_AUTH_MODE"))
+disconnect(info)
+print("left", os.environ.get("RAY_AUTH_MODE"))
+info = connect(None)  # a local runtime in the same process, as a library caller or the next job would start
+print("local", ray.get(ray.remote(lambda: 6 * 7).remote()))
+disconnect(info)
+"""
+
+
+def test_leaving_a_token_cluster_leaves_no_token_mode_behind(head):
+    # Joining turns token authentication on in this process (RAY_AUTH_MODE=token, as `ray start` would);
+    # leaving must turn it off: the process's next local Ray, and every process it starts, would otherwise
+    # demand a token it has no reason to need (a child without the token file aborts: "Check failed: has_token").
+    env = _env(RAY_AUTH_TOKEN_PATH=str(head.token_file))
+    args = [sys.executable, "-c", _LEAVE_THEN_RUN_LOCALLY, head.address]
+    result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["joined token", "left None", "local 42"], result.stdout
+
+
 def test_doctor_joins_with_the_token_in_home_ray_auth_token(head, tmp_path, tiny_sd, deepface_home):
     home = tmp_path / "home"
     (home / ".ray").mkdir(parents=True)
