@@ -87,6 +87,12 @@ def private_needles(out: Path) -> tuple[list[str], list[bytes]]:
     return sorted(texts), sorted(raw)
 
 
+def terminal_leaks(text: str, needles: list[str]) -> list[str]:
+    """The needles a command's terminal output (stdout and stderr together) holds: CI logs, a scheduler's
+    `.out` file and a shared screen are read by others, so the terminal is a public surface too."""
+    return [needle for needle in needles if needle in text]
+
+
 def raw_leaks(out: Path, needles: list[bytes]) -> list[str]:
     """Public files whose raw bytes hold any of `needles` (a seed as an int64, the secret's bytes)."""
     return [str(p.relative_to(out)) for p in public_files(out) if any(n in p.read_bytes() for n in needles)]
