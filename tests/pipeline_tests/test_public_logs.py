@@ -9,32 +9,13 @@ error text with its path. The stages hand Ray only columns it converts natively,
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from samples import write_faces
-from scans import input_needles
+from scans import input_needles, original_pieces, ray_log_sizes, ray_logs_since
 
 pytestmark = pytest.mark.slow
 
 PEOPLE = ("Hermione_Quillfeather", "Bartholomew_Zeng")
-
-
-def _log_files() -> dict[Path, int]:
-    """Every file under the session's Ray logs, with its size now (what a job writes after is the tail)."""
-    import ray
-
-    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
-    return {p: p.stat().st_size for p in logs.rglob("*") if p.is_file()}
-
-
-def _written_since(before: dict[Path, int]) -> str:
-    text = []
-    for path in _log_files():
-        with open(path, "rb") as handle:
-            handle.seek(before.get(path, 0))
-            text.append(handle.read().decode("utf-8", "replace"))
-    return "\n".join(text)
 
 
 def test_ray_logs_hold_no_original_image_and_no_name(cli, tmp_path):
@@ -42,7 +23,7 @@ def test_ray_logs_hold_no_original_image_and_no_name(cli, tmp_path):
     ids = write_faces(data, 3, size=(64, 64), people=PEOPLE)
     bad = f"{PEOPLE[0]}/{PEOPLE[0]}_0009.jpg"
     (data / bad).write_bytes(b"\xff\xd8\xff\xe0 truncated")  # an error row in the same batch as ok rows
-    before = _log_files()
+    before = ray_log_sizes()
 
     status, _, err = cli(
         "anonymize", str(data), "--out", str(tmp_path / "out"), "--levels", "0.5", "--steps", "4",
@@ -50,9 +31,6 @@ def test_ray_logs_hold_no_original_image_and_no_name(cli, tmp_path):
     )  # fmt: skip
 
     assert status == 0, err
-    written = _written_since(before)
-    # A run of each original's own bytes (its last entropy-coded data, not the header JPEGs share), as Python
-    # prints bytes (b'...' escapes).
-    pieces = [repr((data / rel).read_bytes()[-40:-8])[2:-1] for rel in ids]
-    assert [p for p in pieces if p in written] == []
+    written = ray_logs_since(before)
+    assert [p for p in original_pieces(data, ids) if p in written] == []
     assert [n for n in input_needles(data, [*ids, bad]) if n in written] == []
