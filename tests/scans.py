@@ -57,6 +57,17 @@ def input_needles(root: Path, ids: list[str]) -> list[str]:
     return sorted(n for n in found if len(n) >= 3)
 
 
+def original_pieces(root: Path, ids: list[str]) -> list[str]:
+    """A run of each input file's own bytes (its tail, not a header many files share) as Python prints bytes
+    (`b'...'` escapes): how an original would show in a log that printed a value."""
+    pieces = []
+    for rel in ids:
+        path = root / rel
+        if path.is_file() and not path.is_symlink() and path.stat().st_size >= 64:
+            pieces.append(repr(path.read_bytes()[-40:-8])[2:-1])
+    return pieces
+
+
 def private_needles(out: Path) -> tuple[list[str], list[bytes]]:
     """(texts, raw byte strings) of what a run folder keeps in private/ and nothing public may hold: the input
     ids and sources, the identity labels, every seed (as text and as the int64 a Parquet column stores), every
@@ -87,6 +98,12 @@ def private_needles(out: Path) -> tuple[list[str], list[bytes]]:
     return sorted(texts), sorted(raw)
 
 
+def terminal_leaks(text: str, needles: list[str]) -> list[str]:
+    """The needles a command's terminal output (stdout and stderr together) holds: CI logs, a scheduler's
+    `.out` file and a shared screen are read by others, so the terminal is a public surface too."""
+    return [needle for needle in needles if needle in text]
+
+
 def raw_leaks(out: Path, needles: list[bytes]) -> list[str]:
     """Public files whose raw bytes hold any of `needles` (a seed as an int64, the secret's bytes)."""
     return [str(p.relative_to(out)) for p in public_files(out) if any(n in p.read_bytes() for n in needles)]
@@ -101,3 +118,22 @@ def undeclared_columns(out: Path) -> list[tuple[str, str]]:
         if path.suffix == ".parquet":
             found += [(str(path.relative_to(out)), c) for c in pq.read_schema(path).names if c not in PUBLIC_COLUMNS]
     return found
+
+
+def ray_log_sizes() -> dict[Path, int]:
+    """Every file of this process's Ray session logs (Ray's temp folder, world-readable by default), with its
+    size now: what a command writes after is the tail (`ray_logs_since`)."""
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    return {p: p.stat().st_size for p in logs.rglob("*") if p.is_file()}
+
+
+def ray_logs_since(before: dict[Path, int]) -> str:
+    """What Ray's session logs gained since `before` (`ray_log_sizes`), as text."""
+    text = []
+    for path in ray_log_sizes():
+        with open(path, "rb") as handle:
+            handle.seek(before.get(path, 0))
+            text.append(handle.read().decode("utf-8", "replace"))
+    return "\n".join(text)

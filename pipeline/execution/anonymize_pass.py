@@ -203,6 +203,8 @@ def _attach_work(batch, work: dict, id_column: str, image_column: str):
     """Parquet rows -> stage rows: keep the ids still to do and add their anon_id and levels."""
     import pandas as pd
 
+    from pipeline.execution.ray_batches import arrow_ready
+
     ids = batch[id_column].astype(str)
     keep = ids.isin(work.keys())
     rows = [dict(w, image=img) for i, img in zip(ids[keep], batch[image_column][keep], strict=True) for w in work[i]]
@@ -220,4 +222,4 @@ def _attach_work(batch, work: dict, id_column: str, image_column: str):
         "subkeys",
         "image",
     ]
-    return pd.DataFrame(rows, columns=columns)
+    return arrow_ready(pd.DataFrame(rows, columns=columns))

@@ -38,6 +38,7 @@ from anonymize import (
     upsample,
 )
 from pipeline.execution.inputs import read_bytes
+from pipeline.execution.ray_batches import arrow_ready
 from pipeline.folder import storage
 from pipeline.folder.layout import RunLayout
 from pipeline.folder.secret import part_seed
@@ -173,7 +174,8 @@ class AnonymizeStage:
             rows += self._sample_faces([e for e in here if e.faces], level)
         # Nullable integer columns: with NaN for an error row, pandas would turn 63-bit seeds into
         # floats (rounding them) and Ray could not join the batch with an all-integer one.
-        return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS)).astype(INTEGER_COLUMNS)
+        # Missing text and bytes as None (pipeline.execution.ray_batches): Ray logs what it cannot convert.
+        return arrow_ready(pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS)).astype(INTEGER_COLUMNS))
 
     def _sample(self, chunk: list[_Decoded], level: float) -> list[dict]:
         if not chunk:

@@ -71,15 +71,29 @@ def record_failure(job: Job, err: BaseException, status: str = "failed") -> str:
 
         line = f"job {status}: {interrupted_text(getattr(err, 'kept', None))}"
     else:
-        line = f"job {status}: {root_cause(err)}"
+        line = f"job {status}: {public_cause(err)}"
+    kept = ""
     try:
         write_private_bytes(job.layout.failure_file, "".join(traceback.format_exception(err)).encode())
+        kept = " (the whole error is in private/failure.txt)"
         record = read_json(job.layout.run_json)
         record.update(status=status, error=scrub(line), finished=now())
         write_json_atomic(job.layout.run_json, record)
     except OSError:  # the disk may be what failed; the one line still reaches the terminal
         pass
-    return f"{line}; what finished is kept: fix the cause and run the same command again to resume"
+    return f"{line}{kept}; what finished is kept: fix the cause and run the same command again to resume"
+
+
+_ERRNO = re.compile(r"\[Errno (\d+)\]")
+
+
+def public_cause(err: BaseException) -> str:
+    """`root_cause` as the terminal may show it (docs/privacy.md, *Errors*): the exception's type and, for an
+    OS error, the C library's own text for its errno (`No space left on device`), never the exception's own
+    words: they quote the file (for LFW, a person's name), and the terminal ends up in logs others read."""
+    name, _, message = root_cause(err).partition(": ")
+    number = _ERRNO.search(message)
+    return f"{name}: [Errno {number.group(1)}] {os.strerror(int(number.group(1)))}" if number else name
 
 
 _ERROR_LINE = re.compile(r"^(\w+(?:Error|Exception|Interrupt|Exit)): (.+)$", re.MULTILINE)
