@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from pipeline.commands.flags import add_job_flags
+from pipeline.commands.flags import add_job_flags, check_config
 
 EXIT_CANNOT_RUN = 2
 EXIT_FAILED = 1
@@ -54,13 +54,13 @@ def make_parser() -> argparse.ArgumentParser:
         epilog=_COMMON_HELP,
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, text, sampler, evaluation in (
-        ("run", "anonymize, evaluate and report in one Ray job", True, True),
-        ("anonymize", "the anonymize stage alone", True, False),
+    for name, text in (
+        ("run", "anonymize, evaluate and report in one Ray job"),
+        ("anonymize", "the anonymize stage alone"),
     ):
         p = sub.add_parser(name, help=text, description=text, epilog=_COMMON_HELP)
         p.add_argument("input", help="folder of images (recursive) or Parquet dataset; local path or URI")
-        add_job_flags(p, sampler=sampler, evaluation=evaluation)
+        add_job_flags(p, name)
     text = "data augmentation: --samples K local samples per image, laid out in class folders under train/"
     p = sub.add_parser("augment", help=text, description=text, epilog=_COMMON_HELP)
     p.add_argument("input", help="folder of images in class folders (cats/a.jpg), or a Parquet dataset")
@@ -68,7 +68,7 @@ def make_parser() -> argparse.ArgumentParser:
         "--evaluate", action="store_true", help="also measure each sample against its original (default: off)"
     )
     p.add_argument("--label-column", dest="label_column", help="Parquet input: the column holding each image's class")
-    add_job_flags(p, sampler=True, evaluation=True)
+    add_job_flags(p, "augment")
     text = "perceptual resolution enhancement: upsample by --scale, then Boomerang at a small level, in tiles"
     p = sub.add_parser("enhance", help=text, description=text, epilog=_COMMON_HELP)
     p.add_argument("input", help="folder of images (recursive) or Parquet dataset; local path or URI")
@@ -87,7 +87,7 @@ def make_parser() -> argparse.ArgumentParser:
         help="downscale each input by --scale first, then report PSNR and SSIM against it next to plain "
         "Lanczos and bicubic upsampling (a folder INPUT)",
     )
-    add_job_flags(p, sampler=True, evaluation=False)
+    add_job_flags(p, "enhance")
     p.set_defaults(scale=4)
     for action in p._actions:
         if action.dest == "levels":
@@ -103,7 +103,7 @@ def make_parser() -> argparse.ArgumentParser:
         help="a boomerang output folder, or a folder with the same relative paths",
     )
     p.add_argument("--label", help="name for these results in place of a level (e.g. the tool's name)")
-    add_job_flags(p, sampler=False, evaluation=True)
+    add_job_flags(p, "evaluate")
     p = sub.add_parser("report", help="rebuild the HTML report and plots from the Parquet files")
     p.add_argument("dir")
     _add_forget(sub)
@@ -155,7 +155,8 @@ def _add_weights(sub) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args = parser.parse_args(argv)
     # transformers 5 warns on stderr, once per process, that its image processors want torchvision; boomerang
     # never uses them (no feature extractor is loaded), and the warning buries the job's own one-line errors.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -163,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     previous = _stop_on_sigterm()
     try:
+        check_config(parser, args)  # a config key this command does not use: one line, exit 2
         return _command(args.command)(args)
     except KeyboardInterrupt as err:
         reason = "terminated" if isinstance(err, common.Terminated) else "interrupted"
