@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 
-from pipeline.commands.flags import add_job_flags, check_config
+from pipeline.commands.flags import add_job_flags, add_weight_flags, check_config
 
 EXIT_CANNOT_RUN = 2
 EXIT_FAILED = 1
@@ -107,21 +108,34 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="rebuild the HTML report and plots from the Parquet files")
     p.add_argument("dir")
     _add_forget(sub)
-    p = sub.add_parser("demo", help="the whole job offline on bundled sample faces with tiny random-weight models")
+    text = "the whole job offline on bundled sample faces with tiny random-weight models"
+    p = sub.add_parser(
+        "demo", help=text, description=text, epilog=_demo_reuse(), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", required=True)
     p.add_argument("--address")
     p.add_argument("--overwrite", action="store_true")
     _add_weights(sub)
     p = sub.add_parser("doctor", help="what is present: GPUs, Ray, model weights and where they are looked for")
-    p.add_argument("--model", help="diffusers model to look for (default: the default model)")
+    add_weight_flags(p)  # run's --model, --deepface-home and --weights-from
     p.add_argument("--recognizers", help="deepface models to look for")
     p.add_argument("--engine", default="pytorch")
     p.add_argument("--address")
     p.add_argument("--out", help="check a job's output folder or object-store URL: reachable, and which lock it gets")
     p.add_argument("--detector", help="deepface face detector whose files to look for")
     p.add_argument("--region-detector", dest="region_detector", help="face-region detector whose files to look for")
-    p.add_argument("--deepface-home", dest="deepface_home", help="parent of .deepface/weights (DEEPFACE_HOME)")
     return parser
+
+
+def _demo_reuse() -> str:
+    """How `run` reuses the demo's models (README's "Set up and run"); the cache is demo.cache_dir()'s."""
+    cache = os.path.join(os.path.expanduser(os.environ.get("BOOMERANG_CACHE") or "~/.cache/boomerang"), "demo")
+    return (
+        f"The demo keeps its models in {cache} ($BOOMERANG_CACHE/demo). To try `run` on your own folder with\n"
+        "them (still random weights: its numbers are not meaningful, and `boomerang doctor` says so):\n\n"
+        f"  boomerang run my-faces --out my-run --model {shlex.quote(cache + '/tiny-sd')} \\\n"
+        f"      --deepface-home {shlex.quote(cache + '/deepface')} --steps 10"
+    )
 
 
 def _add_weights(sub) -> None:

@@ -100,12 +100,7 @@ def _job(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pixels", type=int, dest="max_pixels", help="refuse larger images (default 50e6)")
     parser.add_argument("--id-column", dest="id_column", help="Parquet input: id column (default id)")
     parser.add_argument("--image-column", dest="image_column", help="Parquet input: image bytes column (default image)")
-    parser.add_argument(
-        "--weights-from",
-        dest="weights_from",
-        help="fill each node's weights from this store (a folder, http(s) URL or s3://... written by "
-        "`boomerang weights push`), verified against its weights.json, before the models load",
-    )
+    _weights_from(parser)
     parser.add_argument(
         "--secret-file",
         dest="secret_file",
@@ -135,7 +130,7 @@ def _sampler(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("sampler")
     group.add_argument("--levels", "--level", dest="levels", help="anonymity level(s) t_boom/T, e.g. 0.5,0.7")
     group.add_argument("--seed", type=int, help="run seed (each output's seed derives from it; default 0)")
-    group.add_argument("--model", help="diffusers model: hub id or local folder")
+    _model(group)
     group.add_argument("--prompt")
     group.add_argument("--negative-prompt", dest="negative_prompt")
     group.add_argument("--guidance-scale", type=float, dest="guidance_scale")
@@ -180,8 +175,28 @@ def _sampler(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _deepface(parser: argparse.ArgumentParser) -> None:
+def _deepface(parser) -> None:
     parser.add_argument("--deepface-home", dest="deepface_home", help="parent of .deepface/weights (DEEPFACE_HOME)")
+
+
+def _model(parser) -> None:
+    parser.add_argument("--model", help="diffusers model: hub id or local folder")
+
+
+def _weights_from(parser) -> None:
+    parser.add_argument(
+        "--weights-from",
+        dest="weights_from",
+        help="fill each node's weights from this store (a folder, http(s) URL or s3://... written by "
+        "`boomerang weights push`), verified against its weights.json, before the models load",
+    )
+
+
+def add_weight_flags(parser: argparse.ArgumentParser) -> None:
+    """`boomerang doctor`: where `run` finds its weights, with run's own flags."""
+    _model(parser)
+    _deepface(parser)
+    _weights_from(parser)
 
 
 def _evaluation(parser: argparse.ArgumentParser) -> None:
