@@ -53,6 +53,8 @@ def test_samples_and_augment(cli, tiny_sd, tmp_path):
     assert (done["status"] == "ok").all() and done["bytes"].nunique() == 6 and done["anon_id"].nunique() == 6
     summary = pd.read_parquet(RunLayout.at(str(run)).summary).iloc[0]
     assert summary["diversity_images"] == 2 and 0 < summary["diversity_mean"] < 2
+    page = (run / "report" / "index.html").read_text()  # the section's table, laid out by the template
+    assert "<h2>Local samples: diversity</h2>" in page and '<th class="">mean distance between samples</th>' in page
 
     # A rerun does nothing.
     before = read_manifest(RunLayout.at(str(run)))
