@@ -23,6 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from evaluation.files import write_atomic
+from evaluation.report_blocks import Section, Table, frame_table
 from evaluation.summary import protocol_label
 
 DISTANCE_PLOT = "distance_vs_level.svg"
@@ -82,9 +83,9 @@ _SUMMARY_VIEW = (
 
 
 _ORIGINAL_BOX_NOTE = (
-    '<p class="muted">At original\'s box: evaluated anonymized images in which the detector found no face, '
-    "compared at the original's face box (the images are aligned), not on the whole image, so that merely "
-    "hiding the face from the detector does not count as anonymizing it.</p>"
+    "At original's box: evaluated anonymized images in which the detector found no face, compared at the "
+    "original's face box (the images are aligned), not on the whole image, so that merely hiding the face from "
+    "the detector does not count as anonymizing it."
 )
 
 
@@ -107,7 +108,7 @@ def render_report(
     failures: pd.DataFrame,
     samples: Sequence[tuple],
     notice: str | None = None,
-    sections: Sequence[tuple[str, str]] = (),
+    sections: Sequence[Section] = (),
     verdict: Sequence[str] = (),
     gate_thresholds: dict[str, float] | None = None,
     document: dict | None = None,
@@ -116,7 +117,8 @@ def render_report(
     """The report's files, name -> text: the two plot SVGs, then ``index.html`` (which embeds them).
 
     The page is the Jinja2 template ``templates/report.html.j2`` (autoescaped: every text given is escaped
-    there; the tables and plots made here are escaped where they are made).
+    there). Its tables and sections are plain data (``evaluation.report_blocks``) that the template lays out;
+    the only markup made here is the plots' SVG and the sample pictures' ``img`` elements.
 
     Args:
         title: page heading.
@@ -128,8 +130,8 @@ def render_report(
         samples: (caption, PNG bytes) of images to show, normally anonymized outputs only; a third item,
             boxes (left, top, width, height), draws them over the image (face-region mode's squares).
         notice: a banner shown at the top, e.g. that the numbers come from random-weight models.
-        sections: extra (title, HTML) sections appended by the caller; the HTML is inserted as
-            given, so the caller escapes what it puts in.
+        sections: extra sections (``report_blocks.Section``: paragraphs, notices, tables, plots) appended
+            by the caller, laid out and escaped by the template.
         verdict: lines (text) that open the Summary: what is releasable at the gate's thresholds.
         gate_thresholds: recognizer -> the gate's threshold, drawn in both plots where it differs from the run's.
         document: what makes the page a document (date, tool version, input fingerprint, weights' hashes),
@@ -153,9 +155,10 @@ def render_report(
         notice=notice,
         verdict=list(verdict),
         document=list((document or {}).items()),
-        summary_sentence=Markup(_summary_sentence(summary)),
-        summary_table=Markup(_summary_html(summary)),
-        original_box_note=Markup(_ORIGINAL_BOX_NOTE if not summary.empty else ""),
+        summary_sentence=_summary_sentence(summary),
+        summary_table=_summary_table(summary),
+        faces_note=_FACES_NOTE if _by_face(summary) else None,
+        original_box_note=_ORIGINAL_BOX_NOTE if not summary.empty else None,
         plots_heading="Distance and fraction cleared by level" if by_level else "Distance and fraction cleared",
         plots=plots,
         plots_caption=(
@@ -165,13 +168,13 @@ def render_report(
             "match them), with 95% Wilson score intervals"
             + ("." if by_level else "; the outputs have no level, so each is plotted by its label.")
         ),
-        threshold=Markup(_threshold_html(summary)),
+        threshold_table=_threshold_table(summary),
         samples_heading=samples_heading,
         samples=[
             {"image": Markup(_img_with_boxes(s[1], s[0], s[2] if len(s) > 2 else ())), "caption": s[0]} for s in samples
         ],
-        failures=Markup(_failures_html(failures)),
-        sections=[(name, Markup(body)) for name, body in sections],
+        failures=_failures(failures),
+        sections=list(sections),
         settings=setting_rows(settings),
         versions=[(key, _as_text(value)) for key, value in (versions or {}).items()],
     )
@@ -253,42 +256,14 @@ def _img_with_boxes(png: bytes, alt: str, boxes: Sequence[tuple[int, int, int, i
     return f'<div style="position:relative;line-height:0">{_img(png, alt)}{overlay}</div>'
 
 
-def _format(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value)).lower()
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        return f"{float(value):.4g}"
-    return str(value)
+def _by_face(summary: pd.DataFrame) -> bool:
+    """Face-region mode: the rows count faces."""
+    return not summary.empty and "n_faces" in summary and summary["n_faces"].notna().any()
 
 
-def _table(frame: pd.DataFrame, headings: Sequence[str] | None = None) -> str:
-    headings = list(frame.columns) if headings is None else list(headings)
-    classes = [_column_class(frame[c]) for c in frame.columns]
-    head = "".join(
-        f'<th class="{"text" if cls else ""}">{_e(h)}</th>' for h, cls in zip(headings, classes, strict=True)
-    )
-    body = []
-    for row in frame.itertuples(index=False):
-        cells = "".join(f'<td class="{cls}">{_e(_format(value))}</td>' for value, cls in zip(row, classes, strict=True))
-        body.append(f"<tr>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def _column_class(column: pd.Series) -> str:
-    # Numbers align right and never wrap; long text (error messages) wraps, short text does not.
-    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
-        return ""
-    longest = column.astype(str).str.len().max() if len(column) else 0
-    return "text wrap" if longest > 40 else "text"
-
-
-def _summary_html(summary: pd.DataFrame) -> str:
+def _summary_table(summary: pd.DataFrame) -> Table | None:
     if summary.empty:
-        return "<p>No evaluated images.</p>"
+        return None
     view = summary.assign(
         ci=[
             "–" if math.isnan(low) else f"{low:.3f}–{high:.3f}"
@@ -296,25 +271,23 @@ def _summary_html(summary: pd.DataFrame) -> str:
         ]
     )
     # Face-region mode's columns only where rows are faces; elsewhere they repeat the image columns.
-    by_face = "n_faces" in view and view["n_faces"].notna().any()
-    shown = [(c, h) for c, h in _SUMMARY_VIEW if by_face or c not in _FACE_COLUMNS]
+    shown = [(c, h) for c, h in _SUMMARY_VIEW if _by_face(summary) or c not in _FACE_COLUMNS]
     # reindex: a summary written before a column existed shows "–" there.
-    table = _table(view.reindex(columns=[c for c, _ in shown]), [h for _, h in shown])
-    return table + (_FACES_NOTE if by_face else "")
+    return frame_table(view.reindex(columns=[c for c, _ in shown]), [h for _, h in shown])
 
 
 _FACE_COLUMNS = ("n_faces", "n_images_cleared", "fraction_images_cleared")
 _FACES_NOTE = (
-    '<p class="muted">Face-region mode: each face is compared with the output at the same place, so the '
-    "counts from <em>evaluated</em> to the interval are faces; an image is cleared when every one of its "
-    "faces is.</p>"
+    "Face-region mode: each face is compared with the output at the same place, so the counts from evaluated "
+    "to the interval are faces; an image is cleared when every one of its faces is."
 )
 
 
-def _summary_sentence(summary: pd.DataFrame) -> str:
+def _summary_sentence(summary: pd.DataFrame) -> dict | None:
+    """{"label": the protocol, "items": one line per recognizer} of the cleared counts; None when none."""
     if summary.empty:
-        return ""
-    lines = []
+        return None
+    items = []
     for recognizer, rows in summary.groupby("recognizer", sort=False):
         parts = []
         for row in rows.itertuples(index=False):
@@ -323,41 +296,25 @@ def _summary_sentence(summary: pd.DataFrame) -> str:
                 name = getattr(row, "label", None) or f"level {row.level:g}"
                 parts.append(f"{name}: {row.n_cleared}/{trials} cleared")
         if parts:
-            lines.append(f"<li>{_e(recognizer)}: {_e('; '.join(parts))}</li>")
-    if not lines:
-        return ""
-    label = protocol_label(summary)
-    return f"<p>At {_e(label)}:</p><ul>{''.join(lines)}</ul>"
+            items.append(f"{recognizer}: {'; '.join(parts)}")
+    return {"label": protocol_label(summary), "items": items} if items else None
 
 
-def _threshold_html(summary: pd.DataFrame) -> str:
-    text = (
-        "<p>A pair is <em>cleared</em> when the cosine distance between the deepface embeddings of the "
-        "original and the anonymized image is strictly above the threshold: deepface's "
-        "<code>verify</code> would then say &ldquo;not the same person&rdquo;. Distances are computed "
-        'exactly as <code>DeepFace.verify(original, anonymized, distance_metric="cosine", align=True)</code> '
-        "computes them. The default threshold, 0.4 for every recognizer, is the paper's setting "
-        "(Luzi et al., Boomerang, TMLR 2024).</p>"
-        "<p>deepface ships its own tuned thresholds, shown below for comparison. VGG-Face's default "
-        "moved from 0.40 to 0.68 when deepface (0.0.81) changed its VGG-Face embedding from the "
-        "2622-d classifier output, which the paper used, to the 4096-d descriptor. With the 4096-d "
-        "embedding a pair at a distance between 0.40 and 0.68 counts as cleared here, although "
-        "deepface's own default would still call it the same person.</p>"
-    )
+def _threshold_table(summary: pd.DataFrame) -> Table | None:
+    """Per recognizer the threshold used and deepface's own (the text around it is the template's)."""
     if summary.empty:
-        return text
+        return None
     per = summary.drop_duplicates("recognizer")[["recognizer", "threshold", "deepface_threshold"]]
-    return text + _table(per, ["recognizer", "threshold used", "deepface default (cosine)"])
+    return frame_table(per, ["recognizer", "threshold used", "deepface default (cosine)"])
 
 
-def _failures_html(failures: pd.DataFrame) -> str:
+def _failures(failures: pd.DataFrame) -> dict | None:
+    """{"note": how many are shown, or None; "table"} of the failures (the first ``MAX_FAILURE_ROWS``)."""
     if failures is None or failures.empty:
-        return "<p>None.</p>"
+        return None
     shown = failures.head(MAX_FAILURE_ROWS)
-    note = ""
-    if len(failures) > len(shown):
-        note = f'<p class="muted">First {len(shown)} of {len(failures)} failures.</p>'
-    return f'{note}<div class="scroll">{_table(shown)}</div>'
+    note = f"First {len(shown)} of {len(failures)} failures." if len(failures) > len(shown) else None
+    return {"note": note, "table": frame_table(shown)}
 
 
 def _as_text(value) -> str:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 
-from pipeline.commands.flags import add_job_flags
+from pipeline.commands.flags import add_job_flags, add_weight_flags, check_config
 
 EXIT_CANNOT_RUN = 2
 EXIT_FAILED = 1
@@ -54,13 +55,13 @@ def make_parser() -> argparse.ArgumentParser:
         epilog=_COMMON_HELP,
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, text, sampler, evaluation in (
-        ("run", "anonymize, evaluate and report in one Ray job", True, True),
-        ("anonymize", "the anonymize stage alone", True, False),
+    for name, text in (
+        ("run", "anonymize, evaluate and report in one Ray job"),
+        ("anonymize", "the anonymize stage alone"),
     ):
         p = sub.add_parser(name, help=text, description=text, epilog=_COMMON_HELP)
         p.add_argument("input", help="folder of images (recursive) or Parquet dataset; local path or URI")
-        add_job_flags(p, sampler=sampler, evaluation=evaluation)
+        add_job_flags(p, name)
     text = "data augmentation: --samples K local samples per image, laid out in class folders under train/"
     p = sub.add_parser("augment", help=text, description=text, epilog=_COMMON_HELP)
     p.add_argument("input", help="folder of images in class folders (cats/a.jpg), or a Parquet dataset")
@@ -68,7 +69,7 @@ def make_parser() -> argparse.ArgumentParser:
         "--evaluate", action="store_true", help="also measure each sample against its original (default: off)"
     )
     p.add_argument("--label-column", dest="label_column", help="Parquet input: the column holding each image's class")
-    add_job_flags(p, sampler=True, evaluation=True)
+    add_job_flags(p, "augment")
     text = "perceptual resolution enhancement: upsample by --scale, then Boomerang at a small level, in tiles"
     p = sub.add_parser("enhance", help=text, description=text, epilog=_COMMON_HELP)
     p.add_argument("input", help="folder of images (recursive) or Parquet dataset; local path or URI")
@@ -87,7 +88,7 @@ def make_parser() -> argparse.ArgumentParser:
         help="downscale each input by --scale first, then report PSNR and SSIM against it next to plain "
         "Lanczos and bicubic upsampling (a folder INPUT)",
     )
-    add_job_flags(p, sampler=True, evaluation=False)
+    add_job_flags(p, "enhance")
     p.set_defaults(scale=4)
     for action in p._actions:
         if action.dest == "levels":
@@ -103,25 +104,38 @@ def make_parser() -> argparse.ArgumentParser:
         help="a boomerang output folder, or a folder with the same relative paths",
     )
     p.add_argument("--label", help="name for these results in place of a level (e.g. the tool's name)")
-    add_job_flags(p, sampler=False, evaluation=True)
+    add_job_flags(p, "evaluate")
     p = sub.add_parser("report", help="rebuild the HTML report and plots from the Parquet files")
     p.add_argument("dir")
     _add_forget(sub)
-    p = sub.add_parser("demo", help="the whole job offline on bundled sample faces with tiny random-weight models")
+    text = "the whole job offline on bundled sample faces with tiny random-weight models"
+    p = sub.add_parser(
+        "demo", help=text, description=text, epilog=_demo_reuse(), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", required=True)
     p.add_argument("--address")
     p.add_argument("--overwrite", action="store_true")
     _add_weights(sub)
     p = sub.add_parser("doctor", help="what is present: GPUs, Ray, model weights and where they are looked for")
-    p.add_argument("--model", help="diffusers model to look for (default: the default model)")
+    add_weight_flags(p)  # run's --model, --deepface-home and --weights-from
     p.add_argument("--recognizers", help="deepface models to look for")
     p.add_argument("--engine", default="pytorch")
     p.add_argument("--address")
     p.add_argument("--out", help="check a job's output folder or object-store URL: reachable, and which lock it gets")
     p.add_argument("--detector", help="deepface face detector whose files to look for")
     p.add_argument("--region-detector", dest="region_detector", help="face-region detector whose files to look for")
-    p.add_argument("--deepface-home", dest="deepface_home", help="parent of .deepface/weights (DEEPFACE_HOME)")
     return parser
+
+
+def _demo_reuse() -> str:
+    """How `run` reuses the demo's models (README's "Set up and run"); the cache is demo.cache_dir()'s."""
+    cache = os.path.join(os.path.expanduser(os.environ.get("BOOMERANG_CACHE") or "~/.cache/boomerang"), "demo")
+    return (
+        f"The demo keeps its models in {cache} ($BOOMERANG_CACHE/demo). To try `run` on your own folder with\n"
+        "them (still random weights: its numbers are not meaningful, and `boomerang doctor` says so):\n\n"
+        f"  boomerang run my-faces --out my-run --model {shlex.quote(cache + '/tiny-sd')} \\\n"
+        f"      --deepface-home {shlex.quote(cache + '/deepface')} --steps 10"
+    )
 
 
 def _add_weights(sub) -> None:
@@ -155,7 +169,8 @@ def _add_weights(sub) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args = parser.parse_args(argv)
     # transformers 5 warns on stderr, once per process, that its image processors want torchvision; boomerang
     # never uses them (no feature extractor is loaded), and the warning buries the job's own one-line errors.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -163,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     previous = _stop_on_sigterm()
     try:
+        check_config(parser, args)  # a config key this command does not use: one line, exit 2
         return _command(args.command)(args)
     except KeyboardInterrupt as err:
         reason = "terminated" if isinstance(err, common.Terminated) else "interrupted"

@@ -9,20 +9,25 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 
-def public_files(out: Path) -> list[Path]:
-    """Every file of a run folder outside private/ (Parquet part files included)."""
-    return [p for p in out.rglob("*") if p.is_file() and "private" not in p.relative_to(out).parts]
+def public_files(out: Path, own: tuple[str, ...] = ()) -> list[Path]:
+    """Every file of a run folder outside private/ (Parquet part files included), and outside the top folders
+    `own` names: the user's own data by design (enhance's enhanced/, docs/privacy.md)."""
+    return [
+        p
+        for p in out.rglob("*")
+        if p.is_file() and "private" not in p.relative_to(out).parts and p.relative_to(out).parts[0] not in own
+    ]
 
 
-def leaks(out: Path, needles: list[str]) -> list[tuple[str, str]]:
-    """(file, needle) for each needle found in the raw bytes of a public file or in any Parquet cell.
+def leaks(out: Path, needles: list[str], own: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """(file, needle) for each needle found in a public file's path, its raw bytes or any Parquet cell.
 
     Parquet pages are compressed, so a byte search alone could miss a string: cells are read too.
     """
     found = []
-    for path in public_files(out):
+    for path in public_files(out, own):
         blob = path.read_bytes()
-        texts = [blob.decode("utf-8", "replace")]
+        texts = [path.relative_to(out).as_posix(), blob.decode("utf-8", "replace")]
         if path.suffix == ".parquet":
             table = pq.read_table(path)
             texts += [str(v) for column in table.columns for v in column.to_pylist()]
@@ -104,9 +109,9 @@ def terminal_leaks(text: str, needles: list[str]) -> list[str]:
     return [needle for needle in needles if needle in text]
 
 
-def raw_leaks(out: Path, needles: list[bytes]) -> list[str]:
+def raw_leaks(out: Path, needles: list[bytes], own: tuple[str, ...] = ()) -> list[str]:
     """Public files whose raw bytes hold any of `needles` (a seed as an int64, the secret's bytes)."""
-    return [str(p.relative_to(out)) for p in public_files(out) if any(n in p.read_bytes() for n in needles)]
+    return [str(p.relative_to(out)) for p in public_files(out, own) if any(n in p.read_bytes() for n in needles)]
 
 
 def undeclared_columns(out: Path) -> list[tuple[str, str]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from pipeline.commands.common import run_job
+from pipeline.commands.flags import ATTACKS, EVALUATION, part_settings
 from pipeline.execution.anonymize_pass import run_pass
 from pipeline.execution.job import Job
 from pipeline.outputs.finalize import JobResult, finalize
@@ -16,6 +17,13 @@ from pipeline.settings.fingerprint import ANONYMIZE_AND_EVALUATE, ANONYMIZE_ONLY
 def cmd_augment(args: argparse.Namespace) -> int:
     flags = vars(args).copy()
     evaluate, label_column = flags.pop("evaluate"), flags.pop("label_column")
+    measuring = sorted(key for key in part_settings(EVALUATION) | part_settings(ATTACKS) if flags.get(key) is not None)
+    if measuring and not evaluate:
+        named = ", ".join("--" + key.replace("_", "-") for key in measuring)
+        them = "it" if len(measuring) == 1 else "them"
+        raise SettingsError(
+            f"{named}: augment measures its samples only with --evaluate; add --evaluate or drop {them}"
+        )
     settings = settings_from_flags(flags)
     if settings.gate:
         raise SettingsError("augment makes training data, not a release: drop --gate")

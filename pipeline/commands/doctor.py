@@ -18,9 +18,11 @@ def report(
     address: str | None,
     out: str | None = None,
     detectors: tuple[str | None, ...] = (),
+    weights_from: str | None = None,
 ) -> tuple[str, bool]:
     """The doctor's lines, and whether every required part (model, recognizer weights, cluster, the --out
-    store when given) is present."""
+    store when given) is present; with `weights_from` (run's --weights-from), a weight file absent here but
+    listed by that store is not missing: a job fills this node from it."""
     lines = ["boomerang doctor"]
     lines += _gpus()
     missing: list[str] = []
@@ -59,12 +61,35 @@ def report(
     lines += detector_lines
     if not detectors_ok:
         missing.append("face detector weights")
+    if weights_from:
+        store_line, store_ok = store_check(weights_from, model or SamplerSettings().model, names, detectors, engine)
+        lines.append(store_line)
+        # What the store lists, a job copies here first: only the store itself can be missing.
+        missing = [m for m in missing if m in ("the Ray cluster", "a usable --out")]
+        if not store_ok:
+            missing.append("a usable --weights-from store")
     ok = not missing
     if ok and random:  # present, but what a job measures with them means nothing
         lines.append(f"ready: every required part is present, but {', '.join(random)}: {RANDOM}")
     else:
         lines.append("ready: every required part is present" if ok else f"NOT ready: missing {'; '.join(missing)}")
     return "\n".join(lines), ok
+
+
+def store_check(url: str, model: str | None, names, detectors, engine: str) -> tuple[str, bool]:
+    """Whether the --weights-from store lists every file a job with these weights loads (a job copies them
+    here, verified, before any model loads)."""
+    from pipeline.weights.needs import WeightsError, needs
+    from pipeline.weights.store import Store, check_store
+
+    try:
+        check_store(
+            Store(url),
+            needs(recognizers=names, detectors=[d for d in detectors if d], engine=engine, model=model, urls=False),
+        )
+    except (ValueError, WeightsError) as err:
+        return f"weights store: {err}", False
+    return f"weights store {url}: lists every file above; a job copies what is missing here and verifies it", True
 
 
 def weight_state(name: str, engine: str, path: Path) -> str:
@@ -210,6 +235,7 @@ def cmd_doctor(args) -> int:
         address=args.address,
         out=args.out,
         detectors=(args.detector, args.region_detector),
+        weights_from=args.weights_from,
     )
     print(text)
     return 0 if ok else 1

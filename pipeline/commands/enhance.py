@@ -28,8 +28,10 @@ def cmd_enhance(args: argparse.Namespace) -> int:
 
 
 def _work(job: Job) -> JobResult:
+    from pipeline.outputs.enhanced_folder import build_enhanced
+
     run_pass(job, job.settings.levels)
-    result = finalize(job)
+    result = finalize(job, extra={"enhanced": build_enhanced(job.layout)})
     if not job.settings.enhance.degrade:
         return result
     from evaluation import DISTANCES_SCHEMA, SUMMARY_COLUMNS

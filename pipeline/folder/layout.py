@@ -27,7 +27,17 @@ def level_dirname(level: float) -> str:
 
 
 # What a run writes at the top of its folder; --overwrite removes exactly these.
-RUN_ENTRIES = ("run.json", "images", "manifest.parquet", "evaluation", "report", "private", "release", "train")
+RUN_ENTRIES = (
+    "run.json",
+    "images",
+    "manifest.parquet",
+    "evaluation",
+    "report",
+    "private",
+    "release",
+    "train",
+    "enhanced",
+)
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,8 @@ class RunLayout:
     release = property(lambda self: self.root / "release")
     # `boomerang augment`: the outputs again, laid out for a data loader (class folders, labels.parquet).
     train = property(lambda self: self.root / "train")
+    # `boomerang enhance`: the outputs again under their inputs' own names (the user's own data).
+    enhanced = property(lambda self: self.root / "enhanced")
     # Its classes' pseudonyms and names (a class is a person, in a face dataset).
     classes = property(lambda self: self.root / "private" / "classes.parquet")
 

@@ -9,11 +9,10 @@ original are as diverse as the level allows; samples close to each other are nea
 
 from __future__ import annotations
 
-import html
-
 import numpy as np
 import pandas as pd
 
+from evaluation.report_blocks import Section, Text, rows_table, section
 from pipeline.folder.layout import RunLayout
 from pipeline.outputs.diversity_shards import DIVERSITY_COLUMNS
 
@@ -45,23 +44,32 @@ def with_diversity(summary: pd.DataFrame, diversity: pd.DataFrame) -> pd.DataFra
     return merged[list(summary.columns)]
 
 
-def diversity_section(summary: pd.DataFrame) -> tuple[str, str] | None:
+def diversity_section(summary: pd.DataFrame) -> Section | None:
     """The report's section on local samples: how far the samples of one image are from each other."""
     rows = summary[summary["diversity_images"].notna()] if "diversity_images" in summary else summary.iloc[0:0]
     if rows.empty:
         return None
-    cells = "".join(
-        f"<tr><td>{html.escape(str(r.label))}</td><td>{html.escape(r.recognizer)}</td><td>{int(r.diversity_images)}"
-        f"</td><td>{r.diversity_mean:.4f}</td><td>{r.distance_mean:.4f}</td></tr>"
-        for r in rows.itertuples()
+    return section(
+        "Local samples: diversity",
+        Text(
+            "Each image was sampled several times (--samples), each sample with its own generator. Diversity is "
+            "the mean cosine distance between the samples of one image (all pairs, by the same recognizer), next "
+            "to their mean distance from the original: samples as far from each other as from their original are "
+            "as varied as the level allows."
+        ),
+        rows_table(
+            ["level", "recognizer", "images with 2+ samples", "mean distance between samples"]
+            + ["mean distance from the original"],
+            [
+                (
+                    str(r.label),
+                    r.recognizer,
+                    int(r.diversity_images),
+                    f"{r.diversity_mean:.4f}",
+                    f"{r.distance_mean:.4f}",
+                )
+                for r in rows.itertuples()
+            ],
+            text_columns=2,
+        ),
     )
-    body = (
-        "<p>Each image was sampled several times (<code>--samples</code>), each sample with its own generator. "
-        "Diversity is the mean cosine distance between the samples of one image (all pairs, by the same "
-        "recognizer), next to their mean distance from the original: samples as far from each other as from "
-        "their original are as varied as the level allows.</p>"
-        "<table><tr><th>level</th><th>recognizer</th><th>images with 2+ samples</th>"
-        "<th>mean distance between samples</th><th>mean distance from the original</th></tr>"
-        f"{cells}</table>"
-    )
-    return ("Local samples: diversity", body)

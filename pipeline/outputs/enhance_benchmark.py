@@ -11,7 +11,6 @@ method in evaluation/quality_summary.parquet and in the report.
 
 from __future__ import annotations
 
-import html
 import math
 
 import numpy as np
@@ -20,6 +19,7 @@ import pyarrow as pa
 
 from anonymize import decode_image, degrade, upsample
 from evaluation.quality import quality_row
+from evaluation.report_blocks import Section, Text, rows_table, section
 from pipeline.execution.inputs import read_bytes
 from pipeline.tables.read import read_manifest
 from pipeline.tables.schemas import QUALITY_SCHEMA
@@ -80,26 +80,34 @@ def quality_summary(quality: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def quality_section(summary: pd.DataFrame, scale: int, meaningful: bool) -> tuple[str, str]:
+def quality_section(summary: pd.DataFrame, scale: int, meaningful: bool) -> Section:
     """The report's section: the benchmark's table, with what it can and cannot say."""
-    cells = "".join(
-        f"<tr><td>{html.escape(r.method)}</td><td>{'–' if math.isnan(r.level) else f'{r.level:g}'}</td>"
-        f"<td>{r.n_images}</td><td>{r.psnr_mean:.2f}</td><td>{r.ssim_mean:.4f}</td></tr>"
-        for r in summary.itertuples()
-    )
     warning = (
-        ""
+        None
         if meaningful
-        else "<p class='notice'>These outputs come from a random-weight model that boomerang generated: the "
-        "numbers test the plumbing, not the quality of enhancement.</p>"
+        else Text(
+            "These outputs come from a random-weight model that boomerang generated: the numbers test the "
+            "plumbing, not the quality of enhancement.",
+            "notice",
+        )
     )
-    body = (
-        f"{warning}<p>Each original was cut to a multiple of {scale}, downscaled {scale}x (bicubic), and brought "
-        f"back {scale}x: by Boomerang enhancement at each level, and by plain Lanczos and bicubic upsampling. "
-        "PSNR (dB, higher is closer) and SSIM (1 is identical) against the original, with scikit-image. The "
-        "paper's point is perceptual: Boomerang adds plausible detail, which can lower PSNR while looking "
-        "sharper; levels of 0.1-0.3 keep the content, higher ones change it.</p>"
-        "<table><tr><th>method</th><th>level</th><th>images</th><th>PSNR mean</th><th>SSIM mean</th></tr>"
-        f"{cells}</table>"
+    return section(
+        "Enhancement benchmark: PSNR and SSIM",
+        warning,
+        Text(
+            f"Each original was cut to a multiple of {scale}, downscaled {scale}x (bicubic), and brought back "
+            f"{scale}x: by Boomerang enhancement at each level, and by plain Lanczos and bicubic upsampling. PSNR "
+            "(dB, higher is closer) and SSIM (1 is identical) against the original, with scikit-image. The "
+            "paper's point is perceptual: Boomerang adds plausible detail, which can lower PSNR while looking "
+            "sharper; levels of 0.1-0.3 keep the content, higher ones change it."
+        ),
+        rows_table(
+            ["method", "level", "images", "PSNR mean", "SSIM mean"],
+            [
+                (r.method, "–" if math.isnan(r.level) else f"{r.level:g}", r.n_images, f"{r.psnr_mean:.2f}")
+                + (f"{r.ssim_mean:.4f}",)
+                for r in summary.itertuples()
+            ],
+            text_columns=1,
+        ),
     )
-    return ("Enhancement benchmark: PSNR and SSIM", body)

@@ -304,6 +304,10 @@ def closing_lines(result: JobResult) -> list[str]:
     train = result.extra.get("train")
     if train:
         lines.append(f"Training set: {job.layout.train} ({train['images']} images in {train['classes']} classes).")
+    enhanced = result.extra.get("enhanced")
+    if enhanced:
+        n = enhanced["images"]
+        lines.append(f"Enhanced images: {job.layout.enhanced} ({n} image{'s' * (n != 1)}, named as in the input).")
     gate = result.extra.get("gate")
     if gate:
         reasons = ", ".join(f"{reason} {n}" for reason, n in gate["withheld_reasons"].items())

@@ -14,14 +14,13 @@ an attacker who guesses over the whole set, in the summary and the report.
 
 from __future__ import annotations
 
-import html
-
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from evaluation.report import linkage_plot_html
+from evaluation.report_blocks import Plot, Section, Text, rows_table, section
 from evaluation.summary import ATTACK_COLUMNS, NULLABLE_COUNTS
 from pipeline.folder import storage
 from pipeline.folder.layout import RunLayout
@@ -246,63 +245,60 @@ def with_linkage(summary: pd.DataFrame, attacks: pd.DataFrame) -> pd.DataFrame:
     return merged[list(summary.columns)]
 
 
-def linkage_section(summary: pd.DataFrame) -> tuple[str, str] | None:
+def linkage_section(summary: pd.DataFrame) -> Section | None:
     """The report's "attacker's view" section: linkage and re-identification next to the fraction cleared."""
     rows = summary[summary["linkage_queries"].notna()]
     if rows.empty:
         return None
     reid = rows["reid_queries"].notna().any()
-    cells = "".join(
-        f"<tr><td>{html.escape(str(r.label))}</td><td>{html.escape(r.recognizer)}</td>"
-        f"<td>{_pct(r.fraction_cleared)}</td><td>{_pct(_face_kept(r))}</td>"
-        f"<td>{_pct(r.linkage_rank1)} ({_pct(r.linkage_rank1_ci_low)}-{_pct(r.linkage_rank1_ci_high)})</td>"
-        f"<td>{_pct(r.linkage_rank5)}</td><td>{_pct(r.linkage_chance1)}</td><td>{int(r.linkage_gallery)}</td>"
-        + (
-            f"<td>{_pct(r.reid_rank1)} ({_pct(r.reid_rank1_ci_low)}-{_pct(r.reid_rank1_ci_high)})</td>"
-            f"<td>{_pct(r.reid_chance1)}</td><td>{_count(r.reid_queries)} / {_count(r.reid_not_attackable)}</td>"
-            f"<td>{_count(r.reid_people_attackable)} / {_count(r.reid_people_single)}</td>"
-            if reid
-            else ""
-        )
-        + "</tr>"
-        for r in rows.itertuples()
-    )
+    headings = ["level", "recognizer", "cleared", "face kept", "linkage rank-1 (95% CI)", "rank-5", "chance rank-1"]
+    headings += ["originals"]
+    if reid:
+        headings += ["re-identification rank-1 (95% CI)", "chance", "outputs attacked / not"]
+        headings += ["people with 2+ photos / 1"]
+    cells = []
+    for r in rows.itertuples():
+        row = [str(r.label), r.recognizer, _pct(r.fraction_cleared), _pct(_face_kept(r))]
+        row += [f"{_pct(r.linkage_rank1)} ({_pct(r.linkage_rank1_ci_low)}-{_pct(r.linkage_rank1_ci_high)})"]
+        row += [_pct(r.linkage_rank5), _pct(r.linkage_chance1), int(r.linkage_gallery)]
+        if reid:
+            row += [f"{_pct(r.reid_rank1)} ({_pct(r.reid_rank1_ci_low)}-{_pct(r.reid_rank1_ci_high)})"]
+            row += [_pct(r.reid_chance1), f"{_count(r.reid_queries)} / {_count(r.reid_not_attackable)}"]
+            row += [f"{_count(r.reid_people_attackable)} / {_count(r.reid_people_single)}"]
+        cells.append(row)
     by_face = "n_faces" in rows and rows["n_faces"].notna().any()
-    body = (
-        (
-            "<p class='notice'>Face-region mode: these rates are for the faces alone (each face is a query, and "
-            "each original face is in the gallery). Every pixel outside the faces is the original's, so a linker "
-            "who holds the original photos links every output to its source by its background.</p>"
-            if by_face
-            else ""
-        )
-        + "<p>A linker who holds the original dataset embeds each anonymized image and ranks every original by "
-        "distance. Rank-1 is the share of outputs whose own original comes first (ties count for the attacker: "
-        "an upper bound), with its 95% Wilson interval; chance is what guessing achieves. Cleared (distance "
-        "above the threshold) and not linkable are different questions: an image can clear every recognizer "
-        "and still be nearer its own original than any other.</p>"
-        + (
-            "<p>A re-identifier holds other photos of the same people: re-identification rank-1 is the share of "
-            "outputs whose nearest original (their own source photo left out) shows the same person. People "
-            "with a single photo cannot be attacked this way: the table counts their outputs and them.</p>"
-            if reid
-            else ""
-        )
-        + "<p>Utility next to privacy: <em>face kept</em> is the share of evaluated outputs in which the "
-        "detector still finds a face (a dataset of faces should keep its faces).</p>"
-        + "<table><tr><th>level</th><th>recognizer</th><th>cleared</th><th>face kept</th>"
-        "<th>linkage rank-1 (95% CI)</th>"
-        "<th>rank-5</th><th>chance rank-1</th><th>originals</th>"
-        + (
-            "<th>re-identification rank-1 (95% CI)</th><th>chance</th><th>outputs attacked / not</th>"
-            "<th>people with 2+ photos / 1</th>"
-            if reid
-            else ""
-        )
-        + f"</tr>{cells}</table>"
-        + f'<div class="plots">{linkage_plot_html(summary)}</div>'
+    plot = linkage_plot_html(summary)
+    return section(
+        "Attacker's view: linkage and re-identification",
+        Text(_FACES_NOTICE, "notice") if by_face else None,
+        Text(_LINKAGE_TEXT),
+        Text(_REID_TEXT) if reid else None,
+        Text(
+            "Utility next to privacy: face kept is the share of evaluated outputs in which the detector still finds "
+            "a face (a dataset of faces should keep its faces)."
+        ),
+        rows_table(headings, cells, text_columns=2),
+        Plot(plot) if plot else None,
     )
-    return ("Attacker's view: linkage and re-identification", body)
+
+
+_FACES_NOTICE = (
+    "Face-region mode: these rates are for the faces alone (each face is a query, and each original face is in "
+    "the gallery). Every pixel outside the faces is the original's, so a linker who holds the original photos "
+    "links every output to its source by its background."
+)
+_LINKAGE_TEXT = (
+    "A linker who holds the original dataset embeds each anonymized image and ranks every original by distance. "
+    "Rank-1 is the share of outputs whose own original comes first (ties count for the attacker: an upper bound), "
+    "with its 95% Wilson interval; chance is what guessing achieves. Cleared (distance above the threshold) and "
+    "not linkable are different questions: an image can clear every recognizer and still be nearer its own "
+    "original than any other."
+)
+_REID_TEXT = (
+    "A re-identifier holds other photos of the same people: re-identification rank-1 is the share of outputs "
+    "whose nearest original (their own source photo left out) shows the same person. People with a single photo "
+    "cannot be attacked this way: the table counts their outputs and them."
+)
 
 
 def _face_kept(row) -> float:

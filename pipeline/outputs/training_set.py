@@ -72,7 +72,7 @@ def build_training_set(layout: RunLayout, secret: bytes, label_column: dict[str,
             relative = PurePosixPath(level_dirname(row.level)) / relative
         target = layout.train / relative
         storage.make_dirs(target.parent)
-        _link_or_copy(layout.root / row.output_path, target)
+        link_or_copy(layout.root / row.output_path, target)
         sample = None if pd.isna(row.sample) else int(row.sample)
         rows.append({"path": relative.as_posix(), "label": label, "level": float(row.level), "sample": sample})
     write_public_table(pa.Table.from_pylist(rows, schema=LABELS_SCHEMA), layout.train / "labels.parquet")
@@ -81,7 +81,7 @@ def build_training_set(layout: RunLayout, secret: bytes, label_column: dict[str,
     return {"images": len(rows), "classes": len({r["label"] for r in rows})}
 
 
-def _link_or_copy(source, target) -> None:
+def link_or_copy(source, target) -> None:
     if storage.is_local(source) and storage.is_local(target):
         try:
             os.link(source, target)

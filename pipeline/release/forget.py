@@ -14,7 +14,8 @@ recomputes the anon_ids of ids it no longer lists (a forget killed midway) and t
 3. private/identities.parquet last (until then a rerun of the same forget finds them again);
 4. run.json records the date and how many images went, never which;
 5. what derives from the tables is rebuilt as `boomerang report` does: the summary, the attacks, both reports
-   and release/ (staged and swapped in whole; the gate releases only images it decided on before).
+   and release/ (staged and swapped in whole; the gate releases only images it decided on before), and an
+   enhance folder's enhanced/ (its outputs under their input names).
 
 The folder's lock is held throughout, as by a job. The operator must also remove the images from the input:
 a run over an input that still holds them would make them again.
@@ -231,4 +232,8 @@ def rebuild(layout: RunLayout, lock, secret: bytes) -> None:
     record = read_json(layout.run_json)
     if not record.get("settings"):
         return
+    if record["settings"].get("enhance"):  # enhance's outputs under their input names, without the removed ones
+        from pipeline.outputs.enhanced_folder import build_enhanced
+
+        build_enhanced(layout)
     finish(finished_job(recorded_settings(layout, record), layout, record, lock, secret))

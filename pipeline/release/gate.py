@@ -11,7 +11,6 @@ stopped. Only ladder levels count: rows of other levels in the same folder (an e
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 
 from evaluation import DISTANCES_SCHEMA
+from evaluation.report_blocks import Section, Text, rows_table, section
 from evaluation.summary import image_verdicts
 from pipeline.execution.anonymize_pass import run_pass
 from pipeline.execution.job import Job
@@ -295,7 +295,7 @@ def build_release(job: Job, released: pd.DataFrame, withheld: pd.DataFrame, fold
     return counts, names
 
 
-def gate_section(job: Job, decision: Decision) -> tuple[str, str]:
+def gate_section(job: Job, decision: Decision) -> Section:
     """The report's gate section: thresholds, levels needed, withheld reasons, cost against a fixed top level."""
     from anonymize import planned_steps
 
@@ -317,44 +317,48 @@ def gate_section(job: Job, decision: Decision) -> tuple[str, str]:
     except Exception:  # noqa: BLE001 - the model folder may be gone when a report is rebuilt
         cost = f"{spent} model evaluations spent on {n_images} images."
     thresholds = gate_thresholds(settings)
-    rows = "".join(f"<tr><td>{lvl:g}</td><td>{n}</td></tr>" for lvl, n in per_level.items())
-    reasons = "".join(
-        f"<tr><td>{html.escape(str(r))}</td><td>{n}</td></tr>" for r, n in withheld["reason"].value_counts().items()
+    linkage = (
+        f", and no recognizer ranked its own original within the nearest {settings.gate_max_linkage} of all "
+        "originals (the linkage attack, --gate-max-linkage)"
+        if settings.gate_max_linkage
+        else ""
     )
-    threshold_text = ", ".join(f"{html.escape(n)} {t:g}" for n, t in thresholds.items())
-    body = (
-        f"<p>Ladder: {', '.join(f'{v:g}' for v in ladder)}. Each image starts at the lowest level and moves up "
-        "only while some recognizer still matches it to its original. Gate thresholds (the stricter of the "
-        f"run's threshold and deepface's own, unless set with --gate-thresholds): {threshold_text}.</p>"
-        f"<table><tr><th>lowest clearing level</th><th>images released</th></tr>{rows}</table>"
-        f"<p>Released: {len(released)}; withheld: {len(withheld)}. Every released image cleared every "
-        "recognizer at its gate threshold"
-        + (
-            f", and no recognizer ranked its own original within the nearest {settings.gate_max_linkage} of all "
-            "originals (the linkage attack, --gate-max-linkage)"
-            if settings.gate_max_linkage
-            else ""
+    sizes = (
+        Text(
+            f"{unique_sizes} released images have a width and height that no other input has: someone holding the "
+            "originals can match them by size alone. Resize the inputs to common sizes before release "
+            "(docs/privacy.md).",
+            "notice",
         )
-        + ".</p>"
-        + (f"<table><tr><th>withheld because</th><th>images</th></tr>{reasons}</table>" if len(withheld) else "")
-        + f"<p>{html.escape(cost)}</p>"
-        + (
-            f"<p class='notice'>{unique_sizes} released images have a width and height that no other input has: "
-            "someone holding the originals can match them by size alone. Resize the inputs to common sizes "
-            "before release (docs/privacy.md).</p>"
-            if unique_sizes
-            else "<p>No released image has a size of its own among the inputs (sizes do not link them).</p>"
-        )
-        + (SCENE_LINKAGE_NOTICE if settings.region.faces else "")
+        if unique_sizes
+        else Text("No released image has a size of its own among the inputs (sizes do not link them).")
     )
-    return ("Release gate", body)
+    reasons = withheld["reason"].value_counts().items()
+    return section(
+        "Release gate",
+        Text(
+            f"Ladder: {', '.join(f'{v:g}' for v in ladder)}. Each image starts at the lowest level and moves up "
+            "only while some recognizer still matches it to its original. Gate thresholds (the stricter of the "
+            "run's threshold and deepface's own, unless set with --gate-thresholds): "
+            + ", ".join(f"{n} {t:g}" for n, t in thresholds.items())
+            + "."
+        ),
+        rows_table(["lowest clearing level", "images released"], [(f"{lvl:g}", n) for lvl, n in per_level.items()]),
+        Text(
+            f"Released: {len(released)}; withheld: {len(withheld)}. Every released image cleared every recognizer "
+            f"at its gate threshold{linkage}."
+        ),
+        rows_table(["withheld because", "images"], [(str(r), n) for r, n in reasons], 1) if len(withheld) else None,
+        Text(cost),
+        sizes,
+        Text(SCENE_LINKAGE_NOTICE, "notice") if settings.region.faces else None,
+    )
 
 
 # Face-region mode: what the release gives away by construction (said in the public report, docs/privacy.md).
 SCENE_LINKAGE_NOTICE = (
-    "<p class='notice'>Face-region mode (--region faces, released with --accept-scene-linkage): only the faces "
-    "were resampled and every other pixel is the original's, so anyone who holds the original photos links "
-    "each released image to its source by its background. What this release protects is who is in the "
-    "photos (the faces, measured above), not which photo each one is; clothing, places and other people's "
-    "context are also kept.</p>"
+    "Face-region mode (--region faces, released with --accept-scene-linkage): only the faces were resampled and "
+    "every other pixel is the original's, so anyone who holds the original photos links each released image to "
+    "its source by its background. What this release protects is who is in the photos (the faces, measured "
+    "above), not which photo each one is; clothing, places and other people's context are also kept."
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import math
 import re
@@ -17,6 +18,7 @@ from PIL import Image
 
 from evaluation import EvaluationSettings, summarize, write_report
 from evaluation.report import DISTANCE_PLOT, FRACTION_PLOT
+from evaluation.report_blocks import Text, rows_table, section
 
 CHROMIUM = Path("/usr/bin/chromium")
 SETTINGS = EvaluationSettings(thresholds=(("Facenet", 0.35),))
@@ -69,7 +71,13 @@ def report(tmp_path_factory, summary, face_variants) -> Path:
         failures=failures,
         samples=samples,
         notice="DEMO: random-weight models, these numbers are not meaningful",
-        sections=[("Release gate", "<p id='gate'>12 images released at level 0.6</p>")],
+        sections=[
+            section(
+                "Release gate",
+                Text("12 images released at level 0.6 <i>"),
+                rows_table(["lowest clearing level", "images <released>"], [(0.6, 12), (0.7, 0)]),
+            )
+        ],
     )
 
 
@@ -83,15 +91,17 @@ def test_report_holds_every_part(report, summary):
         "stable-diffusion-v1-5",
         "0.0.103",
         "Release gate",
-        "<p id='gate'>12 images released at level 0.6</p>",
+        "<p>12 images released at level 0.6 &lt;i&gt;</p>",  # a section is plain data, escaped by the template
+        '<th class="">images &lt;released&gt;</th>',
+        '<tr><td class="">0.6</td><td class="">12</td></tr>',
         "CUDA out of memory &lt;tried 2 GiB&gt;",
         "0.68",  # deepface's VGG-Face default threshold
         "2622",  # the VGG-Face threshold history
         "Wilson",
-        "at original&#x27;s box",  # the n_compared_at_original_box column, and its explanation
-        "compared at the original's face box",
     ):
         assert expected in text, expected
+    # The n_compared_at_original_box column, and its explanation (whichever way the template escapes "'").
+    assert "at original's box" in html.unescape(text) and "compared at the original's face box" in html.unescape(text)
     # The summary table shows every (level, recognizer) row with its counts.
     assert text.count("<tr>") >= len(summary) + 1
     assert f"{summary['n_cleared'].iloc[0]}/{summary['n_evaluated'].iloc[0]} cleared" in text
@@ -256,3 +266,18 @@ def test_the_reports_first_screen_shows_the_verdict(summary, tmp_path):
         verdict=["Verdict: released 1 of 12 images (8%, 95% CI 1%–35%), each clearing every recognizer."],
     )
     assert verdict_bottom(page, tmp_path) <= FIRST_SCREEN[1]
+
+
+def test_no_table_or_paragraph_is_html_assembled_in_python():
+    """Issue 24: the pages are the templates' (evaluation/templates), laid out from plain data
+    (evaluation.report_blocks); no string in pipeline/ or evaluation/ holds table, list or paragraph markup."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2]
+    markup = re.compile(r"<(table|thead|tbody|tr|td|th|p|ul|ol|li|h\d)[\s>/]")
+    found = []
+    for path in sorted([*root.glob("pipeline/**/*.py"), *root.glob("evaluation/**/*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and markup.search(node.value):
+                found.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert found == []

@@ -30,7 +30,10 @@ def cli(ray_runtime, deepface_home, tiny_sd, capsys):
                         args[i] += ",detector-skip"
                     else:
                         args += ["--gate-override", "detector-skip"]
-        status = main(args)
+        try:
+            status = main(args)
+        except SystemExit as stop:  # argparse refusing the command line (a flag the command does not offer): 2
+            status = stop.code
         captured = capsys.readouterr()
         return status, captured.out, captured.err
 

@@ -53,6 +53,8 @@ def test_samples_and_augment(cli, tiny_sd, tmp_path):
     assert (done["status"] == "ok").all() and done["bytes"].nunique() == 6 and done["anon_id"].nunique() == 6
     summary = pd.read_parquet(RunLayout.at(str(run)).summary).iloc[0]
     assert summary["diversity_images"] == 2 and 0 < summary["diversity_mean"] < 2
+    page = (run / "report" / "index.html").read_text()  # the section's table, laid out by the template
+    assert "<h2>Local samples: diversity</h2>" in page and '<th class="">mean distance between samples</th>' in page
 
     # A rerun does nothing.
     before = read_manifest(RunLayout.at(str(run)))
@@ -127,11 +129,19 @@ def test_enhance_gives_exactly_scale_times_the_size_in_blended_tiles(cli, tmp_pa
     secret.write_text(bytes(range(32)).hex() + "\n")  # one output, the same on every run
     out = tmp_path / "out"
     argv = ["enhance", str(folder), "--out", str(out), "--scale", "4", "--levels", "0.2", "--secret-file", str(secret)]
-    status, _, stderr = cli(*argv)
+    status, stdout, stderr = cli(*argv)
     assert status == 0, stderr
     row = read_manifest(RunLayout.at(str(out))).iloc[0]
     output = np.asarray(Image.open(out / row["output_path"]).convert("RGB")).astype(int)
     assert output.shape == (200, 148, 3)
+    # The user's own photo keeps its name, and the last line says where it is (issue 24, item 6).
+    assert (out / "enhanced" / "small.png").read_bytes() == (out / row["output_path"]).read_bytes()
+    assert f"Enhanced images: {out / 'enhanced'} (1 image, named as in the input)." in stdout
+    ids = tmp_path / "ids.txt"
+    ids.write_text("small.png\n")
+    status, _, stderr = cli("forget", str(out), "--ids", str(ids))  # withdrawn: its named copy goes too
+    assert status == 0 and not (out / "enhanced" / "small.png").exists(), stderr
+    assert (out / "enhanced").is_dir()
 
     # No visible step where tiles meet. The random-weight model draws noise, so single columns vary: the steps
     # between neighbouring pixels across every tile edge, on average, are within the spread of the steps
@@ -179,3 +189,6 @@ def test_the_enhancement_benchmark_equals_an_independent_recomputation(cli, tmp_
         assert row.ssim == pytest.approx(expected, rel=1e-12)
     page = (out / "report" / "index.html").read_text()
     assert "Enhancement benchmark" in page and "random-weight" in page
+    for level in (0.2, 0.3):  # several levels: one folder each, the input's name in both
+        enhanced = out / "enhanced" / f"level={level:.2f}" / "face.png"
+        assert enhanced.read_bytes() == (out / manifest.loc[level, "output_path"]).read_bytes()

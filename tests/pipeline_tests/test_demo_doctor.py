@@ -83,3 +83,26 @@ def test_doctor_exits_1_when_the_cluster_given_cannot_be_joined(capsys, monkeypa
     assert f"cannot join the Ray cluster at 127.0.0.1:{port}: nothing answers at " in out
     assert f"(connection refused); start the head with `ray start --head --port {port}`" in out
     assert out.rstrip().splitlines()[-1] == "NOT ready: missing the Ray cluster"
+
+
+def test_demo_help_shows_how_run_reuses_the_demos_models(model_cache, deepface_home, tiny_sd, capsys, monkeypatch):
+    """Issue 24, item 6: `demo --help` gives the `run` command that points at the demo's models (README's too);
+    that command parses as `run` with exactly those folders, and `doctor` with them says they are random."""
+    import shlex
+
+    from pipeline.cli import make_parser
+    from pipeline.commands.demo import cache_dir
+
+    monkeypatch.setenv("BOOMERANG_CACHE", str(model_cache.parent))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = capsys.readouterr().out
+    assert f"The demo keeps its models in {cache_dir()}" in text
+    command = text[text.index("boomerang run") :].replace("\\\n", " ")
+    argv = shlex.split(command.splitlines()[0])[1:]
+    args = make_parser().parse_args(argv)
+    assert (args.command, args.model, args.deepface_home) == ("run", str(tiny_sd), str(deepface_home))
+
+    assert main(["doctor", "--model", args.model, "--deepface-home", args.deepface_home]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("random weights: numbers not meaningful")

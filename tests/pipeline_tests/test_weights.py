@@ -369,3 +369,26 @@ def test_doctor_lists_each_needed_file_verified_random_or_missing_with_its_comma
     yunet = next(line for line in out.splitlines() if "face_detection_yunet" in line)
     assert "MISSING: fetch it with `boomerang weights fetch" in yunet and "yunet" in yunet.split("`")[1]
     assert "weights: random (demo weights" in out  # the tiny model
+
+
+def test_doctor_takes_runs_weight_flags_and_counts_what_the_store_fills(tmp_path, tiny_sd, deepface_home, capsys):
+    """Issue 24, item 6: `doctor` takes run's --weights-from (and --deepface-home, --model): a file absent on this
+    node but listed by the store is not missing, since a job copies it here first; a store that lacks one is."""
+    store = tmp_path / "store"
+    home = ["--deepface-home", str(deepface_home)]
+    assert main(["weights", "push", str(store), "--recognizers", "Facenet", "--model", str(tiny_sd), *home]) == 0
+    empty = tmp_path / "empty node"
+    empty.mkdir()
+    doctor = ["doctor", "--model", str(tiny_sd), "--deepface-home", str(empty), "--weights-from", str(store)]
+    capsys.readouterr()
+
+    assert main([*doctor, "--recognizers", "Facenet"]) == 0
+    out = capsys.readouterr().out
+    assert f"weights store {store}: lists every file above" in out
+    assert out.rstrip().splitlines()[-1].startswith("ready: every required part is present, but model ")
+    assert out.rstrip().endswith("random weights: numbers not meaningful")
+
+    assert main([*doctor, "--recognizers", "Facenet,ArcFace"]) == 1
+    out = capsys.readouterr().out
+    assert f"weights store: --weights-from {store}: it lacks deepface/arcface" in out
+    assert out.rstrip().splitlines()[-1] == "NOT ready: missing a usable --weights-from store"
