@@ -134,15 +134,15 @@ def write_text(path: Location, text: str, *, private: bool = False) -> None:
     write_bytes(path, text.encode(), private=private)
 
 
-def table_bytes(table: pa.Table) -> bytes:
+def table_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
+    pq.write_table(table, sink, row_group_size=row_group_size)
     return sink.getvalue().to_pybytes()
 
 
-def write_table(table: pa.Table, path: Location, *, private: bool = False) -> None:
-    """A Parquet file, written like `write_bytes`."""
-    write_bytes(path, table_bytes(table), private=private)
+def write_table(table: pa.Table, path: Location, *, private: bool = False, row_group_size: int | None = None) -> None:
+    """A Parquet file, written like `write_bytes` (`row_group_size`: rows per row group, for range reads)."""
+    write_bytes(path, table_bytes(table, row_group_size), private=private)
 
 
 def _arrow(path: Location) -> dict:

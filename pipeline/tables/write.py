@@ -30,9 +30,9 @@ def write_public_table(table: pa.Table, path: Location, *, name: str | None = No
     storage.write_table(table, path)
 
 
-def write_scratch_table(table: pa.Table, path: Location) -> None:
+def write_scratch_table(table: pa.Table, path: Location, *, row_group_size: int | None = None) -> None:
     """A pass's temporary table (e.g. the diversity summary's buckets), removed when the pass ends: declared
     nowhere, so written only under private/, 0600 like every private file."""
     if "/private/" not in f"/{path.as_posix()}/":
         raise PublicSurfaceError(f"{path.name}: a scratch table is written only under private/")
-    storage.write_table(table, path, private=True)
+    storage.write_table(table, path, private=True, row_group_size=row_group_size)
