@@ -152,3 +152,24 @@ def attach_index(job, index: InputIndex, samples: int) -> None:
     job.inputs = replace(job.inputs, items=ListedItems(index))
     job.anon_ids = KeyedIds(job.secret, index)
     job.sampled = samples > 1
+
+
+class ListedIds:
+    """The anon_ids of a job's inputs, for the gate's decision (pipeline.release.gate_decision): per step, those of
+    the shards its rows fall in, read from the lists."""
+
+    def __init__(self, index: InputIndex) -> None:
+        self.index = index
+
+    def covering(self, *frames) -> set[str]:
+        """The listed anon_ids of every shard whose range holds an anon_id of these frames' rows."""
+        found = [f["anon_id"] for f in frames if len(f)]
+        if not found:
+            return set()
+        low = min(min(ids) for ids in found)
+        high = max(max(ids) for ids in found)
+        listed: set[str] = set()
+        for shard in range(self.index.shards.of(low), self.index.shards.of(high) + 1):
+            if self.index.counts.get(shard):
+                listed.update(self.index.shard_list(shard).column("anon_id").to_pylist())
+        return listed
