@@ -4,8 +4,7 @@ holds per-shard counts and reads one shard's list at a time (pipeline.execution.
 Built like an external sort on anon_id. The discovery's batches are spooled, each sorted by anon_id
 (`InputSpool`: files of about SPOOL_ROWS rows in private/.inputs-spool/, row groups of SPOOL_GROUP rows whose
 first and last anon_id it remembers), then read back a range of anon_ids at a time (about RANGE_ROWS rows: the
-ranges are cut on the anon_id's leading hex digits, which the HMAC spreads evenly, and each range reads only
-the row groups that overlap it). Each range's rows get their shard: the folder's cut when it has one, else a
+ranges are cut at row groups' first anon_ids, and each range reads only the row groups that overlap it). Each range's rows get their shard: the folder's cut when it has one, else a
 new cut every `size` distinct anon_ids, exactly as pipeline.tables.shards.Shards.cut would cut the sorted whole;
 a shard's list is written once its last row is seen. Only a spool file, a range and one shard are held.
 """
@@ -67,8 +66,11 @@ class InputSpool:
     def ranges(self) -> Iterator[pa.Table]:
         """The spooled rows a range of anon_ids at a time, in anon_id order (ties in spool order)."""
         self._flush()
-        count = max(1, -(-self.rows // RANGE_ROWS))
-        bounds = ["", *(f"{(i << 24) // count:06x}" for i in range(1, count)), None]
+        # Cut where the spool's row groups begin: about RANGE_ROWS rows per range (at most one row group per
+        # spool file more), whatever the anon_ids look like.
+        firsts = sorted(first for _, groups in self.files for first, _ in groups)
+        step = max(1, RANGE_ROWS // SPOOL_GROUP)
+        bounds = ["", *firsts[step::step], None]
         for low, high in zip(bounds[:-1], bounds[1:], strict=True):
             pieces = [INPUT_LIST_SCHEMA.empty_table()]
             for path, groups in self.files:
