@@ -274,17 +274,16 @@ def child_new(what: str, out: Path, n: int, extra: str) -> dict:
     if what == "matmul":
         return matmul_rate()
     if what == "discover":
-        from pipeline.execution.discovery import index_inputs, listed_items
+        from pipeline.execution.discovery import index_inputs
         from pipeline.execution.inputs import describe
-        from pipeline.tables.identities import write_identities
+        from pipeline.tables.identities import write_identities_from
 
         layout = RunLayout.at(str(out / "discovered"))
         layout.prepare(overwrite=True)
         base = _reset_peak()
         started = time.perf_counter()
         index = index_inputs(layout, describe(str(out / "input.parquet")), b"k" * 32, shard_size=DEFAULT_SHARD_SIZE)
-        rows = listed_items(index)
-        write_identities(layout, ((r["anon_id"], r["image_id"], r["source"], r["identity"], 0) for _, r in rows))
+        write_identities_from(layout, index)
         assert index.total == n and index.shards.count >= 1
     elif what == "discover_list":
         from pipeline.execution.inputs import discover

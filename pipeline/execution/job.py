@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from pipeline.execution.actors import ActorPlan, plan_actors
 from pipeline.execution.cluster import ClusterInfo, connect, disconnect
-from pipeline.execution.discovery import attach_index, index_inputs, label_column, listed_items
+from pipeline.execution.discovery import attach_index, index_inputs, label_column
 from pipeline.execution.inputs import InputSet, describe
 from pipeline.execution.timings import Timings, since_start
 from pipeline.folder import storage
@@ -47,7 +47,7 @@ from pipeline.settings.fingerprint import (
     stages_of_mode,
 )
 from pipeline.settings.gate_policy import override_statement
-from pipeline.tables.identities import write_identities
+from pipeline.tables.identities import write_identities_from
 from pipeline.tables.input_lists import InputIndex, remove_lists
 from pipeline.tables.row_errors import scrub
 
@@ -227,10 +227,7 @@ def _prepare_locked(settings: JobSettings, stages: str, layout: RunLayout, lock:
         identity_column=settings.identity_column,
     )
     attach_index(job, index, samples)
-    write_identities(
-        layout,
-        ((r["anon_id"], r["image_id"], r["source"], r["identity"], r["sample"]) for _, r in listed_items(index)),
-    )
+    write_identities_from(layout, index)  # a shard at a time
     job.notice = DEMO_NOTICE if settings.demo or made_here(model, recognizers) else None
     _start_record(job, model, recognizers, determining)
     return job

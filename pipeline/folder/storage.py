@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, TypeAlias, Union
 
@@ -143,6 +144,27 @@ def table_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:
 def write_table(table: pa.Table, path: Location, *, private: bool = False, row_group_size: int | None = None) -> None:
     """A Parquet file, written like `write_bytes` (`row_group_size`: rows per row group, for range reads)."""
     write_bytes(path, table_bytes(table, row_group_size), private=private)
+
+
+def write_table_batches(
+    tables: Iterable[pa.Table], path: Location, schema: pa.Schema, *, private: bool = False
+) -> None:
+    """A Parquet file written a table at a time (one row group or more each), never held whole: locally through a
+    temporary file renamed into place, like `write_bytes` (an exception from `tables` leaves the old file);
+    on an object store through one upload of the file's bytes."""
+
+    def write(handle) -> None:
+        with pq.ParquetWriter(handle, schema) as writer:
+            for table in tables:
+                writer.write_table(table.cast(schema))
+
+    if not is_local(path):
+        sink = pa.BufferOutputStream()
+        write(sink)
+        path.fs.pipe_file(path.path, sink.getvalue().to_pybytes())
+        return
+    _make_parents(path.parent, PRIVATE_FOLDER_MODE if private else FOLDER_MODE)
+    write_atomic(path, write, mode=PRIVATE_FILE_MODE if private else FILE_MODE)
 
 
 def _arrow(path: Location) -> dict:

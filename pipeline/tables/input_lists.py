@@ -4,9 +4,10 @@ holds per-shard counts and reads one shard's list at a time (pipeline.execution.
 Built like an external sort on anon_id. The discovery's batches are spooled, each sorted by anon_id
 (`InputSpool`: files of about SPOOL_ROWS rows in private/.inputs-spool/, row groups of SPOOL_GROUP rows whose
 first and last anon_id it remembers), then read back a range of anon_ids at a time (about RANGE_ROWS rows: the
-ranges are cut at row groups' first anon_ids, and each range reads only the row groups that overlap it). Each range's rows get their shard: the folder's cut when it has one, else a
-new cut every `size` distinct anon_ids, exactly as pipeline.tables.shards.Shards.cut would cut the sorted whole;
-a shard's list is written once its last row is seen. Only a spool file, a range and one shard are held.
+ranges are cut at row groups' first anon_ids, and each range reads only the row groups that overlap it). Each
+range's rows get their shard: the folder's cut when it has one, else a new cut every `size` distinct anon_ids,
+exactly as pipeline.tables.shards.Shards.cut would cut the sorted whole; a shard's list is written once its last
+row is seen. Only a spool file, a range and one shard are held.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@ then written whole through pipeline.folder.storage."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pyarrow as pa
 
 from pipeline.folder import storage
@@ -16,6 +18,20 @@ def write_private_table(table: pa.Table, path: Location, *, name: str | None = N
     (pipeline.tables.schemas), so this writer is never a way around the public one's checks."""
     check_private(table, table_at(path, name))
     storage.write_table(table, path, private=True)
+
+
+def write_private_batches(tables: Iterable[pa.Table], path: Location, schema: pa.Schema) -> None:
+    """A private/ table too large to hold, written a table at a time (`storage.write_table_batches`), each
+    checked like `write_private_table`'s."""
+    spec = table_at(path)
+
+    def checked():
+        for table in tables:
+            check_private(table, spec)
+            yield table
+
+    check_private(schema.empty_table(), spec)
+    storage.write_table_batches(checked(), path, schema, private=True)
 
 
 def write_public_table(table: pa.Table, path: Location, *, name: str | None = None) -> None:

@@ -199,3 +199,32 @@ def _index_of(layout, ids):
         return input_lists.build_index(layout, spool, 7)
     finally:
         spool.remove()
+
+
+def test_identities_written_a_shard_at_a_time_equal_the_whole_merge(tmp_path, small_steps):
+    from pipeline.tables.identities import write_identities, write_identities_from
+
+    _folder_input(tmp_path / "in")
+    tables = []
+    for name, write in (("whole", None), ("shards", write_identities_from)):
+        layout = RunLayout.at(str(tmp_path / name))
+        layout.prepare(overwrite=False)
+        index = index_inputs(layout, describe(str(tmp_path / "in")), SECRET, shard_size=4, identity_from="folder")
+        # An earlier run's rows: two images no longer in the input, and one still in it, from elsewhere then.
+        kept = next(row for _, row in listed_items(index))
+        earlier = [(anon_id(SECRET, f"gone{i}"), f"gone{i}", f"/old/gone{i}", None, 0) for i in range(2)]
+        write_identities(layout, [*earlier, (kept["anon_id"], kept["image_id"], "/old/place", "someone", 0)])
+        if write is None:
+            rows = (
+                (r["anon_id"], r["image_id"], r["source"], r["identity"], r["sample"]) for _, r in listed_items(index)
+            )
+            write_identities(layout, rows)
+        else:
+            write(layout, index)
+            before = layout.identities.stat().st_mtime_ns
+            write(layout, index)  # a resume of the same inputs leaves the file (and its mtime) alone
+            assert layout.identities.stat().st_mtime_ns == before
+        tables.append(pq.read_table(layout.identities).to_pylist())
+    assert tables[0] == tables[1]
+    assert len(tables[0]) == 62 + 2  # no --exclude here: out/images/a.png is an input
+    assert {r["identity"] for r in tables[0]} >= {"p0", "p4", None}
