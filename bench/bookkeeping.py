@@ -2,7 +2,7 @@
 
 Synthetic finished tables (manifest, private outputs, distances for two recognizers; 1% error rows) are
 written shard by shard with the product's own writers, then each pass the driver makes is timed in a fresh
-process, with its peak memory (ru_maxrss above the process's after imports):
+process, with its peak memory (VmHWM above the resident size at the start of the pass, after imports):
 
   plan      resume planning of a finished job: pipeline.execution.anonymize_pass.run_pass up to "nothing to do"
   finalize  finalize of the finished job: thresholds restated, summary, report, run.json (pipeline.outputs.finalize)
@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -246,7 +245,7 @@ def child(what: str, out: Path, n: int, extra: str = "") -> dict:
         from pipeline.settings.gate_policy import gate_thresholds
 
         gate_thresholds(job.settings)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = _reset_peak()
     started = time.perf_counter()
     if what == "plan":
         from pipeline.execution.anonymize_pass import run_pass
@@ -266,8 +265,7 @@ def child(what: str, out: Path, n: int, extra: str = "") -> dict:
         seconds = compact_one(out, n)
         return {"seconds": seconds, "peak_mib": 0.0}
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"seconds": seconds, "peak_mib": (peak - base) / 1024}
+    return {"seconds": seconds, "peak_mib": (_peak() - base) / 1024}
 
 
 def child_new(what: str, out: Path, n: int, extra: str) -> dict:
