@@ -123,6 +123,11 @@ class Decision:
         storage.remove_tree(self.folder)
 
 
+def decision_folder(layout: RunLayout) -> Location:
+    """Where a decision keeps its steps' tables until the release is built (a killed one's are left there)."""
+    return layout.private / ".gate-decision"
+
+
 def decided_ids(layout: RunLayout) -> set[str] | None:
     found = None
     for path in (layout.private / "released.parquet", layout.private / "withheld.parquet"):
@@ -141,7 +146,7 @@ def decide(job: Job, current=None) -> Decision:
     ladder = [float(v) for v in job.settings.ladder]
     thresholds = gate_thresholds(job.settings)
     too_close = linkable(job.layout, job.settings.gate_max_linkage) if job.settings.gate_max_linkage else set()
-    decision = Decision(job.layout.private / ".gate-decision")
+    decision = Decision(decision_folder(job.layout))
     decision.remove()
     sizes = SizeCounts()
     for manifest, distances in shard_rows(job):

@@ -26,6 +26,7 @@ from pipeline.tables.schemas import INPUT_LIST_SCHEMA
 from pipeline.tables.shards import Shards, load_shards, shard_name
 from pipeline.tables.write import write_private_table, write_scratch_table
 
+SPOOL_FOLDER = ".inputs-spool"
 SPOOL_ROWS = 1 << 18
 SPOOL_GROUP = 1 << 12
 RANGE_ROWS = 1 << 18
@@ -41,7 +42,7 @@ class InputSpool:
     """Keyed input rows (INPUT_LIST_SCHEMA), spooled sorted by anon_id; `ranges` reads them back in order."""
 
     def __init__(self, layout: RunLayout) -> None:
-        self.folder = layout.private / ".inputs-spool"
+        self.folder = layout.private / SPOOL_FOLDER
         storage.remove_tree(self.folder)
         self.pending: list[pa.Table] = []
         self.files: list[tuple[Location, list[tuple[str, str]]]] = []  # (file, (first, last) per row group)
@@ -157,5 +158,7 @@ def _write_list(folder: Location, shard: int, pieces: list[pa.Table]) -> int:
 
 
 def remove_lists(layout: RunLayout) -> None:
-    """The job is over (or its inputs are forgotten): its lists go; the next run lists its inputs again."""
+    """The job is over (or its inputs are forgotten): its lists and any spool a killed discovery left go; the
+    next run lists its inputs again."""
     storage.remove_tree(lists_folder(layout))
+    storage.remove_tree(layout.private / SPOOL_FOLDER)
