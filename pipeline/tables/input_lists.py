@@ -108,6 +108,11 @@ class InputIndex:
             return INPUT_LIST_SCHEMA.empty_table()
         return storage.read_table(self.folder / shard_name(shard))
 
+    def sorted_anon_ids(self) -> Iterator[str]:
+        """Every listed anon_id in sorted order (the shards are ranges of it): one shard's at a time."""
+        for shard in sorted(self.counts):
+            yield from sorted(self.shard_list(shard).column("anon_id").to_pylist())
+
     def lists(self) -> Iterator[tuple[int, pa.Table]]:
         """(shard, its items) in shard order: anon_id order across shards, input order within one."""
         for shard in sorted(self.counts):

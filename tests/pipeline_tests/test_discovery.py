@@ -17,6 +17,7 @@ from pipeline.execution.discovery import KeyedIds, ListedIds, ListedItems, index
 from pipeline.execution.inputs import describe, discover
 from pipeline.folder.layout import RunLayout
 from pipeline.folder.secret import anon_id, output_key
+from pipeline.outputs.report_document import input_digest
 from pipeline.tables.schemas import MANIFEST_SCHEMA
 from pipeline.tables.shards import Shards, plan_shards, shard_name
 
@@ -121,6 +122,9 @@ def test_the_job_holds_counts_and_reads_its_items_from_the_lists(tmp_path, tiny_
             assert job.anon_ids[item.image_id] == anon_id(job.secret, output_key(image, sample))
         identities = pq.read_table(job.layout.identities).to_pandas()
         assert sorted(identities["anon_id"]) == sorted(job.anon_ids.values()) and len(identities) == 10
+        # The report's input digest, from the lists in order, equals the digest of the whole list sorted.
+        streamed = input_digest(job.secret, job.index.sorted_anon_ids(), ordered=True)
+        assert streamed == input_digest(job.secret, list(job.anon_ids.values()))
     finally:
         job.close()
     assert not (tmp_path / "out" / "private" / "inputs").exists()  # the lists end with the job
