@@ -276,8 +276,11 @@ def child_new(what: str, out: Path, n: int, extra: str) -> dict:
         from pipeline.execution.inputs import describe
         from pipeline.tables.identities import write_identities_from
 
+        import shutil
+
+        shutil.rmtree(out / "discovered", ignore_errors=True)  # a repeat's: discovery starts afresh
         layout = RunLayout.at(str(out / "discovered"))
-        layout.prepare(overwrite=True)
+        layout.prepare(overwrite=False)
         base = _reset_peak()
         started = time.perf_counter()
         index = index_inputs(layout, describe(str(out / "input.parquet")), b"k" * 32, shard_size=DEFAULT_SHARD_SIZE)
