@@ -71,25 +71,25 @@ def keyed_rows(
     """One INPUT_LIST_SCHEMA row per (item, local sample): sample 0 keeps the image's id as its key, sample s > 0
     is keyed by `output_key(id, s)` (pipeline.execution.job's keys); `position` is the first item's row in a
     Parquet input, None for a folder's (ordered by path: position 0)."""
-    columns: dict[str, list] = {name: [] for name in INPUT_LIST_SCHEMA.names}
-    for offset, item in enumerate(items):
-        # A twin's key is "id#k", which no label names.
-        label = None if labels is None or labels[offset] is None or item.problem else str(labels[offset])
-        for sample in range(samples):
-            key = output_key(item.image_id, sample) if samples > 1 else item.image_id
-            for name, value in (
-                ("key", key),
-                ("image_id", item.image_id),
-                ("sample", sample),
-                ("anon_id", anon_id(secret, key)),
-                ("source", item.source),
-                ("size", item.size),
-                ("mtime", item.mtime),
-                ("problem", item.problem),
-                ("identity", label),
-                ("position", 0 if position is None else position + offset),
-            ):
-                columns[name].append(value)
+    rows = [(n, item, sample) for n, item in enumerate(items) for sample in range(samples)]
+    keys = [output_key(item.image_id, sample) if samples > 1 else item.image_id for _, item, sample in rows]
+    # A twin's key is "id#k", which no label names.
+    named = [
+        None if labels is None or v is None or item.problem else str(v)
+        for v, item in zip(labels or [None] * len(items), items, strict=True)
+    ]
+    columns = {
+        "key": keys,
+        "image_id": [item.image_id for _, item, _ in rows],
+        "sample": [sample for _, _, sample in rows],
+        "anon_id": [anon_id(secret, key) for key in keys],
+        "source": [item.source for _, item, _ in rows],
+        "size": [item.size for _, item, _ in rows],
+        "mtime": [item.mtime for _, item, _ in rows],
+        "problem": [item.problem for _, item, _ in rows],
+        "identity": [named[n] for n, _, _ in rows],
+        "position": [0] * len(rows) if position is None else [position + n for n, _, _ in rows],
+    }
     return pa.table(columns, schema=INPUT_LIST_SCHEMA)
 
 

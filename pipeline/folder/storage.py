@@ -141,9 +141,21 @@ def table_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def write_table(table: pa.Table, path: Location, *, private: bool = False, row_group_size: int | None = None) -> None:
-    """A Parquet file, written like `write_bytes` (`row_group_size`: rows per row group, for range reads)."""
-    write_bytes(path, table_bytes(table, row_group_size), private=private)
+def write_table(
+    table: pa.Table, path: Location, *, private: bool = False, row_group_size: int | None = None, durable: bool = True
+) -> None:
+    """A Parquet file, written like `write_bytes` (`row_group_size`: rows per row group, for range reads).
+    `durable=False`: a file the next run makes again, renamed into place whole but not synced to disk."""
+    data = table_bytes(table, row_group_size)
+    if durable or not is_local(path):
+        write_bytes(path, data, private=private)
+        return
+    _make_parents(path.parent, PRIVATE_FOLDER_MODE if private else FOLDER_MODE)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE if private else FILE_MODE)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.replace(tmp, path)
 
 
 def write_table_batches(

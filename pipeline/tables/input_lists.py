@@ -60,7 +60,7 @@ class InputSpool:
         table = pa.concat_tables(self.pending).sort_by("anon_id")
         self.pending = []
         path = self.folder / f"spool-{len(self.files):05d}.parquet"
-        write_scratch_table(table, path, row_group_size=SPOOL_GROUP)
+        write_scratch_table(table, path, row_group_size=SPOOL_GROUP, durable=False)
         ids, rows = table.column("anon_id"), len(table)
         groups = [(ids[i].as_py(), ids[min(i + SPOOL_GROUP, rows) - 1].as_py()) for i in range(0, rows, SPOOL_GROUP)]
         self.files.append((path, groups))
@@ -158,7 +158,7 @@ def build_index(layout: RunLayout, spool: InputSpool, size: int) -> InputIndex:
 
 def _write_list(folder: Location, shard: int, pieces: list[pa.Table]) -> int:
     table = pa.concat_tables(pieces).sort_by(INPUT_ORDER)
-    write_private_table(table, folder / shard_name(shard))
+    write_private_table(table, folder / shard_name(shard), durable=False)  # rebuilt by every run
     return len(table)
 
 
