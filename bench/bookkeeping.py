@@ -2,13 +2,16 @@
 
 Synthetic finished tables (manifest, private outputs, distances for two recognizers; 1% error rows) are
 written shard by shard with the product's own writers, then each pass the driver makes is timed in a fresh
-process, with its peak memory (ru_maxrss above the process's after imports):
+process, with its peak memory (VmHWM above the resident size at the start of the pass, after imports):
 
   plan      resume planning of a finished job: pipeline.execution.anonymize_pass.run_pass up to "nothing to do"
   finalize  finalize of the finished job: thresholds restated, summary, report, run.json (pipeline.outputs.finalize)
   gate      the gate's decision pass: pipeline.release.gate.decide
   compact   compacting one shard of 4096 images from batch parts of 4 (pipeline.tables.compaction.compact_shard)
-  discover  today's discovery of a Parquet input of N ids: listing, keying (anon_id) and the shard cut
+  discover  a job's discovery of a Parquet input of N ids, streamed (pipeline.execution.discovery.index_inputs:
+            listing, keying, the shard cut and one list per shard under private/inputs/) and the identities
+            table written from the lists, as pipeline.execution.job.prepare does
+  discover_list  the discovery before it streamed, for comparison: every item and anon_id in one list
   attacks   the capped linkage attack (finalize's: --max-queries per level against every original) as Ray
             tasks over the embedding shards (pipeline.outputs.attack_tasks), on 2 Ray workers; the driver's peak
             memory is measured after ray.init
@@ -30,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -78,7 +80,28 @@ def build(out: Path, n: int, shard_size: int) -> None:
     for shard in range(shards.count):
         aids = ordered[shard * shard_size : (shard + 1) * shard_size]
         write_shard(layout, shard, aids, rng)
-    (out / "ids.json").write_text(json.dumps({"n": n}))
+    index = write_lists(layout, n, shard_size)
+    (out / "ids.json").write_text(json.dumps({"n": n, "counts": index.counts}))
+
+
+def write_lists(layout: RunLayout, n: int, shard_size: int):
+    """The job's input lists (private/inputs/), as discovery writes them, for these simulated anon_ids (the
+    simulation's setup: not measured)."""
+    from pipeline.tables.input_lists import InputSpool, build_index
+    from pipeline.tables.schemas import INPUT_LIST_SCHEMA
+
+    keys, aids = image_ids(n), fake_anon_ids(n)
+    spool = InputSpool(layout)
+    for start in range(0, n, 1 << 16):
+        part = keys[start : start + (1 << 16)]
+        m = len(part)
+        columns = {"key": part, "image_id": part, "sample": [0] * m, "anon_id": aids[start : start + m]}
+        columns.update(source=[f"/data/{k}" for k in part], size=[20000] * m, mtime=[1.7e9] * m, position=[0] * m)
+        spool.add(columns_table(columns, INPUT_LIST_SCHEMA))
+    try:
+        return build_index(layout, spool, shard_size)
+    finally:
+        spool.remove()
 
 
 def write_shard(layout: RunLayout, shard: int, aids: list[str], rng) -> None:
@@ -140,8 +163,12 @@ def columns_table(columns: dict[str, list], schema: pa.Schema) -> pa.Table:
 
 
 def fake_job(out: Path, n: int):
-    from pipeline.execution.inputs import InputItem, InputSet
+    """The finished job as a rerun sees it after discovery: its lists on disk, the index in the driver."""
+    from pipeline.execution.discovery import attach_index
+    from pipeline.execution.inputs import InputSet
     from pipeline.execution.job import Job
+    from pipeline.tables.input_lists import InputIndex, lists_folder
+    from pipeline.tables.shards import load_shards
 
     settings = JobSettings(
         input="unused",
@@ -151,9 +178,10 @@ def fake_job(out: Path, n: int):
         ladder=(LEVEL,),
         evaluation=_evaluation(),
     )
-    items = tuple(InputItem(i, f"/data/{i}", size=20000, mtime=1.7e9) for i in image_ids(n))
-    job = Job(settings, "run", RunLayout.at(str(out)), InputSet("folder", "/data", items), b"", None)
-    job.anon_ids = dict(zip(image_ids(n), fake_anon_ids(n), strict=True))
+    layout = RunLayout.at(str(out))
+    job = Job(settings, "run", layout, InputSet("folder", "/data", ()), b"", None)
+    counts = {int(k): v for k, v in json.loads((out / "ids.json").read_text())["counts"].items()}
+    attach_index(job, InputIndex(lists_folder(layout), load_shards(layout), counts), 1)
     return job
 
 
@@ -210,14 +238,14 @@ def write_input(path: Path, n: int) -> None:
 
 def child(what: str, out: Path, n: int, extra: str = "") -> dict:
     """One measurement in this (fresh) process: seconds and peak memory above the baseline."""
-    if what in ("discover", "attacks", "gate_attack", "diversity", "matmul"):
+    if what in ("discover", "discover_list", "attacks", "gate_attack", "diversity", "matmul"):
         return child_new(what, out, n, extra)
     job = fake_job(out, n) if what in ("plan", "finalize", "gate") else None
     if what == "gate":  # deepface's threshold table: imported before the baseline
         from pipeline.settings.gate_policy import gate_thresholds
 
         gate_thresholds(job.settings)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = _reset_peak()
     started = time.perf_counter()
     if what == "plan":
         from pipeline.execution.anonymize_pass import run_pass
@@ -231,19 +259,34 @@ def child(what: str, out: Path, n: int, extra: str = "") -> dict:
         from pipeline.release.gate import decide
 
         decision = decide(job)
-        assert len(decision.released) + len(decision.withheld) == n
+        assert decision.n_released + decision.n_withheld == n
+        decision.remove()
     elif what == "compact":
         seconds = compact_one(out, n)
         return {"seconds": seconds, "peak_mib": 0.0}
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"seconds": seconds, "peak_mib": (peak - base) / 1024}
+    return {"seconds": seconds, "peak_mib": (_peak() - base) / 1024}
 
 
 def child_new(what: str, out: Path, n: int, extra: str) -> dict:
     if what == "matmul":
         return matmul_rate()
     if what == "discover":
+        import shutil
+
+        from pipeline.execution.discovery import index_inputs
+        from pipeline.execution.inputs import describe
+        from pipeline.tables.identities import write_identities_from
+
+        shutil.rmtree(out / "discovered", ignore_errors=True)  # a repeat's: discovery starts afresh
+        layout = RunLayout.at(str(out / "discovered"))
+        layout.prepare(overwrite=False)
+        base = _reset_peak()
+        started = time.perf_counter()
+        index = index_inputs(layout, describe(str(out / "input.parquet")), b"k" * 32, shard_size=DEFAULT_SHARD_SIZE)
+        write_identities_from(layout, index)
+        assert index.total == n and index.shards.count >= 1
+    elif what == "discover_list":
         from pipeline.execution.inputs import discover
         from pipeline.folder.secret import anon_id
         from pipeline.tables.shards import Shards
@@ -419,7 +462,7 @@ def main() -> None:
                 )
             }
             row = {"n": n, "shard_size": args.shard_size, "build_s": round(built, 1), "files": files}
-            if "discover" in args.phases:
+            if {"discover", "discover_list"} & set(args.phases):
                 write_input(out / "input.parquet", n)
             if {"attacks", "diversity"} & set(args.phases):
                 started = time.perf_counter()

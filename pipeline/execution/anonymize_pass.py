@@ -11,6 +11,7 @@ import os
 from collections import Counter, defaultdict
 from dataclasses import replace
 
+from pipeline.execution.discovery import items_of
 from pipeline.execution.driver import drive, evaluate_stage, start_pass
 from pipeline.execution.inputs import InputItem
 from pipeline.execution.job import Job, actor_plan
@@ -32,22 +33,19 @@ def run_pass(job: Job, levels: tuple[float, ...], image_ids: set[str] | None = N
     """
     layout = job.layout
     shards = start_pass(job)
-    by_shard: dict[int, list[InputItem]] = defaultdict(list)
-    for item in job.inputs.items:
-        if image_ids is None or item.image_id in image_ids:
-            by_shard[shards.of(job.anon_ids[item.image_id])].append(item)
     work: list[dict] = []
     problems: list[tuple[InputItem, float]] = []
     planned: Counter = Counter()
     expected: dict[int, set[tuple[str, float]]] = {}  # the pass's pairs by shard, checked once it is done
-    for shard, items in sorted(by_shard.items()):
-        seen_now = {job.anon_ids[i.image_id]: (i.size, i.mtime) if i.size is not None else None for i in items}
+    # Shard by shard, so that shards finish (and are compacted) one after another instead of all at the end;
+    # within a shard in input order, as before sharding. One shard's items are read at a time.
+    for shard, items in shard_items(job, shards, image_ids):
+        seen_now = {aid: (i.size, i.mtime) if i.size is not None else None for i, aid in items}
         todo_by_id, retry = shard_todo(
             layout, shard, seen_now, levels, evaluated=job.evaluated, retry_errors=job.settings.retry_errors
         )
         forget_pairs(layout, retry)
-        for item in items if todo_by_id else ():
-            aid = job.anon_ids[item.image_id]
+        for item, aid in items if todo_by_id else ():
             todo = todo_by_id.get(aid)
             if not todo:
                 continue
@@ -57,10 +55,6 @@ def run_pass(job: Job, levels: tuple[float, ...], image_ids: set[str] | None = N
                 problems += [(item, level) for level in todo]
             else:
                 work.append(work_row(job, item, aid, todo))
-    # Shard by shard, so that shards finish (and are compacted) one after another instead of all at the end;
-    # within a shard in input order, as before sharding.
-    order = {item.image_id: i for i, item in enumerate(job.inputs.items)}
-    work.sort(key=lambda w: (shards.of(w["anon_id"]), order[w["key"]]))
     return drive(
         job,
         planned,
@@ -69,6 +63,25 @@ def run_pass(job: Job, levels: tuple[float, ...], image_ids: set[str] | None = N
         check=lambda: check_pass(layout, expected, evaluated=job.evaluated),
         label=label,
     )
+
+
+def shard_items(job: Job, shards, image_ids: set[str] | None):
+    """(shard, [(item, anon_id)] in input order) for each shard with items of this pass: from the job's lists
+    (pipeline.tables.input_lists, one shard read at a time), or from `job.inputs.items` for a Job built without."""
+    if job.index is not None:
+        for shard in sorted(job.index.counts):
+            items = [(item, row["anon_id"]) for item, row in items_of(job.index.shard_list(shard))]
+            if image_ids is not None:
+                items = [(item, aid) for item, aid in items if item.image_id in image_ids]
+            if items:
+                yield shard, items
+        return
+    by_shard: dict[int, list] = defaultdict(list)
+    for item in job.inputs.items:
+        if image_ids is None or item.image_id in image_ids:
+            aid = job.anon_ids[item.image_id]
+            by_shard[shards.of(aid)].append((item, aid))
+    yield from sorted(by_shard.items())
 
 
 def work_row(job: Job, item: InputItem, aid: str, levels) -> dict:

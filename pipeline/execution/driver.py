@@ -32,7 +32,10 @@ if TYPE_CHECKING:
 
 def start_pass(job: Job) -> Shards:
     """The folder's shards, with no orphaned part and every finished batch compacted."""
-    shards = plan_shards(job.layout, job.anon_ids.values(), job.settings.shard_size)
+    if job.index is not None:  # discovery made the cut (pipeline.tables.input_lists)
+        shards = plan_shards(job.layout, (), job.settings.shard_size, cut=job.index.shards)
+    else:
+        shards = plan_shards(job.layout, job.anon_ids.values(), job.settings.shard_size)
     remove_orphans(job.layout, evaluated=job.evaluated)
     compact_finished(job.layout)  # a killed run's finished batches: from here on each shard is one file
     return shards

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 
 import fsspec
@@ -19,6 +20,10 @@ from pipeline.folder import storage
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
 )
+
+
+# Items listed at a time (a Parquet scan's batch; a folder's directory, cut to this).
+BATCH_ITEMS = 1 << 16
 
 
 class InputError(ValueError):
@@ -55,10 +60,25 @@ class InputSet:
 def discover(
     uri: str, *, id_column: str = "id", image_column: str = "image", exclude: str | os.PathLike | None = None
 ) -> InputSet:
-    """List the images under `uri` (a folder) or the ids of a Parquet dataset at `uri`.
+    """List the images under `uri` (a folder) or the ids of a Parquet dataset at `uri`, all in one list (a job
+    streams them instead: `describe`, then `input_batches`; pipeline.execution.discovery).
 
     `exclude` is a folder never descended into: the job's own --out, when it lies inside the input.
     """
+    inputs = describe(uri, id_column=id_column, image_column=image_column, exclude=exclude)
+    if inputs.kind == "folder":  # in path order, as ever (batches come a folder at a time)
+        fs, root = fsspec.core.url_to_fs(uri)
+        entries = sorted(_folder_entries(fs, root.rstrip("/"), exclude))
+        return replace(inputs, items=tuple(_folder_item(fs, root, path, info) for path, info in entries))
+    items = [item for batch, _ in input_batches(inputs) for item in batch]
+    return replace(inputs, items=tuple(items))
+
+
+def describe(
+    uri: str, *, id_column: str = "id", image_column: str = "image", exclude: str | os.PathLike | None = None
+) -> InputSet:
+    """The input at `uri` checked (it exists, is a folder with an image or a Parquet dataset with rows and
+    these columns), without its items: InputError, in one line, when it cannot be used."""
     try:
         fs, root = fsspec.core.url_to_fs(uri)
         if storage.is_url(uri):
@@ -70,13 +90,34 @@ def discover(
     if not fs.exists(root):
         raise InputError(f"input {uri!r} does not exist")
     if _is_parquet(fs, root):
-        return _discover_parquet(uri, fs, root, id_column, image_column)
+        dataset = _parquet_dataset(uri, fs, root, id_column, image_column)
+        if not dataset.count_rows():
+            raise InputError(f"Parquet input {uri!r} has no rows")
+        return InputSet("parquet", uri, (), id_column, image_column)
     if not fs.isdir(root):
         raise InputError(f"input {uri!r} is neither a folder of images nor a Parquet dataset")
-    items = _discover_folder(uri, fs, root, exclude)
-    if not items:
+    if next(_folder_entries(fs, root.rstrip("/"), exclude), None) is None:
         raise InputError(f"no images found under {uri!r} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return InputSet("folder", uri, tuple(items))
+    return InputSet("folder", uri, ())
+
+
+def input_batches(
+    inputs: InputSet, exclude=None, *, label_column: str | None = None, size: int = BATCH_ITEMS
+) -> Iterator[tuple[list[InputItem], list | None]]:
+    """The items of a described input, at most `size` at a time: a folder's a directory at a time (each in
+    name order), a Parquet dataset's in row order; with `label_column` (Parquet), each item's value of it."""
+    fs, root = fsspec.core.url_to_fs(inputs.uri)
+    if inputs.kind == "parquet":
+        yield from _parquet_batches(inputs, fs, root, label_column, size)
+        return
+    batch: list[InputItem] = []
+    for path, info in _folder_entries(fs, root.rstrip("/"), exclude):
+        batch.append(_folder_item(fs, root, path, info))
+        if len(batch) >= size:
+            yield batch, None
+            batch = []
+    if batch:
+        yield batch, None
 
 
 def identity_labels(inputs: InputSet, identity_from: str | None, identity_column: str | None) -> dict[str, str]:
@@ -126,35 +167,36 @@ def _excluded_prefix(exclude, local: bool) -> str | None:
     return (os.path.realpath(exclude) if local else exclude.path).rstrip("/") + "/"
 
 
-def _discover_folder(uri: str, fs, root: str, exclude) -> list[InputItem]:
+def _folder_entries(fs, root: str, exclude) -> Iterator[tuple[str, dict]]:
+    """(path, info) of each image file under `root`, a directory at a time (fs.walk, which `fs.find` uses:
+    it does not follow symlinks, so a symlink loop cannot trap it), skipping `exclude`."""
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     local = protocol in ("file", "local")
-    prefix = "" if local else f"{protocol}://"
-    root = root.rstrip("/")
     skip = _excluded_prefix(exclude, local)
-    items = []
-    # fs.find walks without following symlinks, so a symlink loop cannot trap it.
-    found = fs.find(root, detail=True)
-    for path in sorted(found):
-        if skip and (os.path.realpath(path) if local else path).startswith(skip):
-            continue
-        name = path.rsplit("/", 1)[-1]
-        dot = name.rfind(".")
-        if dot < 0 or name[dot:].lower() not in IMAGE_EXTENSIONS:
-            continue
-        rel = path[len(root) + 1 :]
-        try:
-            rel.encode("utf-8")
-        except UnicodeEncodeError:
-            safe = rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-            items.append(InputItem(safe, "", problem="bad_name"))
-            continue
-        info = found[path]
-        items.append(InputItem(rel, prefix + path, size=info.get("size"), mtime=_mtime(info)))
-    return items
+    for _, _, files in fs.walk(root, detail=True):
+        for info in sorted(files.values(), key=lambda i: i["name"]):
+            path = info["name"]
+            if skip and (os.path.realpath(path) if local else path).startswith(skip):
+                continue
+            name = path.rsplit("/", 1)[-1]
+            dot = name.rfind(".")
+            if dot >= 0 and name[dot:].lower() in IMAGE_EXTENSIONS:
+                yield path, info
 
 
-def _discover_parquet(uri: str, fs, root: str, id_column: str, image_column: str) -> InputSet:
+def _folder_item(fs, root: str, path: str, info: dict) -> InputItem:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    prefix = "" if protocol in ("file", "local") else f"{protocol}://"
+    rel = path[len(root.rstrip("/")) + 1 :]
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        safe = rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return InputItem(safe, "", problem="bad_name")
+    return InputItem(rel, prefix + path, size=info.get("size"), mtime=_mtime(info))
+
+
+def _parquet_dataset(uri: str, fs, root: str, id_column: str, image_column: str):
     import pyarrow as pa
     import pyarrow.dataset as pads
 
@@ -175,21 +217,52 @@ def _discover_parquet(uri: str, fs, root: str, id_column: str, image_column: str
             f"Parquet input {uri!r}: column {image_column!r} holds {kind}, not encoded image bytes (binary); "
             "pass --image-column naming the column of PNG/JPEG bytes"
         )
-    ids = [str(v) for v in dataset.to_table(columns=[id_column]).column(id_column).to_pylist()]
-    if not ids:
-        raise InputError(f"Parquet input {uri!r} has no rows")
-    counts = Counter(ids)
-    items = []
+    return dataset
+
+
+def _parquet_batches(inputs: InputSet, fs, root: str, label_column: str | None, size: int):
+    """The ids in row order. Which twin of a duplicated id is "the" image is ambiguous (and would share an
+    output name and seed), so every occurrence becomes its own error row rather than one silently winning."""
+    dataset = _parquet_dataset(inputs.uri, fs, root, inputs.id_column, inputs.image_column)
+    columns = [inputs.id_column] + ([label_column] if label_column else [])
+    twins = _duplicated_ids(dataset, inputs.id_column)
     seen: Counter[str] = Counter()
-    for image_id in ids:
-        if counts[image_id] == 1:
-            items.append(InputItem(image_id, ""))
-            continue
-        # Which twin is "the" image is ambiguous (and would share an output name and seed), so every
-        # occurrence becomes its own error row rather than one silently winning.
-        seen[image_id] += 1
-        items.append(InputItem(f"{image_id}#{seen[image_id]}", "", problem="duplicate_id"))
-    return InputSet("parquet", uri, tuple(items), id_column, image_column)
+    for batch in dataset.to_batches(columns=columns, batch_size=size):
+        ids = [str(v) for v in batch.column(0).to_pylist()]
+        items = []
+        for image_id in ids:
+            if image_id not in twins:
+                items.append(InputItem(image_id, ""))
+                continue
+            seen[image_id] += 1
+            items.append(InputItem(f"{image_id}#{seen[image_id]}", "", problem="duplicate_id"))
+        if items:
+            yield items, batch.column(1).to_pylist() if label_column else None
+
+
+def _duplicated_ids(dataset, id_column: str) -> set[str]:
+    """The ids that occur more than once, with 8 bytes per row held (a hash): only the ids whose hash repeats
+    are then counted exactly, in a second scan."""
+    import hashlib
+
+    import numpy as np
+
+    def hashes(batch) -> np.ndarray:
+        ids = (str(v).encode() for v in batch.column(0).to_pylist())
+        digest = (hashlib.blake2b(i, digest_size=8).digest() for i in ids)
+        return np.frombuffer(b"".join(digest), dtype=np.uint64)
+
+    found = [hashes(b) for b in dataset.to_batches(columns=[id_column], batch_size=BATCH_ITEMS)]
+    every = np.sort(np.concatenate(found)) if found else np.empty(0, np.uint64)
+    repeated = set(every[1:][every[1:] == every[:-1]].tolist())
+    del found, every
+    if not repeated:
+        return set()
+    counts: Counter[str] = Counter()
+    for batch in dataset.to_batches(columns=[id_column], batch_size=BATCH_ITEMS):
+        marks = hashes(batch).tolist()
+        counts.update(str(v) for v, h in zip(batch.column(0).to_pylist(), marks, strict=True) if h in repeated)
+    return {i for i, n in counts.items() if n > 1}
 
 
 def _mtime(info: dict) -> float | None:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 
 from pipeline.execution.actors import ActorPlan, plan_actors
 from pipeline.execution.cluster import ClusterInfo, connect, disconnect
-from pipeline.execution.inputs import InputSet, discover, identity_labels
+from pipeline.execution.discovery import attach_index, index_inputs, label_column
+from pipeline.execution.inputs import InputSet, describe
 from pipeline.execution.timings import Timings, since_start
 from pipeline.folder import storage
 from pipeline.folder.layout import RunLayout, write_private_bytes
@@ -31,7 +32,7 @@ from pipeline.folder.provenance import (
     versions,
     write_json_atomic,
 )
-from pipeline.folder.secret import anon_id, load_secret, output_key
+from pipeline.folder.secret import load_secret, sample_of_key
 from pipeline.settings.config import JobSettings, build_settings, flatten, public_model
 from pipeline.settings.fingerprint import (
     ANONYMIZE_AND_EVALUATE,
@@ -46,7 +47,8 @@ from pipeline.settings.fingerprint import (
     stages_of_mode,
 )
 from pipeline.settings.gate_policy import override_statement
-from pipeline.tables.identities import write_identities
+from pipeline.tables.identities import write_identities_from
+from pipeline.tables.input_lists import InputIndex, remove_lists
 from pipeline.tables.row_errors import scrub
 
 if TYPE_CHECKING:
@@ -128,7 +130,9 @@ class Job:
     inputs: InputSet | None
     secret: bytes | None  # None: not loaded (a finished run's rebuild reads private/secret where it needs it)
     cluster: ClusterInfo | None  # connected on first use: a finished job's rerun never starts Ray
-    anon_ids: dict[str, str] = field(default_factory=dict)  # image_id -> anon_id
+    # image_id -> anon_id: a dict, or for a job that discovered its inputs pipeline.execution.discovery.KeyedIds
+    # (each computed, none held), whose items are listed on disk, one shard at a time (`index`).
+    anon_ids: dict[str, str] = field(default_factory=dict)
     stream: TextIO | None = None
     lock: RunLock | ObjectLock | None = None
     notice: str | None = None  # set when the numbers are not meaningful (project-made random weights)
@@ -137,6 +141,8 @@ class Job:
     # --samples K: the inputs hold one item per (image, sample), keyed by secret.output_key; key -> (image id,
     # sample). Empty with one sample: each item's key is its image id.
     samples: dict[str, tuple[str, int]] = field(default_factory=dict)
+    sampled: bool = False  # --samples K > 1: a key not in `samples` is read as secret.output_key made it
+    index: InputIndex | None = None  # the discovered inputs' lists (pipeline.tables.input_lists)
     timings: Timings = field(default_factory=Timings)  # start-up milestones (pipeline.execution.timings), for run.json
     # What determines the outputs (pipeline.settings.fingerprint), checked against run.json before anything was written;
     # the anonymize device joins it once the cluster is known (ensure_cluster), then `device` is set.
@@ -146,7 +152,9 @@ class Job:
 
     def sample_of(self, key: str) -> tuple[str, int]:
         """(image id, sample index) of an input item's key."""
-        return self.samples.get(key, (key, 0))
+        if key in self.samples:
+            return self.samples[key]
+        return sample_of_key(key) if self.sampled else (key, 0)
 
     @property
     def evaluated(self) -> bool:
@@ -157,6 +165,9 @@ class Job:
         if self.progress is not None:  # a pass that did not finish: stop its ticker
             self.progress.stop()
         disconnect(self.cluster)
+        if self.index is not None:  # the inputs are listed again by the next run
+            remove_lists(self.layout)
+            self.index = None
         if self.lock is not None:
             self.lock.close()
 
@@ -194,10 +205,10 @@ def remove_if_empty(folder) -> None:
 
 
 def _prepare_locked(settings: JobSettings, stages: str, layout: RunLayout, lock: RunLock | ObjectLock, stream) -> Job:
-    inputs = discover(
+    inputs = describe(
         settings.input, id_column=settings.id_column, image_column=settings.image_column, exclude=layout.root
     )
-    labels = identity_labels(inputs, settings.identity_from, settings.identity_column)
+    label_column(inputs, settings.identity_column)
     if settings.deepface_home:
         os.environ["DEEPFACE_HOME"] = settings.deepface_home
     # Fail here, in one line, rather than in every actor (which Ray would restart forever); with --weights-from,
@@ -215,42 +226,25 @@ def _prepare_locked(settings: JobSettings, stages: str, layout: RunLayout, lock:
         )
     layout.prepare(settings.overwrite)
     secret = load_secret(layout, settings.secret_file)
-    samples = with_samples(inputs, settings.samples if stages != EVALUATE_ONLY else 1)
-    job = Job(settings, stages, layout, samples.inputs, secret, None, stream=stream, lock=lock)
-    job.samples, job.determining, job.device = samples.of, determining, device
-    job.anon_ids = {item.image_id: anon_id(secret, item.image_id) for item in job.inputs.items}
-    write_identities(
+    samples = settings.samples if stages != EVALUATE_ONLY else 1
+    job = Job(settings, stages, layout, inputs, secret, None, stream=stream, lock=lock)
+    job.determining, job.device = determining, device
+    # Listed, keyed and sharded in batches: the driver keeps a count per shard (pipeline.execution.discovery).
+    index = index_inputs(
         layout,
-        (
-            (job.anon_ids[i.image_id], image, i.source, labels.get(image), sample)
-            for i in job.inputs.items
-            for image, sample in (job.sample_of(i.image_id),)
-        ),
+        inputs,
+        secret,
+        shard_size=settings.shard_size,
+        samples=samples,
+        exclude=layout.root,
+        identity_from=settings.identity_from,
+        identity_column=settings.identity_column,
     )
+    attach_index(job, index, samples)
+    write_identities_from(layout, index)  # a shard at a time
     job.notice = DEMO_NOTICE if settings.demo or made_here(model, recognizers) else None
     _start_record(job, model, recognizers, determining)
     return job
-
-
-@dataclass(frozen=True)
-class Samples:
-    inputs: InputSet
-    of: dict[str, tuple[str, int]]
-
-
-def with_samples(inputs: InputSet, k: int) -> Samples:
-    """The inputs with one item per (image, local sample): sample 0 keeps the image's id as its key (so one
-    sample names and seeds outputs as before), sample s > 0 is keyed by `output_key(id, s)`. Everything keyed
-    by item (anon_ids, shards, resume, the gate's rounds) then works per sample."""
-    if k == 1:
-        return Samples(inputs, {})
-    items, of = [], {}
-    for item in inputs.items:
-        for sample in range(k):
-            key = output_key(item.image_id, sample)
-            items.append(replace(item, image_id=key))
-            of[key] = (item.image_id, sample)
-    return Samples(replace(inputs, items=tuple(items)), of)
 
 
 def _start_record(job: Job, model: dict | None, recognizers: dict | None, determining: dict) -> None:

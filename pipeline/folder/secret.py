@@ -93,6 +93,12 @@ def output_key(image_id: str, sample: int = 0) -> str:
     return image_id if sample == 0 else f"{image_id}\x00sample={sample}"
 
 
+def sample_of_key(key: str) -> tuple[str, int]:
+    """(image id, sample) of an `output_key` made with --samples K > 1 (the inverse of `output_key`)."""
+    image_id, mark, sample = key.rpartition("\x00sample=")
+    return (image_id, int(sample)) if mark and sample.isdigit() else (key, 0)
+
+
 def anon_id(secret: bytes, image_id: str) -> str:
     """Pseudonymous output name: a keyed hash of the image id (never the file name, which may be a person's)."""
     return hmac.new(secret, image_id.encode("utf-8"), hashlib.sha256).hexdigest()[:24]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, TypeAlias, Union
 
@@ -134,15 +135,48 @@ def write_text(path: Location, text: str, *, private: bool = False) -> None:
     write_bytes(path, text.encode(), private=private)
 
 
-def table_bytes(table: pa.Table) -> bytes:
+def table_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
+    pq.write_table(table, sink, row_group_size=row_group_size)
     return sink.getvalue().to_pybytes()
 
 
-def write_table(table: pa.Table, path: Location, *, private: bool = False) -> None:
-    """A Parquet file, written like `write_bytes`."""
-    write_bytes(path, table_bytes(table), private=private)
+def write_table(
+    table: pa.Table, path: Location, *, private: bool = False, row_group_size: int | None = None, durable: bool = True
+) -> None:
+    """A Parquet file, written like `write_bytes` (`row_group_size`: rows per row group, for range reads).
+    `durable=False`: a file the next run makes again, renamed into place whole but not synced to disk."""
+    data = table_bytes(table, row_group_size)
+    if durable or not is_local(path):
+        write_bytes(path, data, private=private)
+        return
+    _make_parents(path.parent, PRIVATE_FOLDER_MODE if private else FOLDER_MODE)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE if private else FILE_MODE)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.replace(tmp, path)
+
+
+def write_table_batches(
+    tables: Iterable[pa.Table], path: Location, schema: pa.Schema, *, private: bool = False
+) -> None:
+    """A Parquet file written a table at a time (one row group or more each), never held whole: locally through a
+    temporary file renamed into place, like `write_bytes` (an exception from `tables` leaves the old file);
+    on an object store through one upload of the file's bytes."""
+
+    def write(handle) -> None:
+        with pq.ParquetWriter(handle, schema) as writer:
+            for table in tables:
+                writer.write_table(table.cast(schema))
+
+    if not is_local(path):
+        sink = pa.BufferOutputStream()
+        write(sink)
+        path.fs.pipe_file(path.path, sink.getvalue().to_pybytes())
+        return
+    _make_parents(path.parent, PRIVATE_FOLDER_MODE if private else FOLDER_MODE)
+    write_atomic(path, write, mode=PRIVATE_FILE_MODE if private else FILE_MODE)
 
 
 def _arrow(path: Location) -> dict:

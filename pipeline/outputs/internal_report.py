@@ -99,10 +99,15 @@ def build_report(
         model["model"] = public_model(str(model["model"]), model.get("weights_sha256"))
     # A gate-policy override is the first thing either report says, before any other notice.
     notice = " ".join(filter(None, [override_statement(job.settings), job.notice])) or None
-    what, ids = covers or ("input", _input_ids(job))
+    if covers is None and job.inputs is not None and job.index is not None:  # the lists, a shard at a time
+        what, count = "input", job.index.total
+        digest = input_digest(run_secret(job), job.index.sorted_anon_ids(), ordered=True)
+    else:
+        what, ids = covers or ("input", _input_ids(job))
+        count, digest = len(ids), input_digest(run_secret(job), ids)
     files = render_report(
         title="Boomerang anonymization report",
-        document=document_rows(record, len(ids), input_digest(run_secret(job), ids), what),
+        document=document_rows(record, count, digest, what),
         samples_heading=samples_heading,
         # The command that made the folder (`boomerang report` rebuilds any folder as "run").
         settings=report_settings(

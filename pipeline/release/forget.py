@@ -38,7 +38,9 @@ from pipeline.folder.layout import OutputError, RunLayout
 from pipeline.folder.lock import run_lock
 from pipeline.folder.provenance import now, read_json, write_json_atomic
 from pipeline.folder.secret import anon_id, output_key, parse_secret
+from pipeline.release.gate_decision import decision_folder
 from pipeline.release.swap import release_key, release_name, remove_leftovers
+from pipeline.tables.input_lists import remove_lists
 from pipeline.tables.markers import read_marker, with_marker
 from pipeline.tables.shards import SHARD_NAME, SHARDS_FILE
 from pipeline.tables.write import write_private_table, write_public_table
@@ -81,6 +83,9 @@ def forget(out: str, ids: list[str] = (), identities: list[str] = ()) -> Forgott
         key = release_key(layout, secret)
         names = targets | {release_name(key, a) for a in targets}
         remove_leftovers(layout.release)
+        # A killed job's input lists and scratch tables hold them too: the next run makes them again.
+        remove_lists(layout)
+        storage.remove_tree(decision_folder(layout))
         files = remove_files(layout, names)
         rows = remove_rows(layout, names, skip=[layout.identities])
         _move_boundaries(layout, known, targets)

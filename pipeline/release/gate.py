@@ -11,19 +11,15 @@ stopped. Only ladder levels count: rows of other levels in the same folder (an e
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from evaluation import DISTANCES_SCHEMA
 from evaluation.report_blocks import Section, Text, rows_table, section
-from evaluation.summary import image_verdicts
 from pipeline.execution.anonymize_pass import run_pass
+from pipeline.execution.discovery import ListedIds
 from pipeline.execution.job import Job
 from pipeline.folder import storage
-from pipeline.folder.layout import RunLayout
 from pipeline.folder.lock_common import ensure_held
 from pipeline.folder.provenance import read_json
 from pipeline.outputs.finalize import JobResult, finalize
@@ -31,41 +27,18 @@ from pipeline.outputs.internal_report import build_report
 from pipeline.outputs.linkage_attack import linkable
 from pipeline.outputs.report_document import document_rows, input_digest, run_secret
 from pipeline.release.card import released_summary, write_dataset_files
-from pipeline.release.image_sizes import SizeCounts
+from pipeline.release.gate_decision import (
+    Decision,
+    cleared_levels,
+    decide,
+    decided_ids,
+    shard_rows,
+    without_linkable,
+)
 from pipeline.release.swap import copy_synced, release_key, release_name, staged_folder
 from pipeline.settings.gate_policy import gate_thresholds, lowered_gate_thresholds
-from pipeline.tables.read import shards_with_rows, table_steps
 from pipeline.tables.schemas import RELEASE_SCHEMA, RELEASED_SCHEMA
 from pipeline.tables.write import write_private_table, write_public_table
-
-NO_FACE = "no face found in the original"
-NEVER_CLEARED = "no level on the ladder cleared every recognizer"
-LINKABLE = "its own original stayed among the nearest originals (--gate-max-linkage)"
-
-
-def cleared_levels(distances: pd.DataFrame, thresholds: dict[str, float]) -> pd.DataFrame:
-    """Per (anon_id, level): cleared = the verdict's rule (evaluation.summary.image_verdicts: every recognizer
-    evaluated it, every face of it in face-region mode, and found distance > its gate threshold); and whether
-    the original had no face."""
-    columns = ["anon_id", "level", "cleared", "no_face_original"]
-    if distances.empty:
-        return pd.DataFrame(columns=columns)
-    # Face-region mode has a row per face: an image clears only when every face clears every recognizer.
-    keys = ["anon_id", "level", "recognizer"] + (["face"] if "face" in distances else [])
-    d = distances[distances["recognizer"].isin(list(thresholds))].drop_duplicates(keys)
-    verdicts = image_verdicts(d.dropna(subset=["level"]), thresholds).rename(columns={"clears": "cleared"})
-    no_face = d.assign(no_face_original=d["status"] == "no_face_original").groupby(["anon_id", "level"])
-    merged = verdicts.merge(no_face["no_face_original"].any().reset_index(), on=["anon_id", "level"], how="left")
-    return merged[columns]
-
-
-def without_linkable(status: pd.DataFrame, too_close: set) -> pd.DataFrame:
-    """`cleared_levels` rows, no longer cleared where the linkage rule (--gate-max-linkage) holds them back."""
-    if not too_close or status.empty:
-        return status
-    pairs = zip(status["anon_id"].tolist(), status["level"].astype(float).tolist(), strict=True)
-    close = np.fromiter((pair in too_close for pair in pairs), dtype=bool, count=len(status))
-    return status.assign(cleared=status["cleared"].to_numpy(dtype=bool) & ~close)
 
 
 def run_gate(job: Job) -> JobResult:
@@ -89,33 +62,6 @@ def run_gate(job: Job) -> JobResult:
     return finish_gate(job)
 
 
-# What the gate reads of each table: its decisions, the release's manifest and the cost sentence.
-GATE_MANIFEST_COLUMNS = ["anon_id", "level", "t_boom", "n_steps", "status", "error", "output_path", "sha256_output"]
-GATE_DISTANCE_COLUMNS = ["anon_id", "level", "face", "recognizer", "status", "distance"]
-
-
-def shard_rows(job: Job):
-    """(manifest rows, distance rows) of consecutive shards, about ROWS_PER_STEP manifest rows at a time
-    (pipeline.tables.read.table_steps; one shard at a time spent more on pandas' per-call cost than on the rows: 15 s
-    instead of 8 s at 10^6). Every row of an image (at every level) comes in the same step."""
-    empty = DISTANCES_SCHEMA.empty_table().select(GATE_DISTANCE_COLUMNS).to_pandas()
-    sources = [(job.layout.manifest, GATE_MANIFEST_COLUMNS), (job.layout.distances, GATE_DISTANCE_COLUMNS)]
-    for manifest, distances in table_steps(sorted(shards_with_rows(job.layout)), sources):
-        found = [empty] if distances is None else [empty, distances.to_pandas()]
-        yield manifest.to_pandas(), pd.concat(found, ignore_index=True)
-
-
-@dataclass
-class Decision:
-    """The gate's outcome over the whole folder, gathered one shard at a time."""
-
-    released: pd.DataFrame  # one row per released image, at its lowest clearing ladder level
-    withheld: pd.DataFrame  # anon_id, last_level, reason
-    spent_steps: int = 0  # model evaluations of the ok rows at ladder levels
-    n_images: int = 0  # images with an ok output at some ladder level
-    unique_size: list[str] = field(default_factory=list)  # released anon_ids whose size no other input has
-
-
 def finish(job: Job) -> JobResult:
     """What derives from a run's tables, rebuilt (`boomerang report`, after a forget): the gate's decision and
     release with --gate, else finalize."""
@@ -137,6 +83,13 @@ def finish_gate(job: Job) -> JobResult:
         )
         job.notice = f"{warning} {job.notice}" if job.notice else warning
     decision = decide(job, current_ids(job))
+    try:
+        return _release(job, decision)
+    finally:
+        decision.remove()
+
+
+def _release(job: Job, decision: Decision) -> JobResult:
     released, withheld = decision.released, decision.withheld
     ensure_held(job.layout.lock_file)  # the release is the last commit: not for a driver that lost the folder
     with staged_folder(job.layout.release) as folder:
@@ -175,85 +128,16 @@ def finish_gate(job: Job) -> JobResult:
     return result
 
 
-def current_ids(job: Job) -> set[str] | None:
+def current_ids(job: Job) -> set[str] | ListedIds | None:
     """The anon_ids the gate may release: those of the current input (an image deleted from it, e.g. a
     person who withdrew consent, is never released again). Without inputs (`boomerang report`): those the
     last gate decided on (private/released.parquet and withheld.parquet); None for a folder from before
     those were kept."""
+    if job.index is not None:  # read from the input's lists a step at a time (pipeline.execution.discovery)
+        return ListedIds(job.index)
     if job.inputs is not None:
         return set(job.anon_ids.values())
     return decided_ids(job.layout)
-
-
-def decided_ids(layout: RunLayout) -> set[str] | None:
-    found = None
-    for path in (layout.private / "released.parquet", layout.private / "withheld.parquet"):
-        if path.is_file():
-            ids = storage.read_table(path, columns=["anon_id"]).column("anon_id").to_pylist()
-            found = (found or set()) | set(ids)
-    if found is not None and not (layout.private / "released.parquet").is_file():
-        return None  # withheld.parquet alone: written before released.parquet was kept
-    return found
-
-
-def decide(job: Job, current: set[str] | None = None) -> Decision:
-    """Release or withhold each image, shard by shard (see `decide_shard`), with what the report needs;
-    only images in `current` (anon_ids) when given: rows of images no longer in the input are ignored."""
-    ladder = [float(v) for v in job.settings.ladder]
-    thresholds = gate_thresholds(job.settings)
-    too_close = linkable(job.layout, job.settings.gate_max_linkage) if job.settings.gate_max_linkage else set()
-    released, withheld = [], []
-    decision = Decision(pd.DataFrame(), pd.DataFrame())
-    sizes = SizeCounts()
-    for manifest, distances in shard_rows(job):
-        manifest = manifest[manifest["level"].astype(float).isin(ladder)]
-        if current is not None:
-            manifest = manifest[manifest["anon_id"].isin(current)]
-            distances = distances[distances["anon_id"].isin(current)]
-        shard_released, shard_withheld = decide_shard(manifest, distances, thresholds, too_close)
-        released.append(shard_released)
-        withheld.append(shard_withheld)
-        ok = manifest[manifest["status"] == "ok"]
-        decision.spent_steps += int(ok["n_steps"].sum())
-        decision.n_images += int(ok["anon_id"].nunique())
-        sizes.add(job.layout.root, ok, shard_released["anon_id"])
-    decision.released = pd.concat(released, ignore_index=True) if released else _empty_released()
-    no_rows = pd.DataFrame(columns=["anon_id", "last_level", "reason"])
-    decision.withheld = pd.concat(withheld, ignore_index=True) if withheld else no_rows
-    decision.unique_size = sizes.unique()
-    return decision
-
-
-def _empty_released() -> pd.DataFrame:
-    return pd.DataFrame(columns=GATE_MANIFEST_COLUMNS + ["cleared", "no_face_original"])
-
-
-def decide_shard(
-    manifest: pd.DataFrame, distances: pd.DataFrame, thresholds: dict[str, float], too_close: set = frozenset()
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(released rows at their lowest clearing level, withheld anon_ids with the reason) of some images'
-    rows at ladder levels (every row of each image); `too_close`: (anon_id, level) the linkage rule holds back."""
-    status = without_linkable(cleared_levels(distances, thresholds), too_close)
-    ok = manifest[manifest["status"] == "ok"].merge(status, on=["anon_id", "level"], how="left")
-    ok["cleared"] = ok["cleared"].astype("boolean").fillna(False).astype(bool)
-    ok["no_face_original"] = ok["no_face_original"].astype("boolean").fillna(False).astype(bool)
-    released = ok[ok["cleared"]].sort_values("level").groupby("anon_id", as_index=False).first()
-    no_face = set(ok.loc[ok["no_face_original"], "anon_id"])
-    # Each withheld image's highest level tried, in one vectorized pass (a loop per image took minutes at 10^6).
-    rest = manifest[~manifest["anon_id"].isin(released["anon_id"])].sort_values(["anon_id", "level"], kind="stable")
-    last = rest.drop_duplicates("anon_id", keep="last")
-    failed = (last["status"] != "ok").to_numpy()
-    error_reason = [str(e).split(":", 1)[0] or "error" for e in last["error"].tolist()]
-    last_levels = last["level"].astype(float).tolist()
-    reason = [
-        err if bad else NO_FACE if aid in no_face else LINKABLE if (aid, lv) in too_close else NEVER_CLEARED
-        for aid, lv, bad, err in zip(last["anon_id"].tolist(), last_levels, failed, error_reason, strict=True)
-    ]
-    withheld = pd.DataFrame(
-        {"anon_id": last["anon_id"].tolist(), "last_level": last["level"].astype(float).tolist(), "reason": reason},
-        columns=["anon_id", "last_level", "reason"],
-    )
-    return released, withheld
 
 
 def build_release(job: Job, released: pd.DataFrame, withheld: pd.DataFrame, folder) -> tuple[dict, dict[str, str]]:

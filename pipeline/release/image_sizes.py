@@ -49,21 +49,25 @@ def image_sizes(root: Path, manifest: pd.DataFrame) -> dict[str, tuple[int, int]
 
 class SizeCounts:
     """Image sizes counted a few shards at a time (all rows of an image are in one shard): `add` each shard's
-    manifest rows and the ids it releases, then `unique` says which released images no other input matches."""
+    manifest rows and the ids it releases, then `unique` says which released images no other input matches.
+    Held: a count per size and one released image per size (a size of its own has only one image), not an
+    entry per image."""
 
     def __init__(self) -> None:
         self.counts: Counter = Counter()
-        self.released: dict[str, tuple[int, int]] = {}
+        self.released: dict[tuple[int, int], str] = {}  # size -> a released image of that size
 
     def add(self, root: Path, manifest: pd.DataFrame, released_ids) -> None:
         # Every image that decoded has an ok output of its own size: one per image is enough.
         sizes = image_sizes(root, manifest)
         self.counts.update(sizes.values())
-        self.released.update((a, sizes[a]) for a in released_ids if a in sizes)
+        for a in released_ids:
+            if a in sizes:
+                self.released.setdefault(sizes[a], a)
 
     def unique(self) -> list[str]:
         """anon_ids of released images whose width and height no other decoded input has."""
-        return sorted(a for a, size in self.released.items() if self.counts[size] == 1)
+        return sorted(a for size, a in self.released.items() if self.counts[size] == 1)
 
 
 def unique_size_ids(root: Path, manifest: pd.DataFrame, released: pd.DataFrame) -> list[str]:

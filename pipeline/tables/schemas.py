@@ -163,6 +163,23 @@ IDENTITY_SCHEMA = pa.schema(
     ]
 )
 
+# private/inputs/: the running job's discovered inputs, one file per shard in input order
+# (pipeline.tables.input_lists): item key, image id, source, who (--identity-*), the input's row.
+INPUT_LIST_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),  # the item's key: its image id, or secret.output_key(id, sample) with --samples
+        ("image_id", pa.string()),
+        ("sample", pa.int32()),
+        ("anon_id", pa.string()),
+        ("source", pa.string()),
+        ("size", pa.int64()),
+        ("mtime", pa.float64()),
+        ("problem", pa.string()),
+        ("identity", pa.string()),
+        ("position", pa.int64()),  # the row of a Parquet input; 0 for a folder's files (in path order)
+    ]
+)
+
 # private/: one row per attacked (output, recognizer, attack). Per row it says how findable that output is
 # and, for re-identification, how many photos its person has (chance_1, a null rank for a one-photo
 # person): private. The summary carries the aggregates per (level, recognizer).
@@ -315,6 +332,13 @@ TABLES: tuple[Table, ...] = (
         "embeddings", "private/embeddings.parquet", EMBEDDINGS_SCHEMA, parts=True, private=("original", "anonymized")
     ),
     _table("identities", "private/identities.parquet", IDENTITY_SCHEMA, private=("image_id", "source", "identity")),
+    _table(
+        "input_lists",
+        "private/inputs",
+        INPUT_LIST_SCHEMA,
+        parts=True,
+        private=("key", "image_id", "source", "size", "mtime", "identity", "position"),
+    ),
     _table(
         "attacks",
         "private/attacks.parquet",

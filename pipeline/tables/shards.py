@@ -82,12 +82,13 @@ def shard_files(folder: Location) -> dict[int, Location]:
     return {int(m.group(1)): p for p in folder.glob("part-*.parquet") if (m := SHARD_NAME.match(p.name))}
 
 
-def plan_shards(layout: RunLayout, anon_ids: Iterable[str], size: int) -> Shards:
-    """The folder's shards: those its first run cut, or a new cut of these ids (written before any row)."""
+def plan_shards(layout: RunLayout, anon_ids: Iterable[str], size: int, cut: Shards | None = None) -> Shards:
+    """The folder's shards: those its first run cut, or a new cut of these ids (written before any row); `cut`:
+    that new cut, made already (pipeline.tables.input_lists)."""
     found = load_shards(layout)
     if found is not None:
         return found
-    shards = Shards.cut(anon_ids, size)
+    shards = cut if cut is not None else Shards.cut(anon_ids, size)
     cut = json.dumps({"size": shards.size, "starts": list(shards.starts)}).encode()
     write_bytes_checked(storage.write_bytes, layout.manifest / SHARDS_FILE, cut)  # read back: workers need it
     _cache.clear()
