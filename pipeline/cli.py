@@ -192,6 +192,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (common.JobFailed, common.ClusterUnavailable) as err:
         print(f"boomerang: {_one_line(err)}", file=sys.stderr)
         return EXIT_FAILED
+    except Exception as err:  # noqa: BLE001 - the last line of defence for what no command caught
+        if os.environ.get("BOOMERANG_TRACEBACK"):
+            raise
+        print(f"boomerang: {unexpected_line(err)}", file=sys.stderr)
+        return EXIT_FAILED
     finally:
         if previous is not None:
             import signal
@@ -239,6 +244,18 @@ def _stop_on_sigterm():
         raise Terminated()
 
     return signal.signal(signal.SIGTERM, stop)
+
+
+def unexpected_line(err: BaseException) -> str:
+    """An error no command expected, as one line the terminal may show (docs/privacy.md, *Errors*): its type and
+    an OS error's fixed text, never its own words (they can quote an input's path, a person's name); the
+    traceback only when asked for."""
+    from pipeline.execution.job import public_cause
+
+    return (
+        f"unexpected error: {public_cause(err)}. Its message is not printed (it can quote your files' names); "
+        "run again with BOOMERANG_TRACEBACK=1 to see it, and report it if it persists."
+    )
 
 
 def _one_line(err: BaseException) -> str:

@@ -68,3 +68,25 @@ def test_a_full_disk_still_says_so_on_the_terminal(tmp_path):
     line = record_failure(_job(tmp_path), err)
 
     assert "No space left on device" in line and "0123abcd" not in line and str(tmp_path) not in line
+
+
+def test_an_unexpected_error_is_printed_without_its_words(tmp_path):
+    """What no command caught (a bug) reaches the terminal as its type only: pyarrow's own error quotes the
+    file's path, and with it a person's name."""
+    import pyarrow.parquet as pq
+
+    from pipeline.cli import unexpected_line
+
+    table = tmp_path / "lfw" / f"{PERSON}.parquet"
+    table.parent.mkdir()
+    table.write_bytes(b"not a parquet file")
+    try:
+        pq.read_table(table)
+    except Exception as err:  # noqa: BLE001 - whatever pyarrow raises is the case
+        caught = err
+    assert PERSON in str(caught)  # the words do quote the name
+
+    line = unexpected_line(caught)
+
+    assert PERSON not in line and "lfw" not in line
+    assert type(caught).__name__ in line and "BOOMERANG_TRACEBACK=1" in line
