@@ -57,6 +57,7 @@ from pipeline.tables.shards import plan_shards, shard_name  # noqa: E402
 from pipeline.tables.write import write_private_table  # noqa: E402
 
 LEVEL = 0.7
+FRESH_LEVEL = 0.9  # a level the simulated folder has no rows of (a fresh pass's plan)
 RECOGNIZERS = ("VGG-Face", "Facenet")
 
 
@@ -162,7 +163,7 @@ def columns_table(columns: dict[str, list], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays([pa.array(a, type=f.type) for a, f in zip(arrays, schema, strict=True)], schema=schema)
 
 
-def fake_job(out: Path, n: int):
+def fake_job(out: Path, n: int, secret: bytes = b""):
     """The finished job as a rerun sees it after discovery: its lists on disk, the index in the driver."""
     from pipeline.execution.discovery import attach_index
     from pipeline.execution.inputs import InputSet
@@ -179,7 +180,7 @@ def fake_job(out: Path, n: int):
         evaluation=_evaluation(),
     )
     layout = RunLayout.at(str(out))
-    job = Job(settings, "run", layout, InputSet("folder", "/data", ()), b"", None)
+    job = Job(settings, "run", layout, InputSet("folder", "/data", ()), secret, None)
     counts = {int(k): v for k, v in json.loads((out / "ids.json").read_text())["counts"].items()}
     attach_index(job, InputIndex(lists_folder(layout), load_shards(layout), counts), 1)
     return job
@@ -241,6 +242,8 @@ def child(what: str, out: Path, n: int, extra: str = "") -> dict:
     if what in ("discover", "discover_list", "attacks", "gate_attack", "diversity", "matmul"):
         return child_new(what, out, n, extra)
     job = fake_job(out, n) if what in ("plan", "finalize", "gate") else None
+    if what in ("plan_fresh", "plan_fresh_list"):  # a level with no outputs yet: every image is work
+        job = fake_job(out, n, secret=bytes(32))
     if what == "gate":  # deepface's threshold table: imported before the baseline
         from pipeline.settings.gate_policy import gate_thresholds
 
@@ -251,6 +254,15 @@ def child(what: str, out: Path, n: int, extra: str = "") -> dict:
         from pipeline.execution.anonymize_pass import run_pass
 
         assert run_pass(job, (LEVEL,)) == 0
+    elif what in ("plan_fresh", "plan_fresh_list"):
+        from pipeline.execution.anonymize_pass import plan_pass
+
+        plan = plan_pass(job, (FRESH_LEVEL,))
+        assert plan.spool.rows == n
+        if what == "plan_fresh_list":  # the work rows held in one list, as the driver did before the spool
+            held = [row for table in plan.spool.tables() for row in table.to_pylist()]
+            assert len(held) == n
+        plan.spool.remove()
     elif what == "finalize":
         from pipeline.outputs.finalize import finalize
 
@@ -448,7 +460,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="bookkeeping-") as tmp:
             out = Path(tmp) / "out"
             started = time.perf_counter()
-            if {"plan", "finalize", "gate"} & set(args.phases):
+            if {"plan", "plan_fresh", "plan_fresh_list", "finalize", "gate"} & set(args.phases):
                 build(out, n, args.shard_size)
             else:
                 out.mkdir(parents=True)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 from collections import Counter, defaultdict
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 from pipeline.execution.discovery import items_of
 from pipeline.execution.driver import drive, evaluate_stage, start_pass
@@ -22,66 +23,103 @@ from pipeline.tables.compaction import forget_pairs
 from pipeline.tables.landed import check_pass
 from pipeline.tables.resume import shard_todo
 from pipeline.tables.row_errors import error_row, problem
+from pipeline.tables.work_spool import WorkSpool
 
 
-def run_pass(job: Job, levels: tuple[float, ...], image_ids: set[str] | None = None, label: str = "") -> int:
+def run_pass(job: Job, levels: tuple[float, ...], label: str = "") -> int:
     """Anonymize (and evaluate) every (image, level) pair not yet done; returns pairs done.
 
     Done means a manifest row (and, for evaluated jobs, distance rows), except error rows that a rerun
     retries (pipeline.tables.row_errors): transient ones, input errors whose file has changed since, and every
     error with --retry-errors. Planning reads one shard at a time (pipeline.tables.resume).
     """
+    return run_planned(job, plan_pass(job, levels), label)
+
+
+def run_planned(job: Job, plan: PassPlan, label: str = "") -> int:
+    """Do a planned pass (`plan_pass`); returns pairs done. Its work rows are removed whatever happens."""
+    try:
+        return drive(
+            job,
+            plan.planned,
+            known=(lambda: _write_problems(job, plan.problems)) if plan.problems else None,
+            stream=(lambda: _plan(job, plan.spool)) if plan.spool.rows else None,
+            check=lambda: check_pass(job.layout, plan.expected(), evaluated=job.evaluated),
+            label=label,
+        )
+    finally:
+        plan.spool.remove()
+
+
+@dataclass
+class PassPlan:
+    """What a pass will do: pairs per shard, the work rows (on disk, `spool`) and the inputs that cannot be read."""
+
+    spool: WorkSpool
+    items: int = 0  # inputs the pass considered (all, or those `skip` left), done or not
+    planned: Counter = field(default_factory=Counter)
+    problems: list[tuple[InputItem, float]] = field(default_factory=list)
+    problem_pairs: dict[int, set[tuple[str, float]]] = field(default_factory=dict)  # by shard
+
+    def expected(self):
+        """The pass's pairs, a shard at a time: checked once it is done (pipeline.tables.landed)."""
+        for shard in sorted(self.planned):
+            yield shard, self.spool.pairs(shard) | self.problem_pairs.get(shard, set())
+
+
+def plan_pass(job: Job, levels: tuple[float, ...], skip: Callable[[int], set[str]] | None = None) -> PassPlan:
+    """The pass's plan, a shard at a time: the driver holds one shard's items and work rows (the rest are in
+    private/.work), plus the pairs of inputs that cannot be read. `skip(shard)`: anon_ids of that shard to
+    leave out (the gate's images settled at lower rungs, pipeline.release.gate)."""
     layout = job.layout
     shards = start_pass(job)
-    work: list[dict] = []
-    problems: list[tuple[InputItem, float]] = []
-    planned: Counter = Counter()
-    expected: dict[int, set[tuple[str, float]]] = {}  # the pass's pairs by shard, checked once it is done
+    plan = PassPlan(WorkSpool(layout))
     # Shard by shard, so that shards finish (and are compacted) one after another instead of all at the end;
     # within a shard in input order, as before sharding. One shard's items are read at a time.
-    for shard, items in shard_items(job, shards, image_ids):
+    for shard, items in shard_items(job, shards, skip):
+        plan.items += len(items)
         seen_now = {aid: (i.size, i.mtime) if i.size is not None else None for i, aid in items}
         todo_by_id, retry = shard_todo(
             layout, shard, seen_now, levels, evaluated=job.evaluated, retry_errors=job.settings.retry_errors
         )
         forget_pairs(layout, retry)
+        rows = []
         for item, aid in items if todo_by_id else ():
             todo = todo_by_id.get(aid)
             if not todo:
                 continue
-            planned[shard] += len(todo)
-            expected.setdefault(shard, set()).update((aid, float(level)) for level in todo)
+            plan.planned[shard] += len(todo)
             if item.problem:
-                problems += [(item, level) for level in todo]
+                plan.problems += [(item, level) for level in todo]
+                plan.problem_pairs.setdefault(shard, set()).update((aid, float(level)) for level in todo)
             else:
-                work.append(work_row(job, item, aid, todo))
-    return drive(
-        job,
-        planned,
-        known=(lambda: _write_problems(job, problems)) if problems else None,
-        stream=(lambda: _plan(job, work)) if work else None,
-        check=lambda: check_pass(layout, expected, evaluated=job.evaluated),
-        label=label,
-    )
+                rows.append(work_row(job, item, aid, todo))
+        plan.spool.add(shard, rows)
+    return plan
 
 
-def shard_items(job: Job, shards, image_ids: set[str] | None):
+def shard_items(job: Job, shards, skip: Callable[[int], set[str]] | None):
     """(shard, [(item, anon_id)] in input order) for each shard with items of this pass: from the job's lists
     (pipeline.tables.input_lists, one shard read at a time), or from `job.inputs.items` for a Job built without."""
     if job.index is not None:
         for shard in sorted(job.index.counts):
             items = [(item, row["anon_id"]) for item, row in items_of(job.index.shard_list(shard))]
-            if image_ids is not None:
-                items = [(item, aid) for item, aid in items if item.image_id in image_ids]
+            if skip is not None:
+                left_out = skip(shard)
+                items = [(item, aid) for item, aid in items if aid not in left_out]
             if items:
                 yield shard, items
         return
     by_shard: dict[int, list] = defaultdict(list)
     for item in job.inputs.items:
-        if image_ids is None or item.image_id in image_ids:
-            aid = job.anon_ids[item.image_id]
-            by_shard[shards.of(aid)].append((item, aid))
-    yield from sorted(by_shard.items())
+        aid = job.anon_ids[item.image_id]
+        by_shard[shards.of(aid)].append((item, aid))
+    for shard, items in sorted(by_shard.items()):
+        if skip is not None:
+            left_out = skip(shard)
+            items = [(item, aid) for item, aid in items if aid not in left_out]
+        if items:
+            yield shard, items
 
 
 def work_row(job: Job, item: InputItem, aid: str, levels) -> dict:
@@ -136,7 +174,22 @@ CPU_THREADS_PER_ACTOR = 1
 TASK_CPUS = 0.25
 
 
-def _plan(job: Job, work: list[dict]):
+def work_blocks(spool: WorkSpool) -> list:
+    """The spool's rows as Ray Data blocks in the object store, read a shard at a time: as many blocks as
+    `ray.data.from_items` would make of them (about 200, one row each when fewer: every actor gets work), each
+    a copy of its rows (a pickled slice would carry its whole table)."""
+    import ray
+
+    blocks = max(200, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    size = max(1, -(-spool.rows // blocks))
+    refs = []
+    for table in spool.tables():
+        for start in range(0, len(table), size):
+            refs.append(ray.put(table.take(list(range(start, min(start + size, len(table)))))))
+    return refs
+
+
+def _plan(job: Job, spool: WorkSpool):
     """The Ray Data plan of this pass's work rows: read (Parquet rows, or paths the actors read), anonymize,
     then evaluate (or write)."""
     import ray.data
@@ -149,7 +202,7 @@ def _plan(job: Job, work: list[dict]):
     actors = actor_plan(job)
     gpus = actors.gpus_per_anonymize
     if job.inputs.kind == "folder":
-        ds = ray.data.from_items(work)
+        ds = ray.data.from_arrow_refs(work_blocks(spool))
     else:
         # Light tasks, a quarter CPU each: the actors of a machine-filling plan (pipeline.execution.actors) hold the
         # rest, and a task that asked for a whole CPU would wait for one forever.
@@ -158,9 +211,12 @@ def _plan(job: Job, work: list[dict]):
             columns=[job.inputs.id_column, job.inputs.image_column],
             num_cpus=TASK_CPUS,
         )
-        by_id: dict[str, list[dict]] = defaultdict(list)  # an image's samples share its Parquet row
-        for w in work:
-            by_id[w["image_id"]].append(w)
+        # An image's samples share its Parquet row. Every task is handed the whole map: a Parquet input's work is
+        # still held whole on the driver while the plan is built (docs/benchmarks.md).
+        by_id: dict[str, list[dict]] = defaultdict(list)
+        for table in spool.tables():
+            for w in table.to_pylist():
+                by_id[w["image_id"]].append(w)
         ds = ds.map_batches(
             _attach_work,
             fn_kwargs={

@@ -43,6 +43,7 @@ from pipeline.release.swap import release_key, release_name, remove_leftovers
 from pipeline.tables.input_lists import remove_lists
 from pipeline.tables.markers import read_marker, with_marker
 from pipeline.tables.shards import SHARD_NAME, SHARDS_FILE
+from pipeline.tables.work_spool import work_folder
 from pipeline.tables.write import write_private_table, write_public_table
 
 
@@ -86,6 +87,7 @@ def forget(out: str, ids: list[str] = (), identities: list[str] = ()) -> Forgott
         # A killed job's input lists and scratch tables hold them too: the next run makes them again.
         remove_lists(layout)
         storage.remove_tree(decision_folder(layout))
+        storage.remove_tree(work_folder(layout))
         files = remove_files(layout, names)
         rows = remove_rows(layout, names, skip=[layout.identities])
         _move_boundaries(layout, known, targets)

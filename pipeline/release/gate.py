@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from evaluation import DISTANCES_SCHEMA
 from evaluation.report_blocks import Section, Text, rows_table, section
-from pipeline.execution.anonymize_pass import run_pass
+from pipeline.execution.anonymize_pass import plan_pass, run_planned
 from pipeline.execution.discovery import ListedIds
 from pipeline.execution.job import Job
 from pipeline.folder import storage
@@ -27,14 +27,7 @@ from pipeline.outputs.internal_report import build_report
 from pipeline.outputs.linkage_attack import linkable
 from pipeline.outputs.report_document import document_rows, input_digest, run_secret
 from pipeline.release.card import released_summary, write_dataset_files
-from pipeline.release.gate_decision import (
-    Decision,
-    cleared_levels,
-    decide,
-    decided_ids,
-    shard_rows,
-    without_linkable,
-)
+from pipeline.release.gate_decision import Decision, decide, decided_ids, settled_in
 from pipeline.release.swap import copy_synced, release_key, release_name, staged_folder
 from pipeline.settings.gate_policy import gate_thresholds, lowered_gate_thresholds
 from pipeline.tables.schemas import RELEASE_SCHEMA, RELEASED_SCHEMA
@@ -43,22 +36,20 @@ from pipeline.tables.write import write_private_table, write_public_table
 
 def run_gate(job: Job) -> JobResult:
     thresholds = gate_thresholds(job.settings)
-    remaining = {item.image_id for item in job.inputs.items}
-    ladder = job.settings.ladder
+    ladder = [float(v) for v in job.settings.ladder]
     for rung, level in enumerate(ladder, 1):
-        if not remaining:
+        earlier = ladder[: rung - 1]
+        # The linkage rule's outputs held back (an output's rank among the originals does not change with rungs).
+        maximum = job.settings.gate_max_linkage
+        too_close = linkable(job.layout, maximum) if maximum and earlier else set()
+        # Each rung plans the images no lower rung settled, read a shard at a time from the tables.
+        plan = plan_pass(
+            job, (level,), skip=lambda shard, e=earlier, c=too_close: settled_in(job, shard, e, thresholds, c)
+        )
+        if not plan.items:
+            plan.spool.remove()
             break
-        run_pass(job, (level,), image_ids=remaining, label=f"gate level {level:g} (rung {rung} of {len(ladder)})")
-        too_close = linkable(job.layout, job.settings.gate_max_linkage) if job.settings.gate_max_linkage else set()
-        settled: set[str] = set()
-        for manifest, distances in shard_rows(job):
-            status = without_linkable(cleared_levels(distances, thresholds), too_close)
-            here = status[status["level"] == level]
-            # Cleared; or with no face in the original, where no level will ever find one to compare.
-            settled |= set(here.loc[here["cleared"] | here["no_face_original"], "anon_id"])
-            # A file that cannot be read at one level cannot at any: stop spending rounds on it.
-            settled |= set(manifest.loc[(manifest["status"] != "ok") & (manifest["level"] == level), "anon_id"])
-        remaining = {i for i in remaining if job.anon_ids[i] not in settled}
+        run_planned(job, plan, label=f"gate level {level:g} (rung {rung} of {len(ladder)})")
     return finish_gate(job)
 
 

@@ -25,7 +25,7 @@ from pipeline.folder.storage import Location
 from pipeline.outputs.linkage_attack import linkable
 from pipeline.release.image_sizes import SizeCounts
 from pipeline.settings.gate_policy import gate_thresholds
-from pipeline.tables.read import shards_with_rows, table_steps
+from pipeline.tables.read import read_shard, shards_with_rows, table_steps
 from pipeline.tables.write import write_scratch_table
 
 NO_FACE = "no face found in the original"
@@ -56,6 +56,24 @@ def without_linkable(status: pd.DataFrame, too_close: set) -> pd.DataFrame:
     pairs = zip(status["anon_id"].tolist(), status["level"].astype(float).tolist(), strict=True)
     close = np.fromiter((pair in too_close for pair in pairs), dtype=bool, count=len(status))
     return status.assign(cleared=status["cleared"].to_numpy(dtype=bool) & ~close)
+
+
+def settled_in(job: Job, shard: int, levels: list[float], thresholds: dict[str, float], too_close: set) -> set[str]:
+    """The anon_ids of `shard` that the gate settled at one of `levels` (its lower rungs), from the shard's rows:
+    cleared, or with no face in the original (no level will ever find one to compare), or not readable (a
+    file that cannot be read at one level cannot at any). The rest go on to the next rung."""
+    if not levels:
+        return set()
+    manifest = read_shard(job.layout.manifest, shard, ["anon_id", "level", "status"])
+    if manifest is None:
+        return set()
+    settled = set(manifest.loc[(manifest["status"] != "ok") & manifest["level"].isin(levels), "anon_id"])
+    distances = read_shard(job.layout.distances, shard, GATE_DISTANCE_COLUMNS)
+    if distances is not None:
+        status = without_linkable(cleared_levels(distances, thresholds), too_close)
+        here = status[status["level"].isin(levels)]
+        settled |= set(here.loc[here["cleared"] | here["no_face_original"], "anon_id"])
+    return settled
 
 
 # What the gate reads of each table: its decisions, the release's manifest and the cost sentence.

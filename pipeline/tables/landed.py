@@ -13,6 +13,8 @@ a lost one must be noticed before it is built on:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from pipeline.folder import storage
 from pipeline.folder.layout import RunLayout
 from pipeline.folder.read_back import LostWrite
@@ -22,14 +24,15 @@ from pipeline.tables.markers import level_key
 from pipeline.tables.read import read_shard
 
 
-def check_pass(layout: RunLayout, expected: dict[int, set[tuple[str, float]]], *, evaluated: bool) -> None:
+def check_pass(layout: RunLayout, expected: Iterable[tuple[int, set[tuple[str, float]]]], *, evaluated: bool) -> None:
     """Raise LostWrite, in one line, when pairs this pass planned have no manifest row, no distance rows
     (evaluated jobs) or, with an `ok` row, no image: their writes were lost. Pairs whose image is missing
-    lose their rows (pipeline.tables.compaction.forget_pairs), so that the next run redoes every such pair."""
+    lose their rows (pipeline.tables.compaction.forget_pairs), so that the next run redoes every such pair.
+    `expected`: (shard, its pairs) in shard order, one shard's pairs held at a time."""
     missing: set[tuple[str, float]] = set()
     no_image: set[tuple[str, float]] = set()
     images: dict[str, set[str]] = {}  # a folder of outputs (relative to the run) -> its file names
-    for shard, pairs in sorted(expected.items()):
+    for shard, pairs in expected:
         pairs = {(a, level_key(lv)) for a, lv in pairs}
         manifest = read_shard(layout.manifest, shard, ["anon_id", "level", "status", "output_path"])
         rows = _keys(manifest) if manifest is not None else {}
@@ -41,10 +44,7 @@ def check_pass(layout: RunLayout, expected: dict[int, set[tuple[str, float]]], *
             status, output = rows[key]
             if status != "ok" or not output:
                 continue
-            folder, _, name = output.rpartition("/")
-            if folder not in images:
-                images[folder] = _names(layout.root / folder if folder else layout.root)
-            if name not in images[folder]:
+            if not _has_image(layout, output, images):
                 no_image.add(key)
     if no_image:
         forget_pairs(layout, no_image)
@@ -64,6 +64,17 @@ def _keys(frame) -> dict[tuple[str, float], tuple[str | None, str | None]]:
     output = frame["output_path"].tolist() if "output_path" in frame else none
     keys = zip(frame["anon_id"].tolist(), levels, strict=True)
     return dict(zip(keys, zip(status, output, strict=True), strict=True))
+
+
+def _has_image(layout: RunLayout, output: str, listings: dict[str, set[str]]) -> bool:
+    """Whether the output file is there: on a local disk asked file by file (a level's folder can hold 10^7
+    names); on an object store from one listing per folder, kept in `listings` (a HEAD per key costs more)."""
+    if storage.is_local(layout.root):
+        return (layout.root / output).is_file()
+    folder, _, name = output.rpartition("/")
+    if folder not in listings:
+        listings[folder] = _names(layout.root / folder if folder else layout.root)
+    return name in listings[folder]
 
 
 def _names(folder: Location) -> set[str]:

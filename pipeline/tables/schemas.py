@@ -180,6 +180,23 @@ INPUT_LIST_SCHEMA = pa.schema(
     ]
 )
 
+# private/.work/: a pass's work rows, a scratch file per shard (pipeline.tables.work_spool); seeds from the secret.
+WORK_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("image_id", pa.string()),
+        ("sample", pa.int64()),
+        ("anon_id", pa.string()),
+        ("source", pa.string()),
+        ("source_size", pa.int64()),
+        ("source_mtime", pa.float64()),
+        ("problem", pa.string()),
+        ("levels", pa.list_(pa.float64())),
+        ("seeds", pa.list_(pa.int64())),
+        ("subkeys", pa.list_(pa.string())),
+    ]
+)
+
 # private/: one row per attacked (output, recognizer, attack). Per row it says how findable that output is
 # and, for re-identification, how many photos its person has (chance_1, a null rank for a one-photo
 # person): private. The summary carries the aggregates per (level, recognizer).
@@ -339,6 +356,7 @@ TABLES: tuple[Table, ...] = (
         parts=True,
         private=("key", "image_id", "source", "size", "mtime", "identity", "position"),
     ),
+    _table("work_rows", "private/.work", WORK_SCHEMA, parts=True, private=tuple(WORK_SCHEMA.names)),
     _table(
         "attacks",
         "private/attacks.parquet",

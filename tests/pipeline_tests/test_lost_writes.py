@@ -130,7 +130,7 @@ def test_a_lost_batch_part_fails_the_pass_and_the_next_run_redoes_its_pair(proxy
     compact_finished(layout)
 
     with pytest.raises(LostWrite, match=r"^1 pair\(s\) finished but the store does not have"):
-        check_pass(layout, {0: expected}, evaluated=True)
+        check_pass(layout, [(0, expected)], evaluated=True)
 
     assert todo(layout) == {IDS[0]: [level]}
     left = pairs(layout.manifest if table == "distances" else layout.distances)
@@ -145,7 +145,7 @@ def test_an_ok_row_whose_image_was_lost_is_forgotten_and_redone(proxy, layout):
     assert (IDS[2], 0.6) in pairs(layout.manifest)
 
     with pytest.raises(LostWrite, match=r"^1 pair\(s\)"):
-        check_pass(layout, {0: expected}, evaluated=True)
+        check_pass(layout, [(0, expected)], evaluated=True)
 
     assert (IDS[2], 0.6) not in pairs(layout.manifest) and (IDS[2], 0.6) not in pairs(layout.distances)
     assert todo(layout) == {IDS[2]: [0.6]}
@@ -155,7 +155,7 @@ def test_a_pass_whose_writes_all_landed_passes_the_check(proxy, layout):
     expected = write_pairs(layout)
     compact_finished(layout)
 
-    check_pass(layout, {0: expected}, evaluated=True)
+    check_pass(layout, [(0, expected)], evaluated=True)
 
     manifest = read_parts(layout.manifest)
     assert len(manifest) == len(expected) and not manifest.duplicated(["anon_id", "level"]).any()
