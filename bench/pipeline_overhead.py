@@ -83,11 +83,8 @@ def pipeline_run(
 ):
     argv = ["anonymize", str(folder), "--out", str(out), "--overwrite", "--model", model, "--steps", str(steps)]
     argv += ["--levels", str(level), "--batch-size", str(batch), "--model-batch", str(model_batch)]
-    # One manifest part per batch, a fine clock: `anonymize` has no --eval-batch-size flag (its write
-    # stage batches by that setting), so it comes from a config file.
-    config = out.parent / "overhead.toml"
-    config.write_text(f"eval_batch_size = {batch}\n")
-    argv += ["--config", str(config)] + ([] if default_flags else ["--workers", "1"])
+    # One manifest part per batch, a fine clock: the write stage batches by --batch-size.
+    argv += [] if default_flags else ["--workers", "1"]
     return common.run_cli(argv)
 
 

@@ -240,7 +240,7 @@ def main() -> None:
         "--big-repeats", type=int, default=None, help="repeats of the 4000x3000 cases (default: --repeats)"
     )
     parser.add_argument("--no-figure", action="store_true", help=f"do not (re)write {FIGURE.relative_to(common.ROOT)}")
-    args = common.parse(parser, {"model": "tiny", "repeats": 1, "no_figure": True})
+    args = common.parse(parser, {"model": "tiny", "repeats": 1, "big_repeats": 0, "no_figure": True})
     big_repeats = args.repeats if args.big_repeats is None else args.big_repeats
 
     from anonymize import RegionSettings, SamplerSettings

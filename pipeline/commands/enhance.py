@@ -38,8 +38,8 @@ def _work(job: Job) -> JobResult:
     from pipeline.outputs.enhance_benchmark import measure_quality, quality_section
     from pipeline.outputs.internal_report import build_report, internal_samples
 
-    summary = measure_quality(job)
-    section = quality_section(summary, job.settings.enhance.scale, meaningful=job.notice is None)
+    summary, unreadable = measure_quality(job)
+    section = quality_section(summary, job.settings.enhance.scale, meaningful=job.notice is None, unreadable=unreadable)
     report = build_report(
         job,
         result.overview.failures,

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from anonymize import decode_image, degrade, upsample
+from anonymize import ImageError, decode_image, degrade, upsample
 from evaluation.quality import quality_row
 from evaluation.report_blocks import Section, Text, rows_table, section
 from pipeline.execution.inputs import read_bytes
@@ -28,15 +28,21 @@ from pipeline.tables.write import write_public_table
 BASELINES = ("lanczos", "bicubic")
 
 
-def measure_quality(job) -> pd.DataFrame:
-    """PSNR and SSIM of every ok output, and of the plain upsampling baselines, against the reference."""
+def measure_quality(job) -> tuple[pd.DataFrame, int]:
+    """PSNR and SSIM of every ok output, and of the plain upsampling baselines, against the reference; and how
+    many images were left out because their original is no longer in the input or cannot be read (a rerun
+    after the file went or changed: the benchmark measures what it can, and says so)."""
     layout, scale = job.layout, job.settings.enhance.scale
     manifest = read_manifest(layout, columns=["anon_id", "level", "status", "output_path"])
     ok = manifest[manifest["status"] == "ok"].sort_values(["anon_id", "level"])
     sources = {job.anon_ids[item.image_id]: item.source for item in job.inputs.items}
-    rows = []
+    rows, unreadable = [], 0
     for anon_id, outputs in ok.groupby("anon_id", sort=True):
-        original = decode_image(read_bytes(sources[anon_id]), max_pixels=job.settings.max_pixels)
+        try:
+            original = decode_image(read_bytes(sources[anon_id]), max_pixels=job.settings.max_pixels)
+        except (KeyError, OSError, ImageError):
+            unreadable += 1
+            continue
         reference, low = degrade(original, scale)
         truth = np.asarray(reference)
         for name in BASELINES:
@@ -55,7 +61,7 @@ def measure_quality(job) -> pd.DataFrame:
     write_public_table(
         pa.Table.from_pandas(summary, preserve_index=False), layout.evaluation / "quality_summary.parquet"
     )
-    return summary
+    return summary, unreadable
 
 
 def quality_summary(quality: pd.DataFrame) -> pd.DataFrame:
@@ -80,7 +86,7 @@ def quality_summary(quality: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def quality_section(summary: pd.DataFrame, scale: int, meaningful: bool) -> Section:
+def quality_section(summary: pd.DataFrame, scale: int, meaningful: bool, unreadable: int = 0) -> Section:
     """The report's section: the benchmark's table, with what it can and cannot say."""
     warning = (
         None
@@ -110,4 +116,10 @@ def quality_section(summary: pd.DataFrame, scale: int, meaningful: bool) -> Sect
             ],
             text_columns=1,
         ),
+        Text(
+            f"{unreadable} images are not measured: their original is no longer in the input or cannot be read.",
+            "notice",
+        )
+        if unreadable
+        else None,
     )

@@ -284,7 +284,10 @@ def closing_lines(result: JobResult) -> list[str]:
     ]
     if c["errors"]:
         reasons = result.overview.failures["error"].fillna("error").str.split(":").str[0]
-        top = ", ".join(f"{reason} {n}" for reason, n in reasons.value_counts().head(3).items())
+        counts = reasons.value_counts()
+        top = ", ".join(f"{reason} {n}" for reason, n in counts.head(3).items())
+        if len(counts) > 3:  # every failure counted: the rest in one
+            top += f", {len(counts) - 3} other reasons {int(counts.iloc[3:].sum())}"
         lines.append(f"Failed: {top}. Details: {job.layout.root / 'manifest.parquet'}")
     summary = result.summary
     if summary is not None and len(summary) and summary["level"].notna().any():

@@ -192,3 +192,10 @@ def test_the_enhancement_benchmark_equals_an_independent_recomputation(cli, tmp_
     for level in (0.2, 0.3):  # several levels: one folder each, the input's name in both
         enhanced = out / "enhanced" / f"level={level:.2f}" / "face.png"
         assert enhanced.read_bytes() == (out / manifest.loc[level, "output_path"]).read_bytes()
+
+    # The original spoiled since: a rerun (nothing to redo) measures what it can and says what it left out.
+    (folder / "face.png").write_bytes(b"not an image any more")
+    status, _, stderr = cli(*argv)
+    assert status == 0, stderr
+    assert not (pd.read_parquet(out / "evaluation" / "quality.parquet")["method"] == "boomerang").any()
+    assert "1 images are not measured" in (out / "report" / "index.html").read_text()

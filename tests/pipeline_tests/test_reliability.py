@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -55,7 +56,12 @@ def test_bad_input_corpus_gives_one_row_each(cli, tmp_path):
     status, stdout, stderr = cli("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), *FAST)
     assert status == 0, stderr
     manifest = check_exactly_once(tmp_path / "out", expected)
-    assert (manifest["status"] == "error").sum() == sum(v == "error" for v in expected.values())
+    failed = (manifest["status"] == "error").sum()
+    assert failed == sum(v == "error" for v in expected.values())
+    # The terminal's "Failed:" line counts every failure, each reason or the rest together.
+    line = next(line for line in stdout.splitlines() if line.startswith("Failed: "))
+    counted = [int(n) for n in re.findall(r" (\d+)(?:,|\. Details)", line)]
+    assert sum(counted) == failed, line
 
 
 def test_duplicate_ids_in_parquet_are_error_rows(cli, tmp_path):
